@@ -1,0 +1,43 @@
+"""jaxlmm: linear mixed-effects models in JAX, with lme4's formulas and answers.
+
+Importing jaxlmm enables JAX's float64 mode (see ``jaxlmm._config``).
+"""
+
+from __future__ import annotations
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from . import datasets  # noqa: E402
+from .errors import (  # noqa: E402
+    ConvergenceWarning,
+    DataError,
+    FormulaError,
+    JaxLMMError,
+    JaxLMMWarning,
+    MissingDataWarning,
+    RankDeficiencyWarning,
+    SingularFitWarning,
+)
+from .formula import parse_formula  # noqa: E402
+from .model import LinearMixedModel, lmm  # noqa: E402
+from .results import LmmFit  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataError",
+    "FormulaError",
+    "JaxLMMError",
+    "JaxLMMWarning",
+    "LinearMixedModel",
+    "LmmFit",
+    "MissingDataWarning",
+    "RankDeficiencyWarning",
+    "SingularFitWarning",
+    "datasets",
+    "lmm",
+    "parse_formula",
+]

@@ -1,0 +1,49 @@
+"""Exceptions and warnings raised by jaxlmm.
+
+Every user error is a :class:`JaxLMMError` (a ``ValueError``), split into
+:class:`FormulaError` (the formula text or its terms) and :class:`DataError`
+(the data frame and its columns). Numerical outcomes of a fit (singular fit,
+no convergence, dropped columns) are warnings, also reported on the result.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class JaxLMMError(ValueError):
+    """Base class of every error raised by jaxlmm for bad input."""
+
+
+class FormulaError(JaxLMMError):
+    """The model formula cannot be parsed or names something that is not there."""
+
+
+class DataError(JaxLMMError):
+    """The data cannot be used with the formula (missing, non-numeric, degenerate)."""
+
+
+class JaxLMMWarning(UserWarning):
+    """Base class of jaxlmm's warnings."""
+
+
+class SingularFitWarning(JaxLMMWarning):
+    """The fit lies on the boundary: a variance component or correlation is degenerate."""
+
+
+class ConvergenceWarning(JaxLMMWarning):
+    """The optimizer stopped before its convergence criterion was met."""
+
+
+class RankDeficiencyWarning(JaxLMMWarning):
+    """Fixed-effect columns were dropped because the design is rank deficient."""
+
+
+class MissingDataWarning(JaxLMMWarning):
+    """Rows with missing values were dropped before fitting."""
+
+
+def closest_name(name: str, choices) -> str:
+    """A ' Did you mean ...?' suffix naming the closest of ``choices``, or ''."""
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,237 @@
+"""Parse lme4 model formulas into a fixed part and random-effect terms.
+
+The fixed part and each term's left-hand side are ordinary Wilkinson
+formulas, handed to formulaic later (see :mod:`jaxlmm.design`); this module
+only finds and expands the random-effect bars, following lme4's rules
+(Bates et al., JSS 2015, section 2.1, Table 2):
+
+- ``(expr | g)``: correlated effects ``expr`` for each level of ``g``;
+- ``(expr || g)``: one independent term per formula term of ``expr``
+  (``(1 + x || g)`` is ``(1 | g) + (0 + x | g)``);
+- ``(expr | a/b)``: nested, ``(expr | a) + (expr | b:a)`` (lme4's naming);
+- ``(expr | a:b)``: grouping by the interaction of ``a`` and ``b``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import FormulaError
+
+_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$")
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effect term ``(expr | g)`` after expansion.
+
+    ``expr`` is a formulaic right-hand side for the per-row model matrix of
+    the term; ``factors`` are the data columns whose interaction groups the
+    rows; ``name`` is lme4's label of the grouping factor.
+    """
+
+    expr: str
+    factors: tuple[str, ...]
+    name: str
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into response, fixed right-hand side and random terms."""
+
+    text: str
+    response: str
+    fixed: str
+    random: tuple[RandomTerm, ...]
+
+
+def _check_parens(text: str) -> None:
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise FormulaError(
+                    f"Unbalanced parentheses in formula '{text}': ')' at position {i} has no '('."
+                )
+    if depth:
+        raise FormulaError(f"Unbalanced parentheses in formula '{text}': {depth} '(' not closed.")
+
+
+def _top_level_split(text: str, sep: str) -> list[str]:
+    """Split ``text`` at occurrences of ``sep`` outside parentheses."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            i += len(sep)
+            start = i
+            continue
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _matching_paren(text: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise FormulaError(f"Unbalanced parentheses in formula '{text}'.")  # pragma: no cover
+
+
+def _strip_outer(text: str) -> str:
+    text = text.strip()
+    while text.startswith("(") and _matching_paren(text, 0) == len(text) - 1:
+        text = text[1:-1].strip()
+    return text
+
+
+def _find_bars(rhs: str, full: str) -> tuple[str, list[tuple[str, str, bool]]]:
+    """Remove the top-level ``(lhs | g)`` groups from ``rhs``.
+
+    Returns the remaining fixed part and a list of ``(lhs, group, double)``.
+    """
+    bars, fixed, i = [], [], 0
+    while i < len(rhs):
+        ch = rhs[i]
+        if ch == "(":
+            j = _matching_paren(rhs, i)
+            inner = rhs[i + 1 : j]
+            if "|" in inner:
+                pieces = _top_level_split(inner, "||")
+                double = len(pieces) == 2
+                if not double:
+                    pieces = _top_level_split(inner, "|")
+                if len(pieces) != 2:
+                    if "|" in inner and len(pieces) == 1:
+                        # the bar sits inside a further pair of parentheses: ((x | g))
+                        sub_fixed, sub_bars = _find_bars(inner, full)
+                        if sub_fixed.strip(" +"):
+                            raise FormulaError(
+                                f"Cannot read the random-effect term '({inner})' in '{full}'."
+                            )
+                        bars.extend(sub_bars)
+                        i = j + 1
+                        continue
+                    raise FormulaError(
+                        f"Random-effect term '({inner})' in '{full}' has more than one bar; "
+                        "write one term per grouping factor, e.g. (1 | a) + (1 | b)."
+                    )
+                lhs, grp = pieces[0].strip(), pieces[1].strip()
+                if not lhs:
+                    raise FormulaError(
+                        f"Empty random-effect term '({inner})' in '{full}': put the effects "
+                        "left of the bar, e.g. (1 | g) for a random intercept."
+                    )
+                if not grp:
+                    raise FormulaError(
+                        f"Random-effect term '({inner})' in '{full}' names no grouping factor "
+                        "right of the bar."
+                    )
+                bars.append((lhs, grp, double))
+                fixed.append(" ")
+            else:
+                fixed.append(rhs[i : j + 1])
+            i = j + 1
+            continue
+        if ch == "|":
+            raise FormulaError(
+                f"A bar '|' outside parentheses in '{full}': random-effect terms are written "
+                "in parentheses, e.g. y ~ x + (1 | g)."
+            )
+        fixed.append(ch)
+        i += 1
+    return "".join(fixed), bars
+
+
+def _clean_fixed(text: str) -> str:
+    """Drop the empty summands left behind by removed random terms."""
+    parts = [p.strip() for p in _top_level_split(text, "+")]
+    kept = [p for p in parts if p]
+    return " + ".join(kept) if kept else "1"
+
+
+def _grouping(grp: str, full: str) -> list[tuple[tuple[str, ...], str]]:
+    """Expand a grouping expression into ``(factors, lme4 name)`` pairs.
+
+    ``a/b/c`` gives ``a``, ``b:a`` and ``c:b:a``; ``a:b`` is one interaction.
+    """
+    grp = _strip_outer(grp)
+    nest = [p.strip() for p in _top_level_split(grp, "/")]
+    out, outer = [], []
+    for level in nest:
+        cols = [_strip_outer(c).strip() for c in _top_level_split(_strip_outer(level), ":")]
+        for c in cols:
+            if not c or not _NAME.match(c):
+                raise FormulaError(
+                    f"Grouping factor '{grp}' in '{full}' is not a column name or an "
+                    "interaction a:b of column names."
+                )
+        cols = [c.strip("`") for c in cols]
+        outer = outer + cols
+        # lme4 labels the nested term b:a (inner first); its levels read the same way
+        factors = tuple(reversed(outer)) if len(nest) > 1 else tuple(outer)
+        out.append((factors, ":".join(factors)))
+    return out
+
+
+def _split_double(lhs: str, full: str) -> list[str]:
+    """The per-term left-hand sides of ``(lhs || g)`` (lme4's expansion)."""
+    from formulaic import Formula
+
+    try:
+        terms = [str(t) for t in Formula(lhs)]
+    except Exception as exc:  # formulaic's own parser errors
+        raise FormulaError(f"Cannot read the random-effect expression '{lhs}' in '{full}': {exc}") from None
+    out = []
+    for t in terms:
+        out.append("1" if t == "1" else f"0 + {t}")
+    return out
+
+
+def parse_formula(text: str) -> ParsedFormula:
+    """Parse an lme4 formula such as ``'y ~ x + (x | g)'``.
+
+    Raises :class:`FormulaError` naming the problem for a missing ``~``,
+    unbalanced parentheses, a bar outside parentheses, an empty random term
+    or a malformed grouping factor.
+    """
+    if not isinstance(text, str):
+        raise FormulaError(f"The formula must be a string like 'y ~ x + (1 | g)', not {type(text).__name__}.")
+    full = " ".join(text.split())
+    _check_parens(full)
+    sides = _top_level_split(full, "~")
+    if len(sides) != 2:
+        raise FormulaError(
+            f"The formula '{full}' needs exactly one '~' separating the response from the "
+            "predictors, e.g. 'y ~ x + (1 | g)'."
+        )
+    response, rhs = sides[0].strip(), sides[1].strip()
+    if not response:
+        raise FormulaError(f"The formula '{full}' has no response left of '~'.")
+    if not rhs:
+        raise FormulaError(f"The formula '{full}' has nothing right of '~'.")
+    if "|" in response:
+        raise FormulaError(f"A bar '|' in the response of '{full}': random effects go right of '~'.")
+    fixed, bars = _find_bars(rhs, full)
+    fixed = _clean_fixed(fixed)
+    terms: list[RandomTerm] = []
+    for lhs, grp, double in bars:
+        exprs = _split_double(lhs, full) if double else [lhs]
+        for factors, name in _grouping(grp, full):
+            for expr in exprs:
+                terms.append(RandomTerm(expr=expr, factors=factors, name=name))
+    return ParsedFormula(text=full, response=response, fixed=fixed, random=tuple(terms))

@@ -1,0 +1,119 @@
+"""The model object: a formula and data turned into cross-products, ready to fit.
+
+``LinearMixedModel(formula, data)`` parses and builds the design once
+(lme4's ``lFormula`` + ``mkLmerDevfun``); ``.deviance(theta, reml)`` is the
+pure objective at any theta, and ``.fit(reml, method)`` optimizes it
+(``optimizeLmer``) and returns a frozen :class:`~jaxlmm.results.LmmFit`
+(``mkMerMod``). ``lmm(formula, data)`` does both in one call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._config import ensure_x64
+from .crossprod import CrossProducts, cross_products
+from .design import Design, build_design
+from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning
+from .objective import deviance as _deviance
+from .objective import theta_layout, theta_lower_bounds, theta_start
+from .optimize import OptResult, lbfgs, newton
+
+METHODS = ("newton", "lbfgs")
+
+
+def canonical_theta(x, term_dims):
+    """Multiply each column of every relative factor by the sign of its diagonal.
+
+    Lambda Lambda' is unchanged, so the criterion is too; the result has a
+    non-negative diagonal (lme4's parameterization).
+    """
+    out, i = [], 0
+    for rows, cols in theta_layout(term_dims):
+        m = len(rows)
+        blk = x[i : i + m]
+        diag_pos = np.array([np.flatnonzero((rows == c) & (cols == c))[0] for c in cols])
+        sign = jnp.where(blk[diag_pos] < 0, -1.0, 1.0)
+        out.append(blk * sign)
+        i += m
+    return jnp.concatenate(out) if out else x
+
+
+@partial(jax.jit, static_argnames=("method", "max_iter"))
+def optimize_theta(theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200):
+    """Minimize the profiled criterion over theta (jit-compiled once per data shape)."""
+    if method == "newton":
+        return newton(_deviance, theta0, lower, args=(data, reml), max_iter=max_iter)
+    if method == "lbfgs":
+        canon = partial(canonical_theta, term_dims=data.term_dims)
+        return lbfgs(_deviance, theta0, canon, args=(data, reml), max_iter=max_iter * 5)
+    raise ValueError(method)  # pragma: no cover (checked by fit)
+
+
+_deviance_jit = jax.jit(_deviance)
+
+
+class LinearMixedModel:
+    """A linear mixed model y = X beta + Z b + e specified by an lme4 formula.
+
+    Holds the parsed formula, the design (model matrices, group codes) and
+    the cross-products; fitting does not touch the rows again.
+    """
+
+    def __init__(self, formula: str, data, *, design: Design | None = None):
+        ensure_x64()
+        self.formula = formula
+        self.design = design if design is not None else build_design(formula, data)
+        self.data: CrossProducts = cross_products(self.design)
+        self.lower = theta_lower_bounds(self.data.term_dims)
+        self.theta0 = theta_start(self.data.term_dims)
+        self.data_name = getattr(data, "attrs", {}).get("name") if data is not None else None
+
+    @property
+    def term_dims(self):
+        return self.data.term_dims
+
+    @property
+    def nobs(self) -> int:
+        return self.design.n
+
+    def deviance(self, theta, reml: bool = True) -> float:
+        """The profiled REML criterion (or ML deviance) at ``theta``, lme4's scale."""
+        theta = jnp.asarray(theta, dtype=jnp.float64)
+        if theta.shape != self.theta0.shape:
+            raise JaxLMMError(f"theta must have {self.theta0.size} entries, got shape {theta.shape}.")
+        return float(_deviance_jit(theta, self.data, bool(reml)))
+
+    def fit(self, reml: bool = True, method: str = "newton", theta0=None, max_iter: int = 200):
+        """Estimate the model by REML (default) or ML; returns a frozen LmmFit."""
+        from .results import make_fit
+
+        ensure_x64()
+        if method not in METHODS:
+            raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
+        start = self.theta0 if theta0 is None else np.asarray(theta0, dtype=np.float64)
+        opt: OptResult = optimize_theta(
+            jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method, max_iter=max_iter
+        )
+        fit = make_fit(self, opt, reml=bool(reml), method=method)
+        if not fit.converged:
+            warnings.warn(
+                f"The {method} optimizer did not converge in {fit.n_iter} iterations "
+                f"(largest projected gradient {np.max(np.abs(fit.gradient), initial=0):.3g}); "
+                "treat the estimates with care or try method='lbfgs'.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        if fit.singular:
+            warnings.warn("boundary (singular) fit: see fit.varcorr.", SingularFitWarning, stacklevel=2)
+        return fit
+
+
+def lmm(formula: str, data, reml: bool = True, method: str = "newton", **kwargs):
+    """Fit ``formula`` to ``data`` by REML (default) or ML, like lme4's ``lmer``."""
+    return LinearMixedModel(formula, data).fit(reml=reml, method=method, **kwargs)

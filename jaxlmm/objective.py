@@ -1,0 +1,234 @@
+"""The profiled REML and ML criteria, pure JAX: ``deviance(theta, data, reml)``.
+
+Penalized least squares form of lme4 (Bates, Maechler, Bolker & Walker,
+"Fitting linear mixed-effects models using lme4", JSS 2015, eqs. 13-42):
+with relative covariance factor Lambda(theta) and the cross-products A of
+[Z X y], the Cholesky factor of
+
+    [ Lambda'Z'Z Lambda + I   Lambda'Z'X   Lambda'Z'y ]
+    [        X'Z Lambda           X'X          X'y    ]
+    [        y'Z Lambda           y'X          y'y    ]
+
+has diagonal blocks L (random effects), R_X' (fixed effects) and r (the
+root of the penalized residual sum of squares), and (eqs. 34 and 42)
+
+    ML:   -2 l(theta)   = log|L|^2 + n (1 + log(2 pi r^2 / n))
+    REML: -2 l_R(theta) = log|L|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi r^2/(n-p))).
+
+Structure (as MixedModels.jl): the first term's block is block diagonal, so
+its factor is a batch of l1 small k1 x k1 Cholesky factors; its off-diagonal
+blocks are sparse (block-COO); the Schur complement of the further terms, X
+and y is dense and factored once. n x n and n x q matrices never appear.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+
+from .crossprod import CrossProducts
+
+LOG2PI = float(np.log(2.0 * np.pi))
+
+
+def theta_layout(term_dims) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per term, the (row, col) of each theta entry: lower triangle, column-wise (lme4)."""
+    out = []
+    for _, k in term_dims:
+        rows = np.concatenate([np.arange(j, k) for j in range(k)])
+        cols = np.concatenate([np.full(k - j, j) for j in range(k)])
+        out.append((rows, cols))
+    return out
+
+
+def theta_lower_bounds(term_dims) -> np.ndarray:
+    """0 for diagonal entries of each relative factor, -inf below the diagonal."""
+    return np.concatenate(
+        [np.where(r == c, 0.0, -np.inf) for r, c in theta_layout(term_dims)] or [np.zeros(0)]
+    )
+
+
+def theta_start(term_dims) -> np.ndarray:
+    """lme4's start: identity relative factors."""
+    return np.concatenate(
+        [np.where(r == c, 1.0, 0.0) for r, c in theta_layout(term_dims)] or [np.zeros(0)]
+    )
+
+
+def relative_factors(theta, term_dims) -> list[jax.Array]:
+    """The lower-triangular k x k relative covariance factor T_m of each term."""
+    out, i = [], 0
+    for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
+        m = len(rows)
+        out.append(jnp.zeros((k, k), dtype=theta.dtype).at[rows, cols].set(theta[i : i + m]))
+        i += m
+    return out
+
+
+class Factor(NamedTuple):
+    """The blocked Cholesky factor at one theta.
+
+    ``L1`` (l1, k1, k1): factors of T1'D1_j T1 + I; ``F`` (l1, k1, p+1):
+    L1_j^{-1} T1'[Z1'X Z1'y]_j; ``V`` (E, k1): the off-diagonal block of the
+    factor between term 1 and the further terms, one k1-vector per flattened
+    entry; ``L22`` (q2+p+1)^2: the dense factor of the Schur complement.
+    """
+
+    L1: jax.Array
+    F: jax.Array
+    V: jax.Array
+    L22: jax.Array
+
+
+def _scale_rest(M, Ts, term_dims):
+    """Lambda_r' M for the rows of the further terms (block diagonal, T_m' per level)."""
+    parts, lo = [], 0
+    for T, (l, k) in zip(Ts, term_dims):
+        blk = M[lo : lo + l * k].reshape((l, k) + M.shape[1:])
+        parts.append(jnp.einsum("ba,lb...->la...", T, blk).reshape((l * k,) + M.shape[1:]))
+        lo += l * k
+    return jnp.concatenate(parts, axis=0)
+
+
+def factorize(theta, data: CrossProducts) -> Factor:
+    """Blocked Cholesky factor of the augmented PLS system at ``theta``."""
+    dims = data.term_dims
+    p = data.p
+    q2 = data.q_rest
+    f = jnp.concatenate([data.xtx, data.xty[:, None]], axis=1)
+    omega_ff = jnp.concatenate(
+        [f, jnp.concatenate([data.xty, data.yty[None]])[None, :]], axis=0
+    )
+    if not dims:
+        z = jnp.zeros((0, 0, 0))
+        return Factor(z, jnp.zeros((0, 0, p + 1)), jnp.zeros((0, 0)), jnp.linalg.cholesky(omega_ff))
+    Ts = relative_factors(theta, dims)
+    T1 = Ts[0]
+    l1, k1 = dims[0]
+    M1 = jnp.einsum("ba,jbc,cd->jad", T1, data.d1, T1) + jnp.eye(k1)
+    L1 = jnp.linalg.cholesky(M1)
+    B1 = jnp.einsum("ba,jbf->jaf", T1, jnp.concatenate([data.z1x, data.z1y[:, :, None]], axis=2))
+    F = solve_triangular(L1, B1, lower=True)
+    omega_ff = omega_ff - jnp.einsum("jka,jkb->ab", F, F)
+    if q2 == 0:
+        return Factor(L1, F, jnp.zeros((0, k1)), jnp.linalg.cholesky(omega_ff))
+    Vs = []
+    for m, (T, (_, km)) in enumerate(zip(Ts[1:], dims[1:])):
+        G = jnp.einsum("ba,ebc,cd->ead", T1, data.c_val[m], T)
+        G = solve_triangular(L1[data.c_j1[m]], G, lower=True)  # (E_m, k1, km)
+        Vs.append(jnp.swapaxes(G, 1, 2).reshape(-1, k1))
+    V = jnp.concatenate(Vs, axis=0)
+    zz = _scale_rest(_scale_rest(data.zz, Ts[1:], dims[1:]).T, Ts[1:], dims[1:])
+    dots = jnp.sum(V[data.pair_a] * V[data.pair_b], axis=1)
+    U = jnp.zeros(q2 * q2, dtype=V.dtype).at[data.pair_flat].add(dots).reshape(q2, q2)
+    zz = zz + jnp.eye(q2) - (U + U.T - jnp.diag(jnp.diag(U)))
+    zf = _scale_rest(jnp.concatenate([data.zx, data.zy[:, None]], axis=1), Ts[1:], dims[1:])
+    zf = zf - jax.ops.segment_sum(
+        jnp.einsum("ek,ekf->ef", V, F[data.e_j1]), data.e_col, num_segments=q2
+    )
+    omega = jnp.concatenate(
+        [jnp.concatenate([zz, zf], axis=1), jnp.concatenate([zf.T, omega_ff], axis=1)], axis=0
+    )
+    return Factor(L1, F, V, jnp.linalg.cholesky(omega))
+
+
+class Pieces(NamedTuple):
+    """The scalars of the profiled criteria at one theta."""
+
+    logdet_L: jax.Array  # log|L|^2
+    logdet_RX: jax.Array  # log|R_X|^2
+    r2: jax.Array  # penalized residual sum of squares
+
+
+def pieces(theta, data: CrossProducts) -> Pieces:
+    fac = factorize(theta, data)
+    q2, p = data.q_rest, data.p
+    d22 = jnp.diagonal(fac.L22)
+    ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.L1, axis1=1, axis2=2))) + 2.0 * jnp.sum(
+        jnp.log(d22[:q2])
+    )
+    ldx = 2.0 * jnp.sum(jnp.log(d22[q2 : q2 + p]))
+    return Pieces(ld, ldx, d22[-1] ** 2)
+
+
+def deviance(theta, data: CrossProducts, reml=True):
+    """Profiled criterion on lme4's -2 log-likelihood scale (REML criterion or ML deviance).
+
+    ``reml`` may be a Python or traced boolean, so one compiled function
+    serves both criteria.
+    """
+    pc = pieces(theta, data)
+    n = data.n
+    p = data.p
+    ml = pc.logdet_L + n * (1.0 + LOG2PI + jnp.log(pc.r2 / n))
+    nmp = n - p
+    rl = pc.logdet_L + pc.logdet_RX + nmp * (1.0 + LOG2PI + jnp.log(pc.r2 / nmp))
+    return jnp.where(reml, rl, ml)
+
+
+class Solution(NamedTuple):
+    """Estimates at theta: beta, spherical modes u (term 1 as (l1, k1), rest flat), sigma."""
+
+    beta: jax.Array
+    u1: jax.Array
+    u_rest: jax.Array
+    r2: jax.Array
+    RX: jax.Array  # lower-triangular R_X' (p x p)
+
+
+def solve(theta, data: CrossProducts) -> Solution:
+    """Conditional estimates at ``theta`` by block back-substitution (JSS 2015, eq. 24)."""
+    fac = factorize(theta, data)
+    q2, p = data.q_rest, data.p
+    L22 = fac.L22
+    Lub = L22[: q2 + p, : q2 + p]
+    rhs = L22[-1, : q2 + p]
+    x = solve_triangular(Lub.T, rhs, lower=False)
+    u_rest, beta = x[:q2], x[q2:]
+    if not data.term_dims:
+        return Solution(beta, jnp.zeros((0, 0)), u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
+    l1, k1 = data.term_dims[0]
+    c = fac.F[:, :, p] - fac.F[:, :, :p] @ beta
+    if q2:
+        c = c - jax.ops.segment_sum(fac.V * u_rest[data.e_col][:, None], data.e_j1, num_segments=l1)
+    u1 = solve_triangular(jnp.swapaxes(fac.L1, 1, 2), c[:, :, None], lower=False)[:, :, 0]
+    return Solution(beta, u1, u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
+
+
+def conditional_variances(theta, data: CrossProducts) -> list[jax.Array]:
+    """Per term, the diagonal blocks of (Lambda'Z'Z Lambda + I)^{-1} (l_m, k_m, k_m).
+
+    Multiplied by sigma^2 and mapped by T_m they are lme4's conditional
+    variances of the random effects given y (at the estimated beta). Term 1
+    uses the block inverse A^{-1} + A^{-1}B'S^{-1}BA^{-1}; the further terms
+    the diagonal blocks of S^{-1}, S = L22z L22z' (the random-effect part of
+    the Schur complement).
+    """
+    dims = data.term_dims
+    if not dims:
+        return []
+    fac = factorize(theta, data)
+    q2 = data.q_rest
+    l1, k1 = dims[0]
+    eye = jnp.broadcast_to(jnp.eye(k1), (l1, k1, k1))
+    L1inv = solve_triangular(fac.L1, eye, lower=True)  # (l1, k1, k1)
+    A_inv = jnp.einsum("jka,jkb->jab", L1inv, L1inv)
+    if q2 == 0:
+        return [A_inv]
+    Lz = fac.L22[:q2, :q2]
+    # C' (q2 x l1*k1): column (j, a) holds V[e, a] at row e_col[e] for entries of level j
+    Ct = jnp.zeros((q2, l1, k1)).at[data.e_col, data.e_j1].add(fac.V)
+    W = solve_triangular(Lz, Ct.reshape(q2, l1 * k1), lower=True).reshape(q2, l1, k1)
+    WL = jnp.einsum("rja,jab->rjb", W, L1inv)  # (L22z^-1 C_j') L1_j^-1
+    first = A_inv + jnp.einsum("rja,rjb->jab", WL, WL)
+    Lzinv = solve_triangular(Lz, jnp.eye(q2), lower=True)
+    out, lo = [first], 0
+    for l, k in dims[1:]:
+        blk = Lzinv[:, lo : lo + l * k].reshape(q2, l, k)
+        out.append(jnp.einsum("rla,rlb->lab", blk, blk))
+        lo += l * k
+    return out

@@ -1,0 +1,219 @@
+"""The fitted model: a frozen record of estimates computed once at the optimum.
+
+Formulas (Bates et al., JSS 2015, section 3): sigma^2 = r^2/(n-p) (REML) or
+r^2/n (ML); Var(beta) = sigma^2 (R_X'R_X)^{-1}; Sigma_m = sigma^2 T_m T_m'
+for each term; the conditional modes b = Lambda u of the penalized least
+squares solution; conditional variances sigma^2 Lambda (L L')^{-1} Lambda'
+(blocks), as lme4's ``ranef(condVar = TRUE)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .objective import conditional_variances, relative_factors, solve
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta
+
+
+_solve_jit = jax.jit(solve)
+_condvar_jit = jax.jit(conditional_variances)
+
+
+def term_group_names(terms) -> list[str]:
+    """lme4's labels of the terms in VarCorr: repeated factors get '.1', '.2', ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for t in terms:
+        c = seen.get(t.name, 0)
+        out.append(t.name if c == 0 else f"{t.name}.{c}")
+        seen[t.name] = c + 1
+    return out
+
+
+def _varcorr(terms, Ts, sigma) -> pd.DataFrame:
+    rows = []
+    for grp, t, T in zip(term_group_names(terms), terms, Ts):
+        S = sigma**2 * (T @ T.T)
+        sd = np.sqrt(np.diag(S))
+        for i, name in enumerate(t.colnames):
+            rows.append((grp, name, None, S[i, i], sd[i]))
+        for i in range(t.k):
+            for j in range(i + 1, t.k):
+                denom = sd[i] * sd[j]
+                cor = S[i, j] / denom if denom > 0 else np.nan
+                rows.append((grp, t.colnames[i], t.colnames[j], S[i, j], cor))
+    rows.append(("Residual", None, None, sigma**2, sigma))
+    return pd.DataFrame(rows, columns=["group", "term1", "term2", "variance", "sd_cor"])
+
+
+@dataclass(frozen=True, eq=False)
+class LmmFit:
+    """A fitted linear mixed model (REML or ML). Built by ``make_fit``; read-only."""
+
+    model: object
+    reml: bool
+    method: str
+    objective: float
+    theta: np.ndarray
+    converged: bool
+    n_iter: int
+    gradient: np.ndarray
+    fixef: pd.Series
+    se: pd.Series
+    vcov: pd.DataFrame
+    sigma: float
+    varcorr: pd.DataFrame
+    singular: bool
+    nobs: int
+    n_dropped: int
+    b: tuple  # conditional modes per term, arrays (levels, columns)
+
+    # ---- likelihood summaries -------------------------------------------
+    @property
+    def formula(self) -> str:
+        return self.model.design.formula.text
+
+    @property
+    def npar(self) -> int:
+        """Number of parameters: fixed effects, theta and sigma (lme4's df)."""
+        return len(self.fixef) + len(self.theta) + 1
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood (restricted for REML fits), -objective/2 as lme4."""
+        return -0.5 * self.objective
+
+    @property
+    def deviance(self) -> float:
+        return self.objective
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.objective + np.log(self.nobs) * self.npar
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.npar
+
+    @property
+    def terms(self):
+        return self.model.design.terms
+
+    # ---- random effects -------------------------------------------------
+    @cached_property
+    def ranef(self) -> pd.DataFrame:
+        """Conditional modes and conditional SDs: columns group, term, level, value, cond_sd."""
+        data = self.model.data
+        Ts = [np.asarray(T) for T in relative_factors(jnp.asarray(self.theta), data.term_dims)]
+        blocks = [np.asarray(B) for B in _condvar_jit(jnp.asarray(self.theta), data)]
+        frames = []
+        for t, T, bm, P in zip(self.terms, Ts, self.b, blocks):
+            var = self.sigma**2 * np.einsum("ab,lbc,dc->lad", T, P, T)
+            csd = np.sqrt(np.maximum(np.diagonal(var, axis1=1, axis2=2), 0.0))
+            for i, name in enumerate(t.colnames):
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "group": t.name,
+                            "term": name,
+                            "level": t.levels.astype(str),
+                            "value": bm[:, i],
+                            "cond_sd": csd[:, i],
+                        }
+                    )
+                )
+        if not frames:
+            return pd.DataFrame(columns=["group", "term", "level", "value", "cond_sd"])
+        return pd.concat(frames, ignore_index=True)
+
+    @cached_property
+    def fitted(self) -> np.ndarray:
+        """Conditional fitted values X beta + Z b for the rows used in the fit."""
+        d = self.model.design
+        out = d.X @ self.fixef.to_numpy()
+        for t, bm in zip(d.terms, self.b):
+            out = out + np.einsum("rk,rk->r", t.X, bm[t.codes])
+        return out
+
+    def residuals(self, kind: str = "conditional", scaled: bool = False) -> np.ndarray:
+        """Response residuals: ``conditional`` y - X beta - Z b, or ``marginal`` y - X beta."""
+        d = self.model.design
+        if kind == "conditional":
+            r = d.y - self.fitted
+        elif kind == "marginal":
+            r = d.y - d.X @ self.fixef.to_numpy()
+        else:
+            from .errors import JaxLMMError
+
+            raise JaxLMMError(f"kind must be 'conditional' or 'marginal', not {kind!r}.")
+        return r / self.sigma if scaled else r
+
+    # ---- text -----------------------------------------------------------
+    def summary(self) -> str:
+        from .summary import format_summary
+
+        return format_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        kind = "REML" if self.reml else "ML"
+        return f"<LmmFit {kind} '{self.formula}' objective={self.objective:.4f}>"
+
+
+def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
+    """Build the frozen result from the optimizer's output (lme4's mkMerMod)."""
+    data = model.data
+    design = model.design
+    theta = np.asarray(opt.theta, dtype=np.float64)
+    sol = _solve_jit(jnp.asarray(theta), data)
+    n, p = design.n, design.p
+    r2 = float(sol.r2)
+    sigma = float(np.sqrt(r2 / (n - p if reml else n)))
+    RX = np.asarray(sol.RX)
+    RXinv = np.linalg.solve(RX, np.eye(p)) if p else np.zeros((0, 0))
+    vcov = sigma**2 * (RXinv.T @ RXinv)
+    names = list(design.fixed_names)
+    Ts = [np.asarray(T) for T in relative_factors(jnp.asarray(theta), data.term_dims)]
+    b, lo = [], 0
+    u_rest = np.asarray(sol.u_rest)
+    for i, (t, T) in enumerate(zip(design.terms, Ts)):
+        if i == 0:
+            u = np.asarray(sol.u1)
+        else:
+            u = u_rest[lo : lo + t.nlevels * t.k].reshape(t.nlevels, t.k)
+            lo += t.nlevels * t.k
+        b.append(u @ T.T)
+    lower = model.lower
+    singular = bool(np.any(theta[lower == 0] < SINGULAR_TOL))
+    return LmmFit(
+        model=model,
+        reml=reml,
+        method=method,
+        objective=float(opt.fun),
+        theta=theta,
+        converged=bool(opt.converged),
+        n_iter=int(opt.n_iter),
+        gradient=np.asarray(opt.grad),
+        fixef=pd.Series(np.asarray(sol.beta), index=names, name="estimate"),
+        se=pd.Series(np.sqrt(np.diag(vcov)), index=names, name="se"),
+        vcov=pd.DataFrame(vcov, index=names, columns=names),
+        sigma=sigma,
+        varcorr=_varcorr(design.terms, Ts, sigma),
+        singular=singular,
+        nobs=n,
+        n_dropped=design.n_dropped,
+        b=tuple(b),
+    )

@@ -1,0 +1,81 @@
+"""Shared fixtures: lme4's reference values and fitted models, built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+import jaxlmm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_dir() -> Path:
+    env = os.environ.get("JAXLMM_REFERENCE")
+    candidates = [Path(env)] if env else []
+    candidates += [ROOT.parent / "shared" / "reference", ROOT / "shared" / "reference"]
+    for c in candidates:
+        if (c / "fits").is_dir():
+            return c
+    raise FileNotFoundError(
+        "lme4 reference values not found: expected ../shared/reference beside the repository "
+        "(or set JAXLMM_REFERENCE)."
+    )
+
+
+REF = reference_dir()
+
+# reference case -> bundled dataset
+CASES = {
+    "sleepstudy_slope": "sleepstudy",
+    "sleepstudy_uncorr": "sleepstudy",
+    "sleepstudy_intercept": "sleepstudy",
+    "dyestuff": "dyestuff",
+    "dyestuff2_singular": "dyestuff2",
+    "penicillin_crossed": "penicillin",
+    "pastes_nested": "pastes",
+    "insteval_crossed": "insteval",
+}
+
+
+def load_fit_reference(case: str) -> dict:
+    return json.loads((REF / "fits" / f"{case}.json").read_text())
+
+
+def load_json(name: str) -> dict:
+    return json.loads((REF / name).read_text())
+
+
+_models: dict = {}
+_fits: dict = {}
+
+
+def get_model(formula: str, dataset: str) -> jaxlmm.LinearMixedModel:
+    key = (formula, dataset)
+    if key not in _models:
+        _models[key] = jaxlmm.LinearMixedModel(formula, jaxlmm.datasets.load(dataset))
+    return _models[key]
+
+
+def get_fit(formula: str, dataset: str, reml: bool = True, method: str = "newton"):
+    """A fitted model, shared by all tests of the session (fits are frozen)."""
+    key = (formula, dataset, reml, method)
+    if key not in _fits:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jaxlmm.SingularFitWarning)
+            _fits[key] = get_model(formula, dataset).fit(reml=reml, method=method)
+    return _fits[key]
+
+
+@pytest.fixture(scope="session")
+def sleep_fit():
+    return get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def sleep_fit_ml():
+    return get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy", reml=False)
