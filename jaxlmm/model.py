@@ -47,6 +47,8 @@ def canonical_theta(x, term_dims):
 @partial(jax.jit, static_argnames=("method", "max_iter"))
 def optimize_theta(theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200):
     """Minimize the profiled criterion over theta (jit-compiled once per data shape)."""
+    if data.n_theta == 0:  # no random-effect term: the criterion is closed form
+        return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True)
     if method == "newton":
         return newton(_deviance, theta0, lower, args=(data, reml), max_iter=max_iter)
     if method == "lbfgs":
