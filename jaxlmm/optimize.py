@@ -132,19 +132,20 @@ def lbfgs(
     x0 = jnp.asarray(theta0, dtype=jnp.float64)
 
     def cond(state):
-        x, s, g, it = state
-        value = optax.tree_utils.tree_get(s, "value")
-        return (jnp.max(jnp.abs(g), initial=0.0) >= gtol * (1.0 + jnp.abs(value))) & (it < max_iter)
+        x, s, fx, g, it = state
+        return (jnp.max(jnp.abs(g), initial=0.0) >= gtol * (1.0 + jnp.abs(fx))) & (it < max_iter)
 
     def body(state):
-        x, s, _, it = state
+        x, s, _, _, it = state
         value, grad = vg(x, state=s)
         updates, s = opt.update(grad, s, x, value=value, grad=grad, value_fn=f)
         x = optax.apply_updates(x, updates)
-        return x, s, jax.grad(f)(x), it + 1
+        fx, g = jax.value_and_grad(f)(x)
+        return x, s, fx, g, it + 1
 
     s0 = opt.init(x0)
-    x, _, g, it = lax.while_loop(cond, body, (x0, s0, jax.grad(f)(x0), 0))
+    f0, g0 = jax.value_and_grad(f)(x0)
+    x, _, _, g, it = lax.while_loop(cond, body, (x0, s0, f0, g0, 0))
     theta = canonical(x)
     fval = fun(theta, *args)
     conv = jnp.max(jnp.abs(g), initial=0.0) < conv_tol * (1.0 + jnp.abs(fval))
