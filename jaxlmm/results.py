@@ -172,6 +172,14 @@ class LmmFit:
         kind = "REML" if self.reml else "ML"
         return f"<LmmFit {kind} '{self.formula}' objective={self.objective:.4f}>"
 
+    # ---- figures --------------------------------------------------------
+    @property
+    def plot(self):
+        """Diagnostic figures (matplotlib): ``.residuals()``, ``.qq()``, ``.caterpillar()``, ``.groups()``."""
+        from .plotting import FitPlots
+
+        return FitPlots(self)
+
 
 def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
     """Build the frozen result from the optimizer's output (lme4's mkMerMod)."""
