@@ -1,0 +1,163 @@
+"""Satterthwaite's degrees of freedom for tests of the fixed effects, by exact autodiff.
+
+For a contrast c'beta (Satterthwaite, Biometrics Bull. 1946; Giesbrecht &
+Burns, Biometrics 1985; lmerTest, Kuznetsova et al., J. Stat. Softw. 2017):
+
+    nu = 2 (c' V c)^2 / (g' A g),   V = Var(beta-hat)(phi),
+    g_m = c' (dV/dphi_m) c,         A = 2 H^{-1},
+
+with phi = (theta, sigma) the variance parameters and H the Hessian of the
+deviance D(phi) (:func:`jaxlmm.likelihood.deviance_varpar`: REML for REML
+fits, ML for ML fits) at the estimate; A is the asymptotic covariance of
+phi-hat. lmerTest takes g and H by finite differences; here both are exact
+(``jax.jacfwd``, ``jax.hessian``). nu does not depend on how phi is
+parameterized. As lmerTest, H is inverted on its positive eigenvalues
+only, so a parameter on the boundary whose curvature vanishes drops out.
+
+For a q-row contrast matrix L the F statistic and its denominator df follow
+lmerTest's ``contestMD`` (Fai & Cornelius, J. Stat. Comput. Simul. 1996):
+with L V L' = P diag(d) P', the q one-degree contrasts P_m'L give
+t_m^2 = (P_m'L beta)^2 / d_m and nu_m; F = sum t_m^2 / q and, with
+E = sum nu_m/(nu_m - 2), ddf = 2E/(E - q) (2 if some nu_m <= 2).
+"""
+
+from __future__ import annotations
+
+import weakref
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .distributions import f_sf, t_sf2
+from .errors import JaxLMMError
+from .likelihood import deviance_varpar, vcov_beta_varpar
+
+DDF_METHODS = ("satterthwaite", "wald", "residual")
+
+
+class VarparDerivatives(NamedTuple):
+    """V = Var(beta-hat), its Jacobian J (p, p, m) in phi, and A = 2 H^+ (m, m)."""
+
+    V: np.ndarray
+    J: np.ndarray
+    A: np.ndarray
+
+
+@partial(jax.jit, static_argnames="reml")
+def _derivatives(varpar, data, reml):
+    H = jax.hessian(deviance_varpar)(varpar, data, reml)
+    J = jax.jacfwd(vcov_beta_varpar)(varpar, data)
+    return vcov_beta_varpar(varpar, data), J, H
+
+
+def positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """Inverse of the symmetric H on its eigenvalues above tol * max(|eig|) (lmerTest)."""
+    lam, Q = np.linalg.eigh(H)
+    keep = lam > tol * max(np.max(np.abs(lam), initial=0.0), 1e-300)
+    Qk = Q[:, keep]
+    return (Qk / lam[keep]) @ Qk.T
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def varpar_derivatives(fit) -> VarparDerivatives:
+    """V, dV/dphi and A = 2 H^+ at the fit's (theta, sigma); cached per fit."""
+    if fit not in _CACHE:
+        varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
+        V, J, H = _derivatives(varpar, fit.model.data, bool(fit.reml))
+        _CACHE[fit] = VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H)))
+    return _CACHE[fit]
+
+
+def contrast_df(der: VarparDerivatives, c) -> float:
+    """Satterthwaite's df of the single contrast c'beta."""
+    c = np.asarray(c, dtype=np.float64)
+    var = c @ der.V @ c
+    g = np.einsum("i,ijm,j->m", c, der.J, c)
+    denom = g @ der.A @ g
+    return float(2.0 * var**2 / denom) if denom > 0 else float("inf")
+
+
+def satterthwaite_df(fit) -> np.ndarray:
+    """Satterthwaite's df of each fixed effect (the unit contrasts)."""
+    der = varpar_derivatives(fit)
+    eye = np.eye(len(fit.fixef))
+    return np.array([contrast_df(der, e) for e in eye])
+
+
+def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """Estimate, SE, df, t and two-sided p for each fixed effect.
+
+    ``ddf``: ``"satterthwaite"`` (lmerTest's default), ``"residual"``
+    (df = n - p) or ``"wald"`` (the normal law, df infinite).
+    """
+    if ddf not in DDF_METHODS:
+        raise JaxLMMError(f"ddf must be one of {DDF_METHODS}, not {ddf!r}.")
+    est, se = fit.fixef.to_numpy(), fit.se.to_numpy()
+    if ddf == "satterthwaite":
+        df = satterthwaite_df(fit)
+    elif ddf == "residual":
+        df = np.full(len(est), float(fit.nobs - len(est)))
+    else:
+        df = np.full(len(est), np.inf)
+    t = est / se
+    return pd.DataFrame(
+        {"estimate": est, "se": se, "df": df, "t": t, "p": t_sf2(t, df)}, index=fit.fixef.index
+    )
+
+
+def _as_contrast(fit, L) -> np.ndarray:
+    names = list(fit.fixef.index)
+    if isinstance(L, pd.DataFrame):
+        missing = [c for c in L.columns if c not in names]
+        if missing:
+            raise JaxLMMError(f"Contrast column '{missing[0]}' is not a fixed effect; they are {names}.")
+        L = L.reindex(columns=names, fill_value=0.0).to_numpy()
+    L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+    if L.ndim != 2 or L.shape[1] != len(names):
+        raise JaxLMMError(
+            f"The contrast matrix L needs {len(names)} columns (one per fixed effect {names}), "
+            f"got shape {L.shape}."
+        )
+    if not np.all(np.isfinite(L)):
+        raise JaxLMMError("The contrast matrix L has non-finite entries.")
+    return L
+
+
+def fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
+    """Denominator df of the F statistic from the per-contrast nu_m (lmerTest's get_Fstat_ddf)."""
+    if len(nu) == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < tol):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = float(np.sum(nu / (nu - 2.0)))
+    return 2.0 * E / (E - len(nu))
+
+
+def f_test(fit, L, rhs=0.0, eps: float = np.sqrt(np.finfo(float).eps)) -> pd.DataFrame:
+    """F test of H0: L beta = rhs with Satterthwaite's denominator df (lmerTest's contestMD).
+
+    Returns one row: ``num_df`` (rank of L V L'), ``den_df``, ``F`` and ``p``.
+    """
+    L = _as_contrast(fit, L)
+    der = varpar_derivatives(fit)
+    beta = fit.fixef.to_numpy()
+    d, P = np.linalg.eigh(L @ der.V @ L.T)
+    d, P = d[::-1], P[:, ::-1]
+    q = int(np.sum(d > max(eps * d[0], 0.0)))
+    if q < 1:
+        raise JaxLMMError("The contrast matrix L has rank zero: nothing to test.")
+    PtL = P[:, :q].T @ L
+    rhs = np.broadcast_to(np.asarray(rhs, dtype=np.float64), (L.shape[0],))
+    t2 = (PtL @ beta - P[:, :q].T @ rhs) ** 2 / d[:q]
+    F = float(np.sum(t2) / q)
+    nu = np.array([contrast_df(der, row) for row in PtL])
+    ddf = fstat_ddf(nu)
+    return pd.DataFrame({"num_df": [q], "den_df": [ddf], "F": [F], "p": [float(f_sf(F, q, ddf))]})
