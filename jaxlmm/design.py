@@ -26,6 +26,15 @@ from .errors import (
     closest_name,
 )
 from .formula import ParsedFormula, RandomTerm, parse_formula
+from .validate import (
+    as_frame,
+    check_column_types,
+    check_identifiable,
+    check_levels,
+    check_response_spread,
+    check_response_type,
+    check_values,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m|[⧛⧚]")
 
@@ -45,6 +54,7 @@ class TermDesign:
     levels: np.ndarray
     codes: np.ndarray
     X: np.ndarray
+    spec: object = None  # formulaic ModelSpec of the term's columns (for new data)
 
     @property
     def k(self) -> int:
@@ -68,6 +78,7 @@ class Design:
     terms: tuple[TermDesign, ...]
     n_dropped: int
     rows: np.ndarray  # index labels of the rows used
+    fixed_spec: object = None  # formulaic ModelSpec of X (for new data)
 
     @property
     def n(self) -> int:
@@ -85,16 +96,28 @@ def lme4_name(col: str) -> str:
     return re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", col)
 
 
-def _formulaic_error(exc: Exception, what: str, columns) -> FormulaError:
+def _unknown_name(name: str, what: str, columns, text: str = "") -> FormulaError:
+    """'Column x is not in the data' (with the closest column), or 'unknown function x'."""
+    if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", text):
+        return FormulaError(
+            f"'{name}' in {what} is neither a column of the data nor a function the formula "
+            f"language knows (such as log, exp, sqrt, or I(...) for arithmetic)."
+            f"{closest_name(name, columns)}"
+        )
+    return FormulaError(
+        f"Column '{name}' used in {what} is not in the data.{closest_name(name, columns)}"
+    )
+
+
+def _formulaic_error(exc: Exception, what: str, columns, text: str = "") -> FormulaError:
+    """Translate an exception of formulaic into a FormulaError naming the formula part."""
     msg = _ANSI.sub("", str(exc)).strip()
     missing = re.search(r"`([^`]+)` is not present", msg)
     if missing:
-        name = missing.group(1)
-        return FormulaError(
-            f"Column '{name}' used in {what} is not in the data.{closest_name(name, columns)}"
-        )
-    return FormulaError(f"Cannot build {what}: {msg.splitlines()[0] if msg else type(exc).__name__}")
-
+        return _unknown_name(missing.group(1), what, columns, text)
+    where = f" '{text}'" if text else ""
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    return FormulaError(f"Cannot read {what}{where}: {first}")
 
 
 def _required(expr: str, what: str) -> set[str]:
@@ -103,15 +126,13 @@ def _required(expr: str, what: str) -> set[str]:
     try:
         return set(Formula(expr).required_variables)
     except Exception as exc:
-        raise _formulaic_error(exc, what, []) from None
+        raise _formulaic_error(exc, what, [], expr) from None
 
 
-def _check_columns(names, data: pd.DataFrame, what: str) -> None:
+def _check_columns(names, data: pd.DataFrame, what: str, text: str = "") -> None:
     for name in sorted(names):
         if name not in data.columns:
-            raise FormulaError(
-                f"Column '{name}' used in {what} is not in the data.{closest_name(name, data.columns)}"
-            )
+            raise _unknown_name(name, what, data.columns, text)
 
 
 def _as_factor(col: pd.Series) -> pd.Categorical:
@@ -151,33 +172,32 @@ def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarra
     return codes.astype(np.int64), labels
 
 
-def _prepare(data, used: set[str]) -> tuple[pd.DataFrame, int]:
-    """Columns in use, rows with a missing value dropped (counted, warned)."""
+def _drop_missing(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int]:
+    """The columns in use, rows with a missing value dropped (counted, warned; lme4's na.omit)."""
     cols = [c for c in data.columns if c in used]
     frame = data[cols]
-    for c in cols:
-        col = frame[c]
-        if col.isna().all():
-            raise DataError(f"Column '{c}' has only missing values.")
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            if np.isinf(vals).any():
-                raise DataError(
-                    f"Column '{c}' has {int(np.isinf(vals).sum())} infinite value(s); "
-                    "remove or recode them before fitting."
-                )
-    keep = frame.notna().all(axis=1).to_numpy()
+    check_column_types(frame)
+    missing = frame.isna()
+    keep = ~missing.any(axis=1).to_numpy()
     n_dropped = int((~keep).sum())
-    if n_dropped:
-        bad = [c for c in cols if frame[c].isna().any()]
-        warnings.warn(
-            f"{n_dropped} row(s) with missing values in {', '.join(repr(b) for b in bad)} were dropped.",
-            MissingDataWarning,
-            stacklevel=4,
+    bad = ", ".join(f"'{c}' ({int(missing[c].sum())})" for c in cols if missing[c].any())
+    if n_dropped == len(frame):
+        raise DataError(
+            f"No rows are left after dropping the rows with missing values; missing values per "
+            f"column: {bad}."
         )
-    frame = frame[keep]
-    if len(frame) == 0:
-        raise DataError("No rows are left after dropping rows with missing values.")
+    if n_dropped:
+        warnings.warn(
+            f"{n_dropped} row(s) with missing values were dropped; missing values per column: {bad}.",
+            MissingDataWarning,
+            stacklevel=5,
+        )
+    return frame[keep], n_dropped
+
+
+def _prepare(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int]:
+    """Rows with missing values dropped, then R's column conversions."""
+    frame, n_dropped = _drop_missing(data, used)
     # R's defaults: character columns become factors with sorted levels.
     out = {}
     for c in frame.columns:
@@ -197,9 +217,9 @@ def _model_matrix(expr: str, data: pd.DataFrame, what: str):
     from formulaic import model_matrix
 
     try:
-        mm = model_matrix(expr, data, na_action="raise")
+        mm = model_matrix(expr, data, na_action="ignore")
     except Exception as exc:
-        raise _formulaic_error(exc, what, data.columns) from None
+        raise _formulaic_error(exc, what, data.columns, expr) from None
     return mm
 
 
@@ -228,43 +248,50 @@ def drop_collinear(X: np.ndarray, names: tuple[str, ...], tol: float = 1e-7):
 
 
 def _response(data: pd.DataFrame, response: str) -> np.ndarray:
+    """The response as float64: a numeric column, or an expression such as log(y)."""
     if response in data.columns:
-        col = data[response]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) or isinstance(
-            col.dtype, pd.CategoricalDtype
-        ):
-            raise DataError(
-                f"The response '{response}' is not numeric (dtype {col.dtype}); "
-                "a linear mixed model needs a numeric response."
-            )
-        return col.to_numpy(dtype=np.float64)
-    mm = _model_matrix(f"{response} ~ 1", data, f"the response '{response}'")
-    lhs = mm.lhs
-    if lhs.shape[1] != 1:
-        raise DataError(f"The response '{response}' is not a single numeric column.")
-    return np.asarray(lhs, dtype=np.float64)[:, 0]
+        y = data[response].to_numpy(dtype=np.float64)
+    else:
+        lhs = _model_matrix(f"{response} ~ 1", data, f"the response '{response}'").lhs
+        if lhs.shape[1] != 1:
+            raise DataError(f"The response '{response}' is not a single numeric column.")
+        y = np.asarray(lhs, dtype=np.float64)[:, 0]
+    check_values(y, [response], "The response")
+    check_response_spread(y, response)
+    return y
+
+
+def _fixed_matrix(parsed: ParsedFormula, data: pd.DataFrame):
+    """X with collinear columns dropped (warned, as lme4's check.rankX), and the names kept."""
+    mm = _model_matrix(f"1 ~ {parsed.fixed}", data, "the fixed-effect formula")
+    names = tuple(lme4_name(c) for c in mm.rhs.columns)
+    X = np.asarray(mm.rhs, dtype=np.float64).reshape(len(data), len(names))
+    check_values(X, names, "The fixed-effect column")
+    X, names, dropped = drop_collinear(X, names)
+    if dropped:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
+            f"{', '.join(dropped)}.",
+            RankDeficiencyWarning,
+            stacklevel=4,
+        )
+    if len(data) <= X.shape[1]:
+        raise DataError(f"{len(data)} observations are too few for {X.shape[1]} fixed-effect columns.")
+    return X, names, dropped, mm.rhs.model_spec
 
 
 def _term_design(term: RandomTerm, data: pd.DataFrame, n: int) -> TermDesign:
+    """One term's columns and group codes, checked against lme4's rules (jaxlmm.validate)."""
     what = f"the random-effect term ({term.expr} | {term.name})"
     mm = _model_matrix(term.expr, data, what)
     Xm = np.asarray(mm, dtype=np.float64)
     if Xm.ndim != 2 or Xm.shape[1] == 0:
         raise FormulaError(f"The random-effect term ({term.expr} | {term.name}) has no columns.")
     colnames = tuple(lme4_name(c) for c in mm.columns)
+    check_values(Xm, colnames, f"In {what}, column")
     codes, levels = group_codes(data, term.factors)
-    nl = len(levels)
-    if nl < 2:
-        raise DataError(
-            f"Grouping factor '{term.name}' has only {nl} level: a random effect needs at least "
-            "two groups. Drop the term or use the factor as a fixed effect."
-        )
-    if nl >= n:
-        raise DataError(
-            f"Grouping factor '{term.name}' has {nl} levels for {n} observations: the number of "
-            "levels of each grouping factor must be less than the number of observations, or "
-            "the random effect cannot be told apart from the residual."
-        )
+    check_levels(term.name, len(levels), Xm.shape[1], n)
+    check_identifiable(Xm, codes, len(levels), colnames, term.expr, term.name)
     return TermDesign(
         name=term.name,
         factors=term.factors,
@@ -273,69 +300,39 @@ def _term_design(term: RandomTerm, data: pd.DataFrame, n: int) -> TermDesign:
         levels=levels,
         codes=codes,
         X=Xm,
+        spec=mm.model_spec,
     )
 
 
-def _check_slopes_vary(t: TermDesign) -> None:
-    """A slope column must vary within some level, else it is confounded with the intercept."""
-    constant = np.ptp(t.X, axis=0) == 0
-    if t.k < 2 or not constant.any():
-        return
-    counts = np.bincount(t.codes, minlength=t.nlevels)
-    for j, name in enumerate(t.colnames):
-        col = t.X[:, j]
-        if constant[j]:
-            continue
-        mean = np.bincount(t.codes, weights=col, minlength=t.nlevels) / np.maximum(counts, 1)
-        if np.allclose(col, mean[t.codes], rtol=0, atol=1e-12 * (1 + np.abs(col).max())):
-            raise DataError(
-                f"In the random-effect term ({t.expr} | {t.name}), column '{name}' does not vary "
-                f"within any level of '{t.name}', so its random effect cannot be told apart "
-                f"from the others; drop '{name}' from the term or use a separate term "
-                f"(1 | {t.name})."
-            )
+def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> set[str]:
+    """The data columns the formula needs; an unknown name is a FormulaError."""
+    fixed = f"{parsed.response} ~ {parsed.fixed}"
+    used = _required(fixed, "the fixed-effect formula")
+    _check_columns(used, data, "the formula", fixed)
+    for t in parsed.random:
+        what = f"the random-effect term ({t.expr} | {t.name})"
+        tvars = _required(t.expr, what)
+        _check_columns(tvars | set(t.factors), data, what, t.expr)
+        used |= tvars | set(t.factors)
+    return used
 
 
 def build_design(formula, data) -> Design:
     """Parse ``formula`` and build the model matrices from ``data``.
 
     Raises FormulaError for unknown columns or bad terms, DataError for
-    unusable data; rows with missing values in used columns are dropped.
+    unusable data (see :mod:`jaxlmm.validate`); rows with missing values in
+    used columns are dropped and counted.
     """
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
-    if isinstance(data, dict):
-        data = pd.DataFrame(data)
-    if not isinstance(data, pd.DataFrame):
-        raise DataError(f"data must be a pandas DataFrame (or a dict of columns), not {type(data).__name__}.")
-    used = _required(f"{parsed.response} ~ {parsed.fixed}", "the fixed-effect formula")
-    _check_columns(used, data, "the formula")
-    for t in parsed.random:
-        tvars = _required(t.expr, f"the random-effect term ({t.expr} | {t.name})")
-        _check_columns(tvars | set(t.factors), data, f"the random-effect term ({t.expr} | {t.name})")
-        used |= tvars | set(t.factors)
+    data = as_frame(data)
+    used = _used_columns(parsed, data)
+    check_response_type(data, parsed.response)
     frame, n_dropped = _prepare(data, used)
     n = len(frame)
     y = _response(frame, parsed.response)
-    mm = _model_matrix(f"1 ~ {parsed.fixed}" if parsed.fixed else "1 ~ 1", frame, "the fixed-effect model matrix")
-    X = np.asarray(mm.rhs, dtype=np.float64)
-    names = tuple(lme4_name(c) for c in mm.rhs.columns)
-    X, names, dropped = drop_collinear(X, names)
-    if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
-            f"{', '.join(dropped)}.",
-            RankDeficiencyWarning,
-            stacklevel=3,
-        )
-    if n <= X.shape[1]:
-        raise DataError(f"{n} observations are too few for {X.shape[1]} fixed-effect columns.")
-    if np.ptp(y) == 0:
-        raise DataError(
-            f"The response '{parsed.response}' is constant ({y[0]:g}); there is no variation to model."
-        )
+    X, names, dropped, fixed_spec = _fixed_matrix(parsed, frame)
     terms = [_term_design(t, frame, n) for t in parsed.random]
-    for t in terms:
-        _check_slopes_vary(t)
     order = sorted(range(len(terms)), key=lambda i: -terms[i].nlevels)
     terms = tuple(terms[i] for i in order)
     return Design(
@@ -348,4 +345,5 @@ def build_design(formula, data) -> Design:
         terms=terms,
         n_dropped=n_dropped,
         rows=np.asarray(frame.index),
+        fixed_spec=fixed_spec,
     )

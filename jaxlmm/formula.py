@@ -110,6 +110,11 @@ def _find_bars(rhs: str, full: str) -> tuple[str, list[tuple[str, str, bool]]]:
         if ch == "(":
             j = _matching_paren(rhs, i)
             inner = rhs[i + 1 : j]
+            if not inner.strip():
+                raise FormulaError(
+                    f"Empty parentheses '()' in '{full}': write a term inside them, "
+                    "e.g. (1 | g) for a random intercept."
+                )
             if "|" in inner:
                 pieces = _top_level_split(inner, "||")
                 double = len(pieces) == 2

@@ -19,6 +19,7 @@ import numpy as np
 from ._config import ensure_x64
 from .crossprod import CrossProducts, cross_products
 from .design import Design, build_design
+from .validate import as_theta, check_max_iter
 from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning
 from .objective import deviance as _deviance
 from .objective import theta_layout, theta_lower_bounds, theta_start
@@ -86,9 +87,8 @@ class LinearMixedModel:
 
     def deviance(self, theta, reml: bool = True) -> float:
         """The profiled REML criterion (or ML deviance) at ``theta``, lme4's scale."""
-        theta = jnp.asarray(theta, dtype=jnp.float64)
-        if theta.shape != self.theta0.shape:
-            raise JaxLMMError(f"theta must have {self.theta0.size} entries, got shape {theta.shape}.")
+        ensure_x64()
+        theta = jnp.asarray(as_theta(theta, self.theta0.size))
         return float(_deviance_jit(theta, self.data, bool(reml)))
 
     def fit(self, reml: bool = True, method: str = "newton", theta0=None, max_iter: int = 200):
@@ -98,7 +98,8 @@ class LinearMixedModel:
         ensure_x64()
         if method not in METHODS:
             raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
-        start = self.theta0 if theta0 is None else np.asarray(theta0, dtype=np.float64)
+        max_iter = check_max_iter(max_iter)
+        start = self.theta0 if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
         opt: OptResult = optimize_theta(
             jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method, max_iter=max_iter
         )
