@@ -1,0 +1,50 @@
+"""Confidence intervals for all parameters of a fit (lme4's ``confint.merMod``).
+
+Rows in lme4's order and names (``oldNames = FALSE``): the SDs and
+correlations of each random-effect term, ``sigma``, then the fixed effects.
+
+- ``profile``: likelihood-ratio intervals {v : |zeta(v)| <= z_{(1+level)/2}}
+  from the profiles of :mod:`jaxlmm.profile`;
+- ``wald``: beta-hat -/+ z_{(1+level)/2} SE for the fixed effects, NaN for
+  the variance parameters (as lme4);
+- ``bootstrap``: percentile intervals of the parametric bootstrap
+  (:func:`jaxlmm.bootstrap.bootstrap`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .distributions import norm_quantile
+from .errors import JaxLMMError
+from .profile import profile_limits, sdcor_estimates
+
+METHODS = ("profile", "wald", "bootstrap")
+
+
+def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
+    """Wald intervals of the fixed effects; NaN rows for the variance parameters."""
+    z = norm_quantile((1 + level) / 2)
+    names, _ = sdcor_estimates(fit)
+    est, se = fit.fixef.to_numpy(), fit.se.to_numpy()
+    lower = np.concatenate([np.full(len(names), np.nan), est - z * se])
+    upper = np.concatenate([np.full(len(names), np.nan), est + z * se])
+    return pd.DataFrame({"lower": lower, "upper": upper}, index=names + list(fit.fixef.index))
+
+
+def confint(fit, method: str = "profile", level: float = 0.95, n: int = 1000, seed: int = 0, which=None):
+    """Intervals (columns lower, upper) by ``profile``, ``wald`` or ``bootstrap``."""
+    if method not in METHODS:
+        raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
+    if not 0 < level < 1:
+        raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
+    if method == "profile":
+        return profile_limits(fit, level=level, which=which)
+    if method == "wald":
+        out = wald_limits(fit, level)
+    else:
+        from .bootstrap import bootstrap
+
+        out = bootstrap(fit, n=n, seed=seed).confint(level=level, method="percentile")
+    return out if which is None else out.loc[[which] if isinstance(which, str) else list(which)]

@@ -1,0 +1,230 @@
+"""Likelihood profiles of every parameter on lme4's scale (lme4's ``profile.merMod``).
+
+The parameters psi are, as lme4's ``confint`` names them (``oldNames = FALSE``):
+per random-effect term the standard deviations ``sd_x|g`` and correlations
+``cor_x.y|g`` (in the order of theta: the lower triangle column by column),
+then ``sigma``, then the fixed effects. They map to the engine's parameters by
+
+    Sigma_m = S_m R_m S_m,  T_m = S_m chol(R_m) / sigma,  theta = vech(T_m),
+
+S_m the diagonal of SDs and R_m the correlation matrix of term m. The
+profile of psi_j is the ML deviance minimized over all other parameters,
+D_j(v) = min_{psi: psi_j = v} D(theta(psi), sigma, beta)
+(:func:`jaxlmm.likelihood.deviance_ml`), and its signed square root
+zeta_j(v) = sign(v - psi_j-hat) sqrt(D_j(v) - D(psi-hat)) (Bates & Watts,
+"Nonlinear Regression Analysis", 1988, sec. 6.1; Bates et al., JSS 2015,
+sec. 5.1). As lme4's ``devfun2`` does (it calls ``refitML``), REML fits are
+profiled on the ML deviance.
+
+The inner minimization is the engine's projected Newton
+(:func:`jaxlmm.optimize.newton`) over w = (SDs >= 0, atanh of the
+correlations, sigma >= 0, beta) with w_j held fixed: the criterion does not
+depend on w_j, so its gradient and Hessian row vanish and Newton leaves it
+alone; one compiled function serves every parameter and value. A profile
+limit zeta_j(v) = +-z is found by a safeguarded secant (regula falsi with the
+Illinois modification) on v.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .errors import JaxLMMError
+from .likelihood import deviance_ml
+from .objective import theta_layout
+from .optimize import newton
+
+CORR_LIMIT = 12.0  # |atanh(cor)| beyond which the correlation is taken as +-1
+
+
+def _kinds(term_dims, p: int) -> np.ndarray:
+    """Per entry of w: 0 SD, 1 correlation (atanh scale), 2 sigma, 3 fixed effect."""
+    out = []
+    for rows, cols in theta_layout(term_dims):
+        out += [0 if r == c else 1 for r, c in zip(rows, cols)]
+    return np.array(out + [2] + [3] * p, dtype=np.int64)
+
+
+def theta_from_sdcor(sdcor, sigma, term_dims):
+    """theta from the SDs and correlations of each term (layout of theta) and sigma."""
+    out, i = [], 0
+    for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
+        m = len(rows)
+        v = sdcor[i : i + m]
+        i += m
+        diag = rows == cols
+        sd = jnp.zeros(k, dtype=v.dtype).at[cols[diag]].set(v[diag])
+        if k == 1:
+            out.append(sd / sigma)
+            continue
+        off = ~diag
+        R = jnp.eye(k, dtype=v.dtype).at[rows[off], cols[off]].set(v[off])
+        R = R.at[cols[off], rows[off]].set(v[off])
+        T = sd[:, None] * jnp.linalg.cholesky(R) / sigma
+        out.append(T[rows, cols])
+    return jnp.concatenate(out) if out else jnp.zeros(0, dtype=sdcor.dtype)
+
+
+def _unpack(w, kinds, term_dims):
+    """(theta, sigma, beta) from w = (SDs, atanh(correlations), sigma, beta)."""
+    nv = len(kinds) - int(np.sum(kinds == 3)) - 1
+    v = w[:nv]
+    sdcor = jnp.where(jnp.asarray(kinds[:nv] == 1), jnp.tanh(v), v)
+    sigma = w[nv]
+    return theta_from_sdcor(sdcor, sigma, term_dims), sigma, w[nv + 1 :]
+
+
+@partial(jax.jit, static_argnames=("kinds",))
+def _constrained_min(w0, lower, data, kinds: tuple, j, wj):
+    """min over w with w_j = wj of the ML deviance; returns (deviance, w)."""
+    kind = np.array(kinds, dtype=np.int64)
+
+    def dev(w, data, j, wj):
+        theta, sigma, beta = _unpack(w.at[j].set(wj), kind, data.term_dims)
+        return deviance_ml(theta, sigma, beta, data)
+
+    res = newton(dev, w0, lower, args=(data, j, wj), gtol=1e-10, max_iter=100)
+    return res.fun, res.theta.at[j].set(wj)
+
+
+class Profiler:
+    """Evaluates zeta_j(v) for one fit; caches the ML fit and warm starts."""
+
+    def __init__(self, fit):
+        ml = fit if not fit.reml else fit.model.fit(reml=False, method=fit.method)
+        self.fit, self.ml = fit, ml
+        data = fit.model.data
+        self.data = data
+        kinds = _kinds(data.term_dims, len(ml.fixef))
+        self.kinds = tuple(int(k) for k in kinds)
+        names, values = sdcor_estimates(ml)
+        self.names = names + list(ml.fixef.index)
+        psi = np.concatenate([values, ml.fixef.to_numpy()])
+        self.psi_hat = psi
+        self.w_hat = np.where(kinds == 1, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi)
+        self.lower = np.where((kinds == 0) | (kinds == 2), 0.0, -np.inf)
+        self.dmin = float(ml.objective)
+        self.kind = kinds
+
+    def to_value(self, j: int, w: float) -> float:
+        return float(np.tanh(w)) if self.kind[j] == 1 else float(w)
+
+    def deviance(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
+        w0 = self.w_hat if start is None else start
+        f, w = _constrained_min(
+            jnp.asarray(w0), jnp.asarray(self.lower), self.data, self.kinds, j, jnp.asarray(float(wj))
+        )
+        return float(f), np.asarray(w)
+
+    def zeta(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
+        f, w = self.deviance(j, wj, start)
+        d = max(f - self.dmin, 0.0)
+        return float(np.sign(wj - self.w_hat[j]) * np.sqrt(d)), w
+
+    def limit(self, j: int, target: float, tol: float = 1e-9, max_eval: int = 60) -> float:
+        """The value (lme4's scale) where zeta_j crosses ``target`` (!= 0)."""
+        side = np.sign(target)
+        x0, z0, w0 = self.w_hat[j], 0.0, self.w_hat
+        scale = abs(x0) if abs(x0) > 0 else 1.0
+        x1 = x0 + side * 0.05 * scale
+        x1 = max(x1, self.lower[j])
+        z1, w1 = self.zeta(j, x1, w0)
+        evals = 1
+        # expand until the target is bracketed
+        while side * z1 < side * target:
+            if self.lower[j] == 0.0 and x1 <= 0.0:
+                return 0.0
+            if self.kind[j] == 1 and abs(x1) >= CORR_LIMIT:
+                return float(side)
+            slope = (z1 - z0) / (x1 - x0) if z1 != z0 else 0.0
+            step = (target - z1) / slope if slope * side > 0 else 2.0 * (x1 - x0)
+            step = float(np.clip(step, -4.0 * abs(x1 - x0) - 1e-12, 4.0 * abs(x1 - x0) + 1e-12))
+            x0, z0, w0 = x1, z1, w1
+            x1 = max(x1 + step * 1.05, self.lower[j])
+            if self.kind[j] == 1:
+                x1 = float(np.clip(x1, -CORR_LIMIT, CORR_LIMIT))
+            z1, w1 = self.zeta(j, x1, w0)
+            evals += 1
+            if evals > max_eval:
+                raise JaxLMMError(f"The profile of '{self.names[j]}' did not reach zeta = {target:.3g}.")
+        # Illinois regula falsi on [x0, x1]
+        fa, fb = z0 - target, z1 - target
+        a, b, wa, wb = x0, x1, w0, w1
+        last = 0
+        for _ in range(max_eval):
+            c = b - fb * (b - a) / (fb - fa)
+            fc, wc = self.zeta(j, c, wa if abs(c - a) < abs(c - b) else wb)
+            fc -= target
+            if abs(fc) < tol or abs(b - a) < tol * (1 + abs(c)):
+                return self.to_value(j, c)
+            if np.sign(fc) == np.sign(fb):
+                b, fb, wb = c, fc, wc
+                if last == 1:
+                    fa *= 0.5
+                last = 1
+            else:
+                a, fa, wa = c, fc, wc
+                if last == -1:
+                    fb *= 0.5
+                last = -1
+        return self.to_value(j, c)  # pragma: no cover
+
+    def select(self, which) -> list[int]:
+        if which is None:
+            return [j for j in range(len(self.names)) if np.isfinite(self.psi_hat[j])]
+        which = [which] if isinstance(which, str) else list(which)
+        bad = [w for w in which if w not in self.names]
+        if bad:
+            raise JaxLMMError(f"No parameter '{bad[0]}'; the parameters are {self.names}.")
+        return [self.names.index(w) for w in which]
+
+
+def sdcor_estimates(fit) -> tuple[list[str], np.ndarray]:
+    """lme4's names and values of the SDs, correlations and sigma of a fit."""
+    from .bootstrap import sd_cor
+
+    out = sd_cor(fit.theta[None, :], np.array([fit.sigma]), fit.terms)
+    return list(out), np.array([float(np.asarray(v).reshape(-1)[0]) for v in out.values()])
+
+
+def profile_limits(fit, level: float = 0.95, which=None) -> pd.DataFrame:
+    """Profile-likelihood confidence limits (columns lower, upper), lme4's ``confint``."""
+    from .distributions import norm_quantile
+
+    if not 0 < level < 1:
+        raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
+    z = norm_quantile((1 + level) / 2)
+    pr = Profiler(fit)
+    rows = {pr.names[j]: (pr.limit(j, -z), pr.limit(j, z)) for j in pr.select(which)}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
+
+
+def profile(fit, which=None, level: float = 0.99, n_points: int = 8) -> pd.DataFrame:
+    """Profile traces: columns ``parameter``, ``value`` (lme4's scale), ``zeta``.
+
+    For each parameter, ``n_points`` values on each side of the estimate,
+    evenly spaced (on the SD, atanh-correlation, sigma or beta scale) up to
+    the limit of the ``level`` profile interval, and the estimate (zeta = 0).
+    """
+    from .distributions import norm_quantile
+
+    z = norm_quantile((1 + level) / 2)
+    pr = Profiler(fit)
+    out = []
+    for j in pr.select(which):
+        out.append((pr.names[j], pr.psi_hat[j], 0.0))
+        for side in (-1.0, 1.0):
+            end = pr.limit(j, side * z)
+            wend = np.arctanh(np.clip(end, -1 + 1e-12, 1 - 1e-12)) if pr.kind[j] == 1 else end
+            start = pr.w_hat
+            for x in np.linspace(pr.w_hat[j], wend, n_points + 1)[1:]:
+                zeta, start = pr.zeta(j, x, start)
+                out.append((pr.names[j], pr.to_value(j, x), zeta))
+    df = pd.DataFrame(out, columns=["parameter", "value", "zeta"])
+    order = pd.Categorical(df["parameter"], categories=list(dict.fromkeys(df["parameter"])), ordered=True)
+    df = df.assign(_order=order).sort_values(["_order", "value"], kind="stable")
+    return df.drop(columns="_order").reset_index(drop=True)
