@@ -10,6 +10,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from . import datasets  # noqa: E402
+from .anova import anova  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceWarning,
     DataError,
@@ -22,6 +23,7 @@ from .errors import (  # noqa: E402
 )
 from .formula import parse_formula  # noqa: E402
 from .model import LinearMixedModel, lmm  # noqa: E402
+from .oneway import oneway_anova  # noqa: E402
 from .results import LmmFit  # noqa: E402
 
 __version__ = "0.1.0"
@@ -37,7 +39,9 @@ __all__ = [
     "MissingDataWarning",
     "RankDeficiencyWarning",
     "SingularFitWarning",
+    "anova",
     "datasets",
     "lmm",
+    "oneway_anova",
     "parse_formula",
 ]

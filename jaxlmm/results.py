@@ -159,6 +159,37 @@ class LmmFit:
             raise JaxLMMError(f"kind must be 'conditional' or 'marginal', not {kind!r}.")
         return r / self.sigma if scaled else r
 
+    # ---- inference (jaxlmm.satterthwaite, confint, predict, simulate) --------
+    def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Fixed effects with SE, df, t and p (ddf: 'satterthwaite', 'residual' or 'wald')."""
+        from .satterthwaite import coef_table
+
+        return coef_table(self, ddf=ddf)
+
+    def test(self, L, rhs=0.0) -> pd.DataFrame:
+        """F test of L beta = rhs with Satterthwaite's denominator df (lmerTest's contestMD)."""
+        from .satterthwaite import f_test
+
+        return f_test(self, L, rhs=rhs)
+
+    def confint(self, method: str = "profile", level: float = 0.95, n: int = 1000, seed: int = 0, which=None):
+        """Confidence intervals (lower, upper) by 'profile', 'wald' or 'bootstrap'."""
+        from .confint import confint
+
+        return confint(self, method=method, level=level, n=n, seed=seed, which=which)
+
+    def predict(self, newdata=None, re: bool = True) -> np.ndarray:
+        """Predictions X beta + Z b for ``newdata`` (new levels at the population level)."""
+        from .predict import predict
+
+        return predict(self, newdata, re=re)
+
+    def simulate(self, n: int = 1, seed: int = 0) -> np.ndarray:
+        """``n`` responses simulated from the fitted model, shape (n, nobs)."""
+        from .simulate import simulate
+
+        return simulate(self, n=n, seed=seed)
+
     # ---- text -----------------------------------------------------------
     def summary(self) -> str:
         from .summary import format_summary
