@@ -18,7 +18,7 @@ import numpy as np
 
 from ._config import ensure_x64
 from .crossprod import CrossProducts, cross_products
-from .design import Design, build_design
+from .design import Design, build_design, theta_scales
 from .validate import as_theta, check_max_iter
 from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning
 from .objective import deviance as _deviance
@@ -45,17 +45,32 @@ def canonical_theta(x, term_dims):
     return jnp.concatenate(out) if out else x
 
 
+def _scaled_deviance(phi, data: CrossProducts, reml, scale):
+    """The criterion in the rescaled parameters phi = theta * scale (design.theta_scales)."""
+    return _deviance(phi / scale, data, reml)
+
+
 @partial(jax.jit, static_argnames=("method", "max_iter"))
-def optimize_theta(theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200):
-    """Minimize the profiled criterion over theta (jit-compiled once per data shape)."""
+def optimize_theta(
+    theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None
+):
+    """Minimize the profiled criterion over theta (jit-compiled once per data shape).
+
+    The optimizer works on phi = theta * scale (positive, per entry; ones by
+    default); the result is mapped back to theta, the gradient too.
+    """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
         return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True)
+    w = jnp.ones_like(theta0) if scale is None else scale
+    args = (data, reml, w)
     if method == "newton":
-        return newton(_deviance, theta0, lower, args=(data, reml), max_iter=max_iter)
-    if method == "lbfgs":
+        opt = newton(_scaled_deviance, theta0 * w, lower * w, args=args, max_iter=max_iter)
+    elif method == "lbfgs":
         canon = partial(canonical_theta, term_dims=data.term_dims)
-        return lbfgs(_deviance, theta0, canon, args=(data, reml), max_iter=max_iter * 5)
-    raise ValueError(method)  # pragma: no cover (checked by fit)
+        opt = lbfgs(_scaled_deviance, theta0 * w, canon, args=args, max_iter=max_iter * 5)
+    else:  # pragma: no cover (checked by fit)
+        raise ValueError(method)
+    return opt._replace(theta=opt.theta / w, grad=opt.grad * w)
 
 
 _deviance_jit = jax.jit(_deviance)
@@ -99,9 +114,11 @@ class LinearMixedModel:
         if method not in METHODS:
             raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
         max_iter = check_max_iter(max_iter)
-        start = self.theta0 if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
+        scale = theta_scales(self.design.terms)
+        start = self.theta0 / scale if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
         opt: OptResult = optimize_theta(
-            jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method, max_iter=max_iter
+            jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method,
+            max_iter=max_iter, scale=jnp.asarray(scale),
         )
         fit = make_fit(self, opt, reml=bool(reml), method=method)
         if not fit.converged:

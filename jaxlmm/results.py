@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .design import theta_scales
 from .objective import conditional_variances, relative_factors, solve
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta
@@ -236,7 +237,8 @@ def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
             lo += t.nlevels * t.k
         b.append(u @ T.T)
     lower = model.lower
-    singular = bool(np.any(theta[lower == 0] < SINGULAR_TOL))
+    # lme4's isSingular, on theta in the units of the optimizer (design.theta_scales)
+    singular = bool(np.any((theta * theta_scales(design.terms))[lower == 0] < SINGULAR_TOL))
     return LmmFit(
         model=model,
         reml=reml,
