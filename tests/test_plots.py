@@ -19,8 +19,10 @@ import pytest
 from scipy import stats
 
 import jaxlmm
-from conftest import get_fit, load_fit_reference
+from conftest import get_fit, load_fit_reference, load_json
+from jaxlmm.plotting import plot_bootstrap, plot_profile
 from jaxlmm.plotting.diagnostics import ppoints, qq_line
+from jaxlmm.plotting.inference import profile_interval
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 SLEEP_UNCORR = "Reaction ~ Days + (Days || Subject)"
@@ -247,3 +249,98 @@ def test_missing_matplotlib_is_a_clear_error(sleep, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(jaxlmm.JaxLMMError, match="pip install matplotlib"):
         sleep.plot.residuals()
+
+
+# ---- likelihood profiles ------------------------------------------------------
+
+DYESTUFF = "Yield ~ 1 + (1 | Batch)"
+
+
+def test_profile_interval_of_a_straight_trace_is_the_wald_interval():
+    # zeta(v) = (v - 5) / 2 exactly: a quadratic deviance, limits 5 -/+ 2 z
+    v = np.linspace(-1.0, 11.0, 13)
+    df = pd.DataFrame({"parameter": "b", "value": v, "zeta": (v - 5.0) / 2.0})
+    fig = render(plot_profile(df, level=0.9))
+    (ax,) = fig.axes
+    trace = ax.lines[0]
+    np.testing.assert_array_equal(trace.get_xdata(), v)
+    np.testing.assert_array_equal(trace.get_ydata(), (v - 5.0) / 2.0)
+    z = stats.norm.ppf(0.95)
+    limits = ax.collections[0].get_segments()
+    np.testing.assert_allclose([s[0, 0] for s in limits], [5 - 2 * z, 5 + 2 * z], rtol=1e-12)
+    np.testing.assert_allclose([s[:, 1] for s in limits], [[-z, z], [-z, z]], rtol=1e-12)
+    assert profile_interval(v, (v - 5.0) / 2.0, 0.99) == pytest.approx((5 - 2 * 2.5758293, 5 + 2 * 2.5758293))
+    assert np.isnan(profile_interval(v, (v - 5.0) / 2.0, 0.999)).all()  # |zeta| <= 3 on this trace
+    lower_only = profile_interval(v[:4], (v[:4] - 5.0) / 2.0, 0.95)  # trace stops below zeta = 0
+    assert lower_only[0] == pytest.approx(5 - 2 * stats.norm.ppf(0.975)) and np.isnan(lower_only[1])
+
+
+@pytest.fixture(scope="module")
+def dyestuff_profile():
+    from jaxlmm.profile import profile
+
+    return profile(get_fit(DYESTUFF, "dyestuff"))
+
+
+def test_profile_panels_match_lme4_intervals(dyestuff_profile):
+    fig = render(plot_profile(dyestuff_profile, level=0.95))
+    ref = load_json("inference/inference.json")["confint"]["dyestuff"]["profile"]
+    assert [ax.get_title() for ax in fig.axes] == ref["names"]
+    for ax, name, lo, hi in zip(fig.axes, ref["names"], ref["lower"], ref["upper"]):
+        sub = dyestuff_profile[dyestuff_profile["parameter"] == name]
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), sub["zeta"], rtol=1e-12)
+        drawn = [s[0, 0] for s in ax.collections[0].get_segments()]
+        # a quadratic through three of 17 trace points vs lme4's spline: within 1%
+        np.testing.assert_allclose(drawn, [lo, hi], rtol=1e-2)
+    one = render(plot_profile(dyestuff_profile, params="sigma"))
+    assert [ax.get_title() for ax in one.axes] == ["sigma"]
+
+
+def test_plot_profile_bad_input(dyestuff_profile):
+    with pytest.raises(jaxlmm.JaxLMMError, match="No parameter 'sigm'.*Did you mean 'sigma'"):
+        plot_profile(dyestuff_profile, params="sigm")
+    with pytest.raises(jaxlmm.JaxLMMError, match=r"missing \['zeta'\]"):
+        plot_profile(dyestuff_profile.drop(columns="zeta"))
+
+
+# ---- bootstrap distributions ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dyestuff_boot():
+    from jaxlmm.bootstrap import bootstrap
+
+    return bootstrap(get_fit(DYESTUFF, "dyestuff"), n=200, seed=3, progress=False)
+
+
+def test_bootstrap_histograms_intervals_and_estimates(dyestuff_boot):
+    fit = get_fit(DYESTUFF, "dyestuff")
+    fig = render(plot_bootstrap(dyestuff_boot, fit=fit, level=0.9, method="shortest"))
+    names = ["sd_(Intercept)|Batch", "sigma", "(Intercept)"]
+    assert [ax.get_title() for ax in fig.axes] == names
+    ci = dyestuff_boot.confint(level=0.9, method="shortest")
+    vc = fit.varcorr.set_index("group")["sd_cor"]
+    estimates = [vc["Batch"], fit.sigma, fit.fixef["(Intercept)"]]
+    table = dyestuff_boot.table[dyestuff_boot.table["converged"]]
+    for ax, name, est in zip(fig.axes, names, estimates):
+        heights = np.array([p.get_height() for p in ax.patches])
+        counts, _ = np.histogram(table[name], bins=40)
+        np.testing.assert_array_equal(heights, counts)
+        assert heights.sum() == dyestuff_boot.n_used
+        lo, hi, obs = (line.get_xdata()[0] for line in ax.lines)
+        assert (lo, hi) == pytest.approx(tuple(ci.loc[name]), rel=1e-12)
+        assert obs == pytest.approx(est, rel=1e-10)
+    # 90% shortest interval: holds ceil(0.9 * B) replicates
+    sd = np.sort(table["sigma"].to_numpy())
+    lo, hi = ci.loc["sigma"]
+    assert np.sum((sd >= lo) & (sd <= hi)) == int(np.ceil(0.9 * len(sd)))
+
+
+def test_bootstrap_parameter_selection_and_errors(dyestuff_boot):
+    fig = render(plot_bootstrap(dyestuff_boot, params="sigma"))
+    assert [ax.get_title() for ax in fig.axes] == ["sigma"]
+    assert len(fig.axes[0].lines) == 2  # no fit given: the interval only
+    with pytest.raises(jaxlmm.JaxLMMError, match="No parameter 'sd'"):
+        plot_bootstrap(dyestuff_boot, params=["sd"])
+    with pytest.raises(jaxlmm.JaxLMMError, match="needs the result of jaxlmm.bootstrap"):
+        plot_bootstrap(pd.DataFrame({"x": [1.0]}))
