@@ -12,6 +12,8 @@ import scipy.stats as st
 
 import jaxlmm
 from conftest import get_fit, load_fit_reference, load_json
+from jaxlmm.bootstrap import bootstrap
+from jaxlmm.profile import profile
 from jaxlmm.satterthwaite import satterthwaite_df
 
 INF = load_json("inference/inference.json")
@@ -210,7 +212,7 @@ def test_wald_confint_matches_lme4():
 def test_profile_traces():
     """zeta is 0 at the ML estimate, increasing, and reaches +-z at the confint limits."""
     fit = get_fit(DYE, "dyestuff")
-    tr = jaxlmm.profile.profile(fit, level=0.95, n_points=4)
+    tr = profile(fit, level=0.95, n_points=4)
     assert list(dict.fromkeys(tr["parameter"])) == ["sd_(Intercept)|Batch", "sigma", "(Intercept)"]
     ci = fit.confint(method="profile")
     ml = get_fit(DYE, "dyestuff", reml=False)
@@ -220,6 +222,9 @@ def test_profile_traces():
         ends = sub.iloc[[0, -1]]
         np.testing.assert_allclose(ends["zeta"], [-z, z], rtol=1e-5)
         np.testing.assert_allclose(ends["value"], ci.loc[name], rtol=1e-6)
+    pd.testing.assert_frame_equal(fit.confint(which=["sigma"]), ci.loc[["sigma"]], rtol=1e-8)
+    with pytest.raises(jaxlmm.JaxLMMError, match="sd_x"):
+        fit.confint(which="sd_x")
     mid = tr[tr["zeta"] == 0.0].set_index("parameter")["value"]
     assert mid["(Intercept)"] == pytest.approx(ml.fixef.iloc[0], rel=1e-10)
     assert mid["sigma"] == pytest.approx(ml.sigma, rel=1e-10)
@@ -230,7 +235,7 @@ def test_bootstrap_confint_delegates():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = fit.confint(method="bootstrap", n=16, seed=3, level=0.9)
-        direct = jaxlmm.bootstrap.bootstrap(fit, n=16, seed=3, progress=False).confint(level=0.9)
+        direct = bootstrap(fit, n=16, seed=3, progress=False).confint(level=0.9)
     pd.testing.assert_frame_equal(ours, direct)
 
 
