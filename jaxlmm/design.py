@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,11 +121,17 @@ def _formulaic_error(exc: Exception, what: str, columns, text: str = "") -> Form
     return FormulaError(f"Cannot read {what}{where}: {first}")
 
 
-def _required(expr: str, what: str) -> set[str]:
+@lru_cache(maxsize=512)
+def _parsed(expr: str):
+    """formulaic's parse of ``expr``, kept: the same formula is rebuilt for every dataset."""
     from formulaic import Formula
 
+    return Formula(expr)
+
+
+def _required(expr: str, what: str) -> set[str]:
     try:
-        return set(Formula(expr).required_variables)
+        return set(_parsed(expr).required_variables)
     except Exception as exc:
         raise _formulaic_error(exc, what, [], expr) from None
 
@@ -218,7 +225,7 @@ def _model_matrix(expr: str, data: pd.DataFrame, what: str):
 
     try:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            mm = model_matrix(expr, data, na_action="ignore")  # non-finite values: check_values
+            mm = model_matrix(_parsed(expr), data, na_action="ignore")  # non-finite values: check_values
     except Exception as exc:
         raise _formulaic_error(exc, what, data.columns, expr) from None
     return mm
