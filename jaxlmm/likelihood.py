@@ -24,45 +24,79 @@ Minimizing over sigma (and beta) gives back the profiled criteria.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
-from .objective import LOG2PI, pieces, solve
+from .objective import LOG2PI, factorize
+
+
+class FactorParts(NamedTuple):
+    """What the unprofiled criteria need from one blocked Cholesky factor at theta.
+
+    With the dense factor L22 of the Schur complement (rows: further random
+    effects, X, y), R_X' = L22[X, X] and r_X = L22[y, X]; then
+    R_X beta(theta) = r_X, so R_X (beta - beta(theta)) = R_X beta - r_X and no
+    triangular solve is needed.
+    """
+
+    logdet_L: object  # log|L|^2
+    logdet_RX: object  # log|R_X|^2
+    r2: object  # r^2(theta)
+    RXt: object  # R_X' (lower triangular, p x p)
+    rX: object  # r_X (p,)
+
+
+def factor_parts(theta, data: CrossProducts) -> FactorParts:
+    """log|L|^2, log|R_X|^2, r^2(theta), R_X' and r_X from a single factorization."""
+    fac = factorize(theta, data)
+    q2, p = data.q_rest, data.p
+    d22 = jnp.diagonal(fac.L22)
+    ld1 = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.L1, axis1=1, axis2=2)))
+    x = slice(q2, q2 + p)
+    return FactorParts(
+        ld1 + 2.0 * jnp.sum(jnp.log(d22[:q2])),
+        2.0 * jnp.sum(jnp.log(d22[x])),
+        d22[-1] ** 2,
+        fac.L22[x, x],
+        fac.L22[-1, x],
+    )
 
 
 def deviance_ml(theta, sigma, beta, data: CrossProducts):
     """-2 log-likelihood at (theta, sigma, beta), lme4's scale."""
-    pc = pieces(theta, data)
-    sol = solve(theta, data)
-    delta = sol.RX.T @ (beta - sol.beta)  # R_X (beta - beta(theta)); sol.RX is R_X'
-    r2 = pc.r2 + jnp.sum(delta**2)
+    fp = factor_parts(theta, data)
+    r2 = fp.r2 + jnp.sum((fp.RXt.T @ beta - fp.rX) ** 2)
     s2 = sigma**2
-    return pc.logdet_L + r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
+    return fp.logdet_L + r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
 
 
 def deviance_reml(theta, sigma, data: CrossProducts):
     """-2 restricted log-likelihood at (theta, sigma), lme4's scale."""
-    pc = pieces(theta, data)
+    fp = factor_parts(theta, data)
     s2 = sigma**2
-    return pc.logdet_L + pc.logdet_RX + pc.r2 / s2 + (data.n - data.p) * (LOG2PI + jnp.log(s2))
+    return fp.logdet_L + fp.logdet_RX + fp.r2 / s2 + (data.n - data.p) * (LOG2PI + jnp.log(s2))
 
 
 def deviance_varpar(varpar, data: CrossProducts, reml):
     """lmerTest's deviance of the variance parameters varpar = (theta, sigma).
 
-    For ML, beta is at its conditional estimate beta(theta); for REML it
-    does not enter. ``reml`` is a Python boolean (static).
+    For ML, beta is at its conditional estimate beta(theta), where the
+    quadratic term vanishes; for REML it does not enter. ``reml`` is a
+    Python boolean (static).
     """
     theta, sigma = varpar[:-1], varpar[-1]
     if reml:
         return deviance_reml(theta, sigma, data)
-    return deviance_ml(theta, sigma, solve(theta, data).beta, data)
+    fp = factor_parts(theta, data)
+    s2 = sigma**2
+    return fp.logdet_L + fp.r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
 
 
 def vcov_beta_varpar(varpar, data: CrossProducts):
     """Var(beta-hat) = sigma^2 (R_X'R_X)^{-1} as a function of (theta, sigma)."""
     theta, sigma = varpar[:-1], varpar[-1]
-    RXt = solve(theta, data).RX  # lower triangular, R_X' R_X = RXt RXt'
-    inv = solve_triangular(RXt, jnp.eye(data.p), lower=True)
+    inv = solve_triangular(factor_parts(theta, data).RXt, jnp.eye(data.p), lower=True)
     return sigma**2 * (inv.T @ inv)

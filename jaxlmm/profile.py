@@ -23,6 +23,12 @@ depend on w_j, so its gradient and Hessian row vanish and Newton leaves it
 alone; one compiled function serves every parameter and value. A profile
 limit zeta_j(v) = +-z is found by a safeguarded secant (regula falsi with the
 Illinois modification) on v.
+
+For terms with three or more columns the atanh-scaled correlations are not
+constrained to a positive-definite matrix: a Newton step that leaves it has
+a non-finite deviance and is cut back by the line search. An SD profile that
+stays above -z down to SD = 0 gives the lower limit 0; a correlation
+profile that never reaches +-z gives the limit +-1.
 """
 
 from __future__ import annotations
