@@ -34,6 +34,7 @@ from .validate import (
     check_levels,
     check_response_spread,
     check_response_type,
+    check_unique_columns,
     check_values,
 )
 
@@ -99,6 +100,8 @@ def lme4_name(col: str) -> str:
 
 def _unknown_name(name: str, what: str, columns, text: str = "") -> FormulaError:
     """'Column x is not in the data' (with the closest column), or 'unknown function x'."""
+    dotted = re.search(rf"(?<![\w.]){re.escape(name)}\.[\w.]+", text)
+    name = dotted.group(0) if dotted else name
     if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", text):
         return FormulaError(
             f"'{name}' in {what} is neither a column of the data nor a function the formula "
@@ -129,11 +132,25 @@ def _parsed(expr: str):
     return Formula(expr)
 
 
-def _required(expr: str, what: str) -> set[str]:
+_TOKEN = re.compile(r"`([^`]+)`|(?<![A-Za-z0-9_.])([A-Za-z_.][A-Za-z0-9_.]*)(?![A-Za-z0-9_.]|\s*\()")
+
+
+def _required(expr: str, what: str, columns) -> set[str]:
+    """The variables ``expr`` needs: formulaic's list, plus the data columns named in it.
+
+    formulaic leaves out the arguments of stateful transforms such as
+    ``poly(x, 2)`` or ``center(x)``, and lists R-style dotted names
+    ``my.x`` as ``my`` (it evaluates them as columns all the same); names
+    followed by '(' are functions.
+    """
     try:
-        return set(_parsed(expr).required_variables)
+        found = set(_parsed(expr).required_variables)
     except Exception as exc:
         raise _formulaic_error(exc, what, [], expr) from None
+    names = {a or b for a, b in _TOKEN.findall(expr)}
+    named = {c for c in columns if c in names}
+    prefixes = {str(c).split(".")[0] for c in named if "." in str(c)}
+    return (found - (prefixes - set(columns))) | named
 
 
 def _check_columns(names, data: pd.DataFrame, what: str, text: str = "") -> None:
@@ -181,6 +198,7 @@ def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarra
 
 def _drop_missing(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int]:
     """The columns in use, rows with a missing value dropped (counted, warned; lme4's na.omit)."""
+    check_unique_columns(data, used)
     cols = [c for c in data.columns if c in used]
     frame = data[cols]
     check_column_types(frame)
@@ -315,11 +333,11 @@ def _term_design(term: RandomTerm, data: pd.DataFrame, n: int) -> TermDesign:
 def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> set[str]:
     """The data columns the formula needs; an unknown name is a FormulaError."""
     fixed = f"{parsed.response} ~ {parsed.fixed}"
-    used = _required(fixed, "the fixed-effect formula")
+    used = _required(fixed, "the fixed-effect formula", data.columns)
     _check_columns(used, data, "the formula", fixed)
     for t in parsed.random:
         what = f"the random-effect term ({t.expr} | {t.name})"
-        tvars = _required(t.expr, what)
+        tvars = _required(t.expr, what, data.columns)
         _check_columns(tvars | set(t.factors), data, what, t.expr)
         used |= tvars | set(t.factors)
     return used

@@ -233,6 +233,11 @@ def parse_formula(text: str) -> ParsedFormula:
         raise FormulaError(f"A bar '|' in the response of '{full}': random effects go right of '~'.")
     fixed, bars = _find_bars(rhs, full)
     fixed = _clean_fixed(fixed)
+    if re.search(r"(?<![\w.`])\.(?![\w.`])", fixed):
+        raise FormulaError(
+            f"'.' (all other columns) in '{full}' is not supported: name the predictors, "
+            "e.g. y ~ x1 + x2 + (1 | g)."
+        )
     terms: list[RandomTerm] = []
     for lhs, grp, double in bars:
         exprs = _split_double(lhs, full) if double else [lhs]

@@ -45,6 +45,15 @@ def as_frame(data) -> pd.DataFrame:
     return data
 
 
+def check_unique_columns(data: pd.DataFrame, used) -> None:
+    """Each column the formula uses appears once in the data."""
+    dup = data.columns[data.columns.duplicated()]
+    for c in sorted({str(c) for c in dup if c in used}):
+        raise DataError(
+            f"Column '{c}' appears more than once in the data; rename or drop the copies."
+        )
+
+
 def check_column_types(frame: pd.DataFrame) -> None:
     """Every used column is numeric, boolean or categorical/text, and not all missing.
 

@@ -59,6 +59,7 @@ SYNTAX = [
     ("Reaction | Days ~ (1 | Subject)", ["response"]),
     (" ~ Days + (1 | Subject)", ["no response"]),
     ("Reaction ~ ", ["nothing right of '~'"]),
+    ("Reaction ~ . + (1 | Subject)", ["'.' (all other columns)"]),
 ]
 
 
@@ -87,7 +88,34 @@ def test_unknown_names_suggest_the_closest_column(formula, names):
     raises(FormulaError, formula, SLEEP, *names)
 
 
+def test_dotted_column_names_as_in_r():
+    d = sleep(**{"my.days": SLEEP.Days, "my.subject": SLEEP.Subject})
+    for f in ("Reaction ~ my.days + (my.days | my.subject)", "Reaction ~ `my.days` + (`my.days` | my.subject)"):
+        design = build_design(f, d)
+        assert design.fixed_names == ("(Intercept)", "my.days")
+        assert design.terms[0].colnames == ("(Intercept)", "my.days") and design.terms[0].name == "my.subject"
+    raises(FormulaError, "Reaction ~ my.dayz + (1 | my.subject)", d, "'my", "Did you mean 'my.days'")
+
+
+def test_columns_inside_stateful_transforms_are_used():
+    """formulaic does not list x in poly(x, 2) or center(x) as required; the design still
+    keeps the column, and drops the rows where it is missing."""
+    d = sleep(Days=SLEEP.Days.astype(float))
+    d.loc[4, "Days"] = np.nan
+    with pytest.warns(jaxlmm.MissingDataWarning, match="'Days' \\(1\\)"):
+        design = build_design("Reaction ~ center(Days) + (poly(Days, 2) | Subject)", d)
+    days = d.Days.dropna().to_numpy()
+    assert design.n == 179
+    np.testing.assert_allclose(design.X[:, 1], days - days.mean(), atol=1e-12)
+    assert design.terms[0].colnames == ("(Intercept)", "poly(Days, 2)1", "poly(Days, 2)2")
+
+
 # ---- the data --------------------------------------------------------------
+def test_duplicated_column():
+    d = pd.concat([SLEEP, SLEEP[["Days"]]], axis=1)
+    raises(DataError, SLOPE, d, "'Days'", "more than once")
+
+
 def test_data_must_be_a_data_frame():
     for bad in ([1, 2, 3], SLEEP.to_numpy(), "sleepstudy"):
         raises(DataError, SLOPE, bad, "DataFrame")
