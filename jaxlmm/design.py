@@ -7,14 +7,20 @@ does with its sparse ``Zt`` (Bates et al., JSS 2015, section 2.3).
 
 Terms are sorted by decreasing number of levels (a stable sort, as lme4),
 so that the first term, whose block of Z'Z is block diagonal, is the largest.
+
+Rows with a missing value in a used column are dropped, counted
+(``Design.n_dropped``) and warned about (lme4's ``na.omit``, made visible);
+collinear fixed-effect columns are dropped with a warning naming them
+(lme4's ``check.rankX``); everything else that cannot be fitted raises,
+by the rules of :mod:`jaxlmm.validate`.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
