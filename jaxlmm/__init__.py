@@ -11,6 +11,7 @@ jax.config.update("jax_enable_x64", True)
 
 from . import datasets  # noqa: E402
 from .anova import anova  # noqa: E402
+from .bootstrap import BootstrapResult, bootstrap  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceWarning,
     DataError,
@@ -24,11 +25,16 @@ from .errors import (  # noqa: E402
 from .formula import parse_formula  # noqa: E402
 from .model import LinearMixedModel, lmm  # noqa: E402
 from .oneway import oneway_anova  # noqa: E402
+from .pbtest import PBTest, pb_test  # noqa: E402
 from .results import LmmFit  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BootstrapResult",
+    "PBTest",
+    "bootstrap",
+    "pb_test",
     "ConvergenceWarning",
     "DataError",
     "FormulaError",

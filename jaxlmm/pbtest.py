@@ -1,0 +1,93 @@
+"""Parametric bootstrap likelihood-ratio test of two nested models (pbkrtest's PBmodcomp).
+
+H0 is the smaller model. With both models fitted by ML (Halekoh & Hojsgaard,
+"A Kenward-Roger approximation and parametric bootstrap methods for tests in
+linear mixed models - the R package pbkrtest", JSS 2014, section 5):
+
+- observed statistic LRT = dev0 - dev1 (ML deviances);
+- B responses are simulated from the ML estimates of the null model and both
+  models are refitted by ML to each, LRT*_b = dev0*_b - dev1*_b;
+- p = (1 + #{LRT*_b >= LRT}) / (1 + B), beside the chi^2 p-value on
+  df = npar1 - npar0 degrees of freedom.
+
+The null may have no random-effect term at all (``y ~ 1`` against
+``y ~ 1 + (1 | g)``, the test of sigma_A^2 = 0): its criterion is closed form.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .bootstrap import Refit, fit_params, run_replicates, target_of, warn_failed
+from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning
+
+
+def _ml(fit):
+    """``fit`` itself when fitted by ML, else its model refitted by ML (as lme4's anova)."""
+    if not fit.reml:
+        return fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        return fit.model.fit(reml=False, method=fit.method)
+
+
+def _check_pair(null_fit, alt_fit) -> None:
+    d0, d1 = null_fit.model.design, alt_fit.model.design
+    if d0.n != d1.n or not np.array_equal(d0.rows, d1.rows) or not np.array_equal(d0.y, d1.y):
+        raise JaxLMMError(
+            "The two models must be fitted to the same rows and response "
+            f"(null: {d0.n} rows of '{d0.response}', alternative: {d1.n} rows of '{d1.response}')."
+        )
+    if null_fit.npar >= alt_fit.npar:
+        raise JaxLMMError(
+            f"The null model must have fewer parameters than the alternative "
+            f"({null_fit.npar} >= {alt_fit.npar}); pass the smaller model first."
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class PBTest:
+    """Result of :func:`pb_test` (frozen). ``table``: LRT* and both refits per replicate."""
+
+    lrt: float
+    df: int
+    p_value: float
+    p_chisq: float
+    n_used: int
+    n_failed: int
+    table: pd.DataFrame
+
+    def __repr__(self) -> str:
+        return (
+            f"<PBTest LRT={self.lrt:.4f} df={self.df} p_value={self.p_value:.4g} "
+            f"p_chisq={self.p_chisq:.4g} n_used={self.n_used} n_failed={self.n_failed}>"
+        )
+
+
+def pb_test(null_fit, alt_fit, n: int = 10_000, seed: int = 0, chunk_size: int | None = None, progress: bool = True) -> PBTest:
+    """Parametric bootstrap LRT of ``null_fit`` (H0) against ``alt_fit`` (pbkrtest's PBmodcomp)."""
+    _check_pair(null_fit, alt_fit)
+    if null_fit.reml or alt_fit.reml:
+        warnings.warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning, stacklevel=2)
+    f0, f1 = _ml(null_fit), _ml(alt_fit)
+    lrt = float(f0.objective - f1.objective)
+    t0, t1 = target_of(f0.model, f0.theta), target_of(f1.model, f1.theta)
+    r0, r1 = run_replicates(n, seed, t0.rows, fit_params(f0), (t0, t1), False, chunk_size, progress, "pb_test")
+    r0, r1 = Refit(*r0), Refit(*r1)
+    lrt_star = r0.objective - r1.objective
+    ok = r0.converged.astype(bool) & r1.converged.astype(bool) & np.isfinite(lrt_star)
+    table = pd.DataFrame(
+        {"lrt": lrt_star, "deviance_null": r0.objective, "deviance_alt": r1.objective,
+         "converged_null": r0.converged.astype(bool), "converged_alt": r1.converged.astype(bool),
+         "converged": ok}
+    )
+    n_used = int(ok.sum())
+    warn_failed(len(ok) - n_used, len(ok), "pb_test")
+    df = int(f1.npar - f0.npar)
+    p = (1.0 + np.sum(lrt_star[ok] >= lrt)) / (1.0 + n_used)
+    return PBTest(lrt, df, float(p), float(stats.chi2.sf(lrt, df)), n_used, len(ok) - n_used, table)
