@@ -344,3 +344,18 @@ def test_bootstrap_parameter_selection_and_errors(dyestuff_boot):
         plot_bootstrap(dyestuff_boot, params=["sd"])
     with pytest.raises(jaxlmm.JaxLMMError, match="needs the result of jaxlmm.bootstrap"):
         plot_bootstrap(pd.DataFrame({"x": [1.0]}))
+
+
+def test_pb_test_histogram_and_observed_lrt():
+    null = get_fit("Yield ~ 1", "dyestuff", reml=False)
+    alt = get_fit(DYESTUFF, "dyestuff", reml=False)
+    pb = jaxlmm.pb_test(null, alt, n=200, seed=2, progress=False)
+    fig = render(plot_bootstrap(pb))
+    (ax,) = fig.axes
+    ok = pb.table[pb.table["converged"]]
+    counts, _ = np.histogram(ok["lrt"], bins=40)
+    np.testing.assert_array_equal([p.get_height() for p in ax.patches], counts)
+    # the observed statistic drawn is the likelihood ratio of the two ML fits
+    (observed,) = ax.lines
+    assert observed.get_xdata()[0] == pytest.approx(2 * (alt.loglik - null.loglik), rel=1e-8)
+    assert f"p = {pb.p_value:.3g}" in ax.get_title()

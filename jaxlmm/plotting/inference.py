@@ -55,8 +55,9 @@ def _is_pb_test(result) -> bool:
 
 
 def _lrt_star(result) -> np.ndarray:
-    """The simulated LRT* of a pb_test result (its table's 'lrt' column), finite ones."""
-    v = np.asarray(result.lrt_star if hasattr(result, "lrt_star") else result.table["lrt"], dtype=np.float64)
+    """The simulated LRT* of the converged replicates of a pb_test result."""
+    t = result.table
+    v = t.loc[t["converged"], "lrt"].to_numpy(dtype=np.float64)
     return v[np.isfinite(v)]
 
 
@@ -70,8 +71,8 @@ def plot_pb_test(result, bins: int = 40):
     ax.set(
         xlabel="likelihood-ratio statistic",
         ylabel="count",
-        title=f"Parametric bootstrap: p = {result.p_value:.3g} (chi-square: {result.p_chisq:.3g})",
     )
+    ax.set_title(f"Parametric bootstrap p = {result.p_value:.3g}; chi-square p = {result.p_chisq:.3g}", fontsize=10)
     ax.legend(fontsize=8)
     return fig
 
