@@ -37,6 +37,7 @@ from ._config import ensure_x64
 from .crossprod import CrossProducts, response_products, with_response
 from .errors import ConvergenceWarning, JaxLMMError
 from .model import optimize_theta
+from .objective import deviance as _deviance
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
 
@@ -131,9 +132,30 @@ class Target(NamedTuple):
     lower: jax.Array
 
 
+ESCAPE = 0.1  # restart value of a diagonal theta entry stuck at a saddle on the boundary
+
+
+def escape_boundary_saddle(opt, data: CrossProducts, lower, reml: bool):
+    """Restart from points where a diagonal theta entry sits at 0 with negative curvature.
+
+    The criterion is even in each diagonal entry whose column holds nothing
+    else below it (flipping the sign of a column of T leaves Lambda Lambda'
+    unchanged), so its gradient there is 0 and the projected Newton stops even
+    when d^2f/dtheta_i^2 < 0, a saddle. Such entries restart at ``ESCAPE``;
+    the better of the two optima is kept.
+    """
+    H = jax.hessian(_deviance)(opt.theta, data, reml)
+    stuck = (opt.theta <= lower) & (jnp.diagonal(H) < 0)
+    again = optimize_theta(jnp.where(stuck, ESCAPE, opt.theta), lower, data, reml)
+    better = jnp.any(stuck) & (again.fun < opt.fun)
+    return jax.tree.map(lambda a, b: jnp.where(better, b, a), opt, again)
+
+
 def refit(data: CrossProducts, theta0, lower, reml: bool) -> Refit:
     """Minimize the profiled criterion for ``data`` from ``theta0``; sigma^2 = r^2/(n-p) or r^2/n."""
     opt = optimize_theta(theta0, lower, data, reml)
+    if data.n_theta:
+        opt = escape_boundary_saddle(opt, data, lower, reml)
     sol = solve(opt.theta, data)
     dof = data.n - data.p if reml else data.n
     ok = opt.converged & jnp.isfinite(opt.fun) & jnp.all(jnp.isfinite(sol.beta))
@@ -188,7 +210,7 @@ def run_replicates(
     from tqdm.auto import tqdm
 
     ensure_x64()
-    if int(n) != n or n < 1:
+    if not isinstance(n, (int, np.integer, float)) or int(n) != n or n < 1:
         raise JaxLMMError(f"n (the number of bootstrap replicates) must be a positive integer, not {n!r}.")
     n = int(n)
     mesh = _mesh()
@@ -197,7 +219,7 @@ def run_replicates(
         chunk_size = max(1, MEMORY_BUDGET // _per_replicate_size(targets))
         if jax.default_backend() == "cpu":
             chunk_size = min(chunk_size, CPU_CHUNK)
-    elif int(chunk_size) != chunk_size or chunk_size < 1:
+    elif not isinstance(chunk_size, (int, np.integer, float)) or int(chunk_size) != chunk_size or chunk_size < 1:
         raise JaxLMMError(f"chunk_size must be a positive integer or None, not {chunk_size!r}.")
     chunk = min(int(chunk_size), n)
     chunk = ndev * math.ceil(chunk / ndev)
