@@ -310,12 +310,12 @@ def test_plot_profile_bad_input(dyestuff_profile):
 def dyestuff_boot():
     from jaxlmm.bootstrap import bootstrap
 
-    return bootstrap(get_fit(DYESTUFF, "dyestuff"), n=200, seed=3, progress=False)
+    return bootstrap(get_fit(DYESTUFF, "dyestuff"), n=10, seed=3, progress=False)  # shapes of test_bootstrap
 
 
 def test_bootstrap_histograms_intervals_and_estimates(dyestuff_boot):
     fit = get_fit(DYESTUFF, "dyestuff")
-    fig = render(plot_bootstrap(dyestuff_boot, fit=fit, level=0.9, method="shortest"))
+    fig = render(plot_bootstrap(dyestuff_boot, fit=fit, level=0.9, method="shortest", bins=4))
     names = ["sd_(Intercept)|Batch", "sigma", "(Intercept)"]
     assert [ax.get_title() for ax in fig.axes] == names
     ci = dyestuff_boot.confint(level=0.9, method="shortest")
@@ -324,7 +324,7 @@ def test_bootstrap_histograms_intervals_and_estimates(dyestuff_boot):
     table = dyestuff_boot.table[dyestuff_boot.table["converged"]]
     for ax, name, est in zip(fig.axes, names, estimates):
         heights = np.array([p.get_height() for p in ax.patches])
-        counts, _ = np.histogram(table[name], bins=40)
+        counts, _ = np.histogram(table[name], bins=4)
         np.testing.assert_array_equal(heights, counts)
         assert heights.sum() == dyestuff_boot.n_used
         lo, hi, obs = (line.get_xdata()[0] for line in ax.lines)
@@ -349,7 +349,7 @@ def test_bootstrap_parameter_selection_and_errors(dyestuff_boot):
 def test_pb_test_histogram_and_observed_lrt():
     null = get_fit("Yield ~ 1", "dyestuff", reml=False)
     alt = get_fit(DYESTUFF, "dyestuff", reml=False)
-    pb = jaxlmm.pb_test(null, alt, n=200, seed=2, progress=False)
+    pb = jaxlmm.pb_test(null, alt, n=256, seed=2, progress=False)
     fig = render(plot_bootstrap(pb))
     (ax,) = fig.axes
     ok = pb.table[pb.table["converged"]]
