@@ -31,6 +31,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
+from .linalg import cholesky
 
 LOG2PI = float(np.log(2.0 * np.pi))
 
@@ -133,7 +134,7 @@ def factorize(theta, data: CrossProducts) -> Factor:
     omega = jnp.concatenate(
         [jnp.concatenate([zz, zf], axis=1), jnp.concatenate([zf.T, omega_ff], axis=1)], axis=0
     )
-    return Factor(L1, F, V, jnp.linalg.cholesky(omega))
+    return Factor(L1, F, V, cholesky(omega))
 
 
 class Pieces(NamedTuple):
