@@ -31,6 +31,7 @@ import numpy as np
 from jax.tree_util import register_dataclass
 
 from .design import Design
+from .memory import check_fits, estimate_fit_bytes, pair_count
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,13 @@ def _pairs_sharing_level(e_j1: np.ndarray, e_col: np.ndarray):
     return a[keep], b[keep]
 
 
-def cross_products(design: Design) -> CrossProducts:
-    """Accumulate all cross-products of ``design`` (see the module docstring)."""
+def cross_products(design: Design, memory_limit: int | None = None) -> CrossProducts:
+    """Accumulate all cross-products of ``design`` (see the module docstring).
+
+    Before the pairs are listed, the memory of the fit is estimated
+    (:mod:`jaxlmm.memory`) and a :class:`~jaxlmm.errors.JaxLMMError` raised
+    when it exceeds ``memory_limit`` bytes (default: the device's memory).
+    """
     X, y = design.X, design.y
     p = X.shape[1]
     terms = design.terms
@@ -162,6 +168,9 @@ def cross_products(design: Design) -> CrossProducts:
             zz[cols, rows] = v
     e_j1 = np.concatenate(e_j1) if e_j1 else np.zeros(0, dtype=np.int64)
     e_col = np.concatenate(e_col) if e_col else np.zeros(0, dtype=np.int64)
+    needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1))
+    names = ", ".join(f"({t.name})" for t in terms)
+    check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
     pa, pb = _pairs_sharing_level(e_j1, e_col)
     return CrossProducts(
         d1=f64(d1),

@@ -1,0 +1,106 @@
+"""Large-fit machinery: blocked Cholesky, memory estimate, synthetic data, saddle escape."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import get_model
+from jaxlmm import synthetic
+from jaxlmm.crossprod import cross_products
+from jaxlmm.errors import JaxLMMError
+from jaxlmm.linalg import cholesky
+from jaxlmm.memory import check_fits, estimate_fit_bytes, pair_count
+from jaxlmm.optimize import grad_and_hessian, newton
+
+
+def _spd(n, seed=0):
+    B = np.random.default_rng(seed).standard_normal((n, n))
+    return B @ B.T / n + np.eye(n)
+
+
+@pytest.mark.parametrize("n,block", [(11, 4), (8, 4), (3, 4)])
+def test_blocked_cholesky_matches_lapack(n, block):
+    A = _spd(n)
+    L = np.asarray(cholesky(jnp.asarray(A), block=block))
+    np.testing.assert_allclose(L, np.linalg.cholesky(A), rtol=1e-12, atol=1e-12)
+
+
+def test_blocked_cholesky_logdet_gradient_is_inverse():
+    """d log|A| / dA = A^{-1} (symmetric A), through the blocked factor."""
+    A = jnp.asarray(_spd(11, 1))
+
+    def logdet(M):
+        S = (M + M.T) / 2
+        return 2.0 * jnp.sum(jnp.log(jnp.diagonal(cholesky(S, block=4))))
+
+    G = np.asarray(jax.grad(logdet)(A))
+    np.testing.assert_allclose(G, np.linalg.inv(np.asarray(A)), rtol=1e-10, atol=1e-12)
+
+
+def test_blocked_cholesky_not_positive_definite_gives_nan():
+    A = -np.eye(6)
+    assert np.isnan(np.asarray(cholesky(jnp.asarray(A), block=4))).any()
+
+
+def test_grad_and_hessian_closed_form():
+    """f = sum(a x^3) + x0 x1: gradient 3 a x^2 + (x1, x0), Hessian diag(6 a x) + offdiag 1."""
+    a = jnp.array([1.0, 2.0])
+    f = lambda x, a: jnp.sum(a * x**3) + x[0] * x[1]  # noqa: E731
+    x = jnp.array([0.5, -1.5])
+    v, g, H = grad_and_hessian(f)(x, a)
+    assert float(v) == pytest.approx(0.125 - 6.75 - 0.75)
+    np.testing.assert_allclose(g, [3 * 0.25 - 1.5, 3 * 2 * 2.25 + 0.5])
+    np.testing.assert_allclose(H, [[3.0, 1.0], [1.0, -18.0]])
+
+
+def test_newton_leaves_a_saddle_on_the_bound():
+    """f = (x^2 - 1)^2 is even: x = 0 (the bound) is stationary but a maximum; the minimum is x = 1."""
+    f = lambda x: jnp.sum((x**2 - 1.0) ** 2)  # noqa: E731
+    res = newton(f, jnp.zeros(1), jnp.zeros(1))
+    assert float(res.theta[0]) == pytest.approx(1.0, abs=1e-8)
+    assert float(res.fun) == pytest.approx(0.0, abs=1e-14)
+    assert bool(res.converged)
+
+
+def test_pair_count_matches_listed_pairs():
+    m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
+    assert pair_count(np.asarray(m.data.e_j1)) == m.data.pair_a.shape[0]
+
+
+def test_memory_estimate_grows_with_pairs_and_schur_size():
+    dims = ((1000, 1), (500, 1))
+    base = estimate_fit_bytes(dims, 2, 5000, 10_000)
+    assert estimate_fit_bytes(dims, 2, 5000, 20_000) - base == pytest.approx(10_000 * 56)
+    assert estimate_fit_bytes(((1000, 1), (1000, 1)), 2, 5000, 10_000) > base
+    # the dense Schur complement alone: at least 8 (q2 + p + 1)^2 float64s
+    assert base > 8 * 8 * 503**2
+
+
+def test_too_large_fit_raises_clear_error():
+    m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
+    with pytest.raises(JaxLMMError, match=r"plate.*sample.*GiB.*too large"):
+        cross_products(m.design, memory_limit=1000)
+    with pytest.raises(JaxLMMError, match="too large"):
+        check_fits(2**31, "this fit", available=2**30)
+
+
+def test_synthetic_is_seeded_and_power_law():
+    a = synthetic.crossed(3000, (60, 40), seed=3)
+    b = synthetic.crossed(3000, (60, 40), seed=3)
+    c = synthetic.crossed(3000, (60, 40), seed=4)
+    assert a.equals(b) and not a.equals(c)
+    sizes = a["user"].value_counts()
+    assert len(a) == 3000 and sizes.min() >= 1 and len(sizes) == 60 and a["movie"].nunique() == 40
+    # power law: the largest level holds many times the median level's rows
+    assert sizes.max() > 5 * sizes.median()
+
+
+def test_slopes_generator_shape():
+    df = synthetic.random_slopes(2000, 50, seed=0)
+    assert list(df.columns) == ["y", "x", "g"] and df["g"].nunique() == 50
+    # y = 1 + 0.5 x + ...: the pooled least-squares slope is near 0.5 (group slopes sd 0.3 average out)
+    slope = np.polyfit(df.x, df.y, 1)[0]
+    assert slope == pytest.approx(0.5, abs=0.25)
