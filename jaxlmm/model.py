@@ -61,13 +61,15 @@ def optimize_theta(
     """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
         return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True)
-    w = jnp.ones_like(theta0) if scale is None else scale
-    args = (data, reml, w)
+    if scale is None:
+        fun, w, args = _deviance, 1.0, (data, reml)
+    else:
+        fun, w, args = _scaled_deviance, scale, (data, reml, scale)
     if method == "newton":
-        opt = newton(_scaled_deviance, theta0 * w, lower * w, args=args, max_iter=max_iter)
+        opt = newton(fun, theta0 * w, lower * w, args=args, max_iter=max_iter)
     elif method == "lbfgs":
         canon = partial(canonical_theta, term_dims=data.term_dims)
-        opt = lbfgs(_scaled_deviance, theta0 * w, canon, args=args, max_iter=max_iter * 5)
+        opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5)
     else:  # pragma: no cover (checked by fit)
         raise ValueError(method)
     return opt._replace(theta=opt.theta / w, grad=opt.grad * w)
@@ -118,7 +120,7 @@ class LinearMixedModel:
         start = self.theta0 / scale if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
         opt: OptResult = optimize_theta(
             jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method,
-            max_iter=max_iter, scale=jnp.asarray(scale),
+            max_iter=max_iter, scale=None if np.all(scale == 1) else jnp.asarray(scale),
         )
         fit = make_fit(self, opt, reml=bool(reml), method=method)
         if not fit.converged:
