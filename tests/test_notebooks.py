@@ -10,10 +10,6 @@ recompiling the same shapes in each kernel (it changes no number), and the
 kernels run XLA's CPU kernels single-threaded
 (``--xla_cpu_multi_thread_eigen=false``): XLA's multi-threaded Eigen pool
 can wedge on long vmapped computations on small shared machines.
-
-The InstEval notebook (04) fits 73,421 rows twice, minutes on a shared 2-core
-CPU: every run checks that it is committed with its outputs, and it is
-executed when JAXLMM_SLOW_NOTEBOOKS=1.
 """
 
 from __future__ import annotations
@@ -32,10 +28,7 @@ NOTEBOOKS = {
     "01_sleepstudy": 5,  # figures each notebook draws
     "02_variance_component_test": 2,
     "03_intervals": 3,
-    "04_insteval": 2,
 }
-SLOW = {"04_insteval"}
-EXECUTED = [n for n in NOTEBOOKS if n not in SLOW or os.environ.get("JAXLMM_SLOW_NOTEBOOKS") == "1"]
 MAX_BYTES = 1_000_000
 
 
@@ -93,7 +86,7 @@ def test_committed_with_outputs(name):
     assert _figures(nb) == NOTEBOOKS[name]
 
 
-@pytest.mark.parametrize("name", EXECUTED)
+@pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_notebook_runs(name, kernel_env):
     nb = copy.deepcopy(nbformat.read(_path(name), as_version=4))
     client = NotebookClient(
