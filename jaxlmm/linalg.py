@@ -40,3 +40,43 @@ def cholesky(A, block: int = BLOCK):
     L22 = cholesky(A[b:, b:] - L21 @ L21.T, block)
     top = jnp.concatenate([L11, jnp.zeros((b, n - b), dtype=A.dtype)], axis=1)
     return jnp.concatenate([top, jnp.concatenate([L21, L22], axis=1)], axis=0)
+
+
+SMALL = 4
+
+
+def small_cholesky(A):
+    """Cholesky factors of a batch (..., k, k) of small SPD matrices, k <= SMALL.
+
+    The first term's diagonal blocks (one per level) are k x k with k the
+    number of columns of the term (1 for an intercept, 2 for a random
+    slope). The Cholesky-Crout recursion, unrolled at trace time, turns the
+    batch into a handful of elementwise array operations: no per-matrix
+    LAPACK call, and cheap to differentiate and to ``vmap`` (the bootstrap
+    refits batches of these). Larger k falls back to ``jnp.linalg.cholesky``.
+    """
+    k = A.shape[-1]
+    if k > SMALL:
+        return jnp.linalg.cholesky(A)
+    L = [[None] * k for _ in range(k)]
+    for j in range(k):
+        d = jnp.sqrt(A[..., j, j] - sum(L[j][m] ** 2 for m in range(j)))
+        L[j][j] = d
+        for i in range(j + 1, k):
+            L[i][j] = (A[..., i, j] - sum(L[i][m] * L[j][m] for m in range(j))) / d
+    zero = jnp.zeros_like(A[..., 0, 0])
+    return jnp.stack(
+        [jnp.stack([L[i][j] if j <= i else zero for j in range(k)], axis=-1) for i in range(k)], axis=-2
+    )
+
+
+def small_solve_lower(L, B):
+    """L^{-1} B for a batch of small lower-triangular L (..., k, k), B (..., k, m): forward substitution."""
+    k = L.shape[-1]
+    if k > SMALL:
+        return solve_triangular(L, B, lower=True)
+    rows = []
+    for i in range(k):
+        r = B[..., i, :] - sum(L[..., i, m, None] * rows[m] for m in range(i))
+        rows.append(r / L[..., i, i, None])
+    return jnp.stack(rows, axis=-2)

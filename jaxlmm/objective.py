@@ -31,7 +31,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
-from .linalg import cholesky
+from .linalg import cholesky, small_cholesky, small_solve_lower
 
 LOG2PI = float(np.log(2.0 * np.pi))
 
@@ -111,16 +111,16 @@ def factorize(theta, data: CrossProducts) -> Factor:
     T1 = Ts[0]
     l1, k1 = dims[0]
     M1 = jnp.einsum("ba,jbc,cd->jad", T1, data.d1, T1) + jnp.eye(k1)
-    L1 = jnp.linalg.cholesky(M1)
+    L1 = small_cholesky(M1)
     B1 = jnp.einsum("ba,jbf->jaf", T1, jnp.concatenate([data.z1x, data.z1y[:, :, None]], axis=2))
-    F = solve_triangular(L1, B1, lower=True)
+    F = small_solve_lower(L1, B1)
     omega_ff = omega_ff - jnp.einsum("jka,jkb->ab", F, F)
     if q2 == 0:
         return Factor(L1, F, jnp.zeros((0, k1)), jnp.linalg.cholesky(omega_ff))
     Vs = []
     for m, (T, (_, km)) in enumerate(zip(Ts[1:], dims[1:])):
         G = jnp.einsum("ba,ebc,cd->ead", T1, data.c_val[m], T)
-        G = solve_triangular(L1[data.c_j1[m]], G, lower=True)  # (E_m, k1, km)
+        G = small_solve_lower(L1[data.c_j1[m]], G)  # (E_m, k1, km)
         Vs.append(jnp.swapaxes(G, 1, 2).reshape(-1, k1))
     V = jnp.concatenate(Vs, axis=0)
     zz = _scale_rest(_scale_rest(data.zz, Ts[1:], dims[1:]).T, Ts[1:], dims[1:])
