@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .bootstrap import Refit, fit_params, run_replicates, target_of, warn_failed
+from .distributions import chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning
 
 
@@ -90,4 +90,4 @@ def pb_test(null_fit, alt_fit, n: int = 10_000, seed: int = 0, chunk_size: int |
     warn_failed(len(ok) - n_used, len(ok), "pb_test")
     df = int(f1.npar - f0.npar)
     p = (1.0 + np.sum(lrt_star[ok] >= lrt)) / (1.0 + n_used)
-    return PBTest(lrt, df, float(p), float(stats.chi2.sf(lrt, df)), n_used, len(ok) - n_used, table)
+    return PBTest(lrt, df, float(p), float(chi2_sf(lrt, df)), n_used, len(ok) - n_used, table)
