@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import jaxlmm
+# XLA's multi-threaded Eigen runtime on CPU has been seen to deadlock (every
+# thread idle, the caller waiting forever) on small shared machines; the
+# single-threaded runtime avoids it. Must be set before JAX starts.
+if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+import jaxlmm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
