@@ -92,13 +92,7 @@ def format_summary(fit) -> str:
 
 
 def fit_fixed_table(fit) -> pd.DataFrame:
-    """Estimate, SE and t value; with Satterthwaite df and p-values when available."""
-    coef_table = getattr(fit, "coef_table", None)
-    if callable(coef_table):
-        t = coef_table(ddf="satterthwaite")
-        return t.rename(
-            columns={"estimate": "Estimate", "se": "Std. Error", "df": "df", "t": "t value", "p": "Pr(>|t|)"}
-        )
-    return pd.DataFrame(
-        {"Estimate": fit.fixef, "Std. Error": fit.se, "t value": fit.fixef / fit.se}
+    """Estimate, SE, Satterthwaite df, t value and p-value, with lmerTest's headers."""
+    return fit.coef_table(ddf="satterthwaite").rename(
+        columns={"estimate": "Estimate", "se": "Std. Error", "df": "df", "t": "t value", "p": "Pr(>|t|)"}
     )
