@@ -28,6 +28,7 @@ NOTEBOOKS = {
     "01_sleepstudy": 5,  # figures each notebook draws
     "02_variance_component_test": 2,
     "03_intervals": 3,
+    "04_insteval": 2,
 }
 MAX_BYTES = 1_000_000
 
