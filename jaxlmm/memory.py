@@ -13,6 +13,14 @@ Hessian-vector products, see :mod:`jaxlmm.objective`) is dominated by
   ``b``) besides a handful of s x s work arrays;
 - the first term's blocks and the block-COO entries (small).
 
+The rows themselves do not count: the cross-products are summed on the
+device in chunks of a fixed number of rows (``jaxlmm.crossprod.CHUNK_ROWS``,
+sharded across the devices when there are several), before the fit and
+with the check made before they start. Their working set is one chunk: per
+row, its columns and segment indices, and its products (sum over the blocks
+of k_a k_b; float64 values and their int32 targets, about 12 bytes each),
+besides the block sums themselves.
+
 The estimate is deliberately generous (a factor for the tangents of the
 forward-over-reverse Hessian products); it serves to refuse, with a clear
 message, a fit that cannot fit the device instead of crashing out of memory.

@@ -1,0 +1,246 @@
+"""Cross-products summed on the device in chunks of rows, and sharded across devices.
+
+The chunked sums are checked against dense products of an explicitly built
+Z (n x q) on small data, with a chunk of 7 rows so that several chunks and a
+padded last chunk are summed; the criterion computed from them against lme4;
+and, in a child process with four (host-platform) devices, the sharded sums
+against the single-device ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_json
+from scipy.linalg import block_diag
+
+import jaxlmm
+from jaxlmm.crossprod import (
+    CHUNK_ROWS,
+    chunk_length,
+    chunk_sums,
+    cross_products,
+    device_chunks,
+    row_plan,
+    row_sharding,
+)
+from jaxlmm.design import build_design
+from jaxlmm.objective import deviance
+
+SMALL_CHUNK = 7
+THREE_TERMS = "y ~ 1 + x + (1 | g1) + (1 + x | g2) + (1 | g3)"
+FLOATS = ["d1", "z1x", "z1y", "zz", "zx", "zy", "xtx", "xty", "yty", "n"]
+
+
+def synthetic_frame() -> pd.DataFrame:
+    """60 rows, three crossed factors (12, 5 and 3 levels) and a covariate x."""
+    rng = np.random.default_rng(7)
+    n = 60
+    g1, g2, g3 = (rng.permutation(np.arange(n) % levels) for levels in (12, 5, 3))
+    x = rng.normal(size=n)
+    y = 1.0 + 0.5 * x + rng.normal(size=12)[g1] + rng.normal(size=5)[g2] * x + rng.normal(size=3)[g3]
+    y = y + rng.normal(size=n)
+    return pd.DataFrame(
+        {"y": y, "x": x, "g1": [f"a{i}" for i in g1], "g2": [f"b{i}" for i in g2], "g3": [f"c{i}" for i in g3]}
+    )
+
+
+CASES = {
+    "penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", lambda: jaxlmm.datasets.load("penicillin")),
+    "sleepstudy": ("Reaction ~ Days + (Days | Subject)", lambda: jaxlmm.datasets.load("sleepstudy")),
+    "pastes": ("strength ~ 1 + (1 | batch/cask)", lambda: jaxlmm.datasets.load("pastes")),
+    "three_terms": (THREE_TERMS, synthetic_frame),
+    "no_random_terms": ("Yield ~ 1", lambda: jaxlmm.datasets.load("dyestuff")),
+}
+
+
+def design_of(case):
+    formula, frame = CASES[case]
+    return build_design(formula, frame())
+
+
+def dense_z(term, n: int) -> np.ndarray:
+    """The term's block of Z, n x (levels * k), level-major as in the cross-products."""
+    Z = np.zeros((n, term.nlevels * term.k))
+    for c in range(term.k):
+        Z[np.arange(n), term.codes * term.k + c] = term.X[:, c]
+    return Z
+
+
+def assert_close(actual, expected, rtol=1e-12):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def check_against_dense(cp, design):
+    """Every float array of ``cp`` against the products of dense Z, X and y."""
+    n, X, y = design.n, design.X, design.y
+    assert_close(cp.xtx, X.T @ X)
+    assert_close(cp.xty, X.T @ y)
+    assert_close(cp.yty, y @ y)
+    assert float(cp.n) == n
+    if not design.terms:
+        assert cp.d1.shape == (0, 0, 0) and cp.zz.shape == (0, 0) and cp.c_val == ()
+        return
+    Zs = [dense_z(t, n) for t in design.terms]
+    t1, Z1 = design.terms[0], Zs[0]
+    l1, k1 = t1.nlevels, t1.k
+    assert_close(block_diag(*np.asarray(cp.d1)), Z1.T @ Z1)  # off-diagonal blocks are zero
+    assert_close(cp.z1x, (Z1.T @ X).reshape(l1, k1, -1))
+    assert_close(cp.z1y, (Z1.T @ y).reshape(l1, k1))
+    for tm, Zm, j1, jm, val in zip(design.terms[1:], Zs[1:], cp.c_j1, cp.c_jm, cp.c_val):
+        coo = np.zeros((l1 * k1, tm.nlevels * tm.k))
+        for a, b, v in zip(np.asarray(j1), np.asarray(jm), np.asarray(val)):
+            coo[a * k1 : (a + 1) * k1, b * tm.k : (b + 1) * tm.k] = v
+        assert_close(coo, Z1.T @ Zm)  # the COO blocks hold all of Z1'Zm
+    Zr = np.hstack(Zs[1:]) if len(Zs) > 1 else np.zeros((n, 0))
+    assert_close(cp.zz, Zr.T @ Zr)
+    assert_close(cp.zx, Zr.T @ X)
+    assert_close(cp.zy, Zr.T @ y)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_chunked_sums_equal_dense_products(case):
+    design = design_of(case)
+    assert design.n > 2 * SMALL_CHUNK and design.n % SMALL_CHUNK != 0  # several chunks, the last padded
+    small = cross_products(design, chunk_rows=SMALL_CHUNK)
+    check_against_dense(small, design)
+    whole = cross_products(design)  # one chunk of all rows
+    for name in FLOATS:
+        assert_close(getattr(small, name), getattr(whole, name))
+    for a, b in zip(small.c_val, whole.c_val):
+        assert_close(a, b)
+    for name in ["e_j1", "e_col", "pair_a", "pair_b", "pair_flat"]:
+        np.testing.assert_array_equal(getattr(small, name), getattr(whole, name))
+    for a, b in zip(small.c_j1 + small.c_jm, whole.c_j1 + whole.c_jm):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_chunk_sums_of_all_rows_are_the_cross_products():
+    design = design_of("three_terms")
+    plan = row_plan(design)
+    sums = jax.jit(chunk_sums, static_argnames="layout")(plan.rows, layout=plan.layout)
+    cp = cross_products(design)
+    for name in ["d1", "z1x", "z1y", "zx", "zy", "xtx", "xty", "yty"]:
+        assert_close(sums[name], getattr(cp, name))
+    for a, b in zip(sums["c_val"], cp.c_val, strict=True):
+        assert_close(a, b)
+    (m, m2, a, b), = plan.pair_blocks  # g2 (with a slope) against g3
+    k2, k3 = design.terms[1 + m].k, design.terms[1 + m2].k
+    lo2, lo3 = 0, design.terms[1].nlevels * k2
+    zz = np.asarray(cp.zz)
+    for block, i, j in zip(np.asarray(sums["zz_pair"][0]), a, b):
+        assert_close(block, zz[lo2 + i * k2 : lo2 + (i + 1) * k2, lo3 + j * k3 : lo3 + (j + 1) * k3])
+
+OBJ = load_json("objective_at_theta.json")
+OBJ_CASES = {"penicillin_crossed": "penicillin", "sleepstudy_slope": "sleepstudy", "pastes_nested": "pastes"}
+_deviance = jax.jit(deviance)
+
+
+def _scalar(v):
+    return v[0] if isinstance(v, list) else v
+
+
+@pytest.mark.parametrize("ref_case", list(OBJ_CASES))
+def test_criterion_from_chunked_sums_matches_lme4(ref_case):
+    cp = cross_products(design_of(OBJ_CASES[ref_case]), chunk_rows=SMALL_CHUNK)
+    for pt in OBJ[ref_case]["points"]:
+        value = _deviance(np.atleast_1d(np.asarray(pt["theta"], dtype=float)), cp, bool(_scalar(pt["reml"])))
+        assert float(value) == pytest.approx(_scalar(pt["value"]), rel=1e-9)
+
+
+def test_chunks_are_padded_with_zero_rows():
+    design = design_of("penicillin")
+    plan = row_plan(design)
+    assert chunk_length(plan.n) == plan.n <= CHUNK_ROWS  # small data: one chunk, no padding
+    assert chunk_length(10, 7, 4) == 8 and chunk_length(3, 7, 4) == 4 and chunk_length(100, 7) == 7
+    chunks = list(device_chunks(plan, SMALL_CHUNK))
+    assert len(chunks) == -(-plan.n // SMALL_CHUNK)
+    last, used = chunks[-1], plan.n % SMALL_CHUNK
+    for leaf in jax.tree.leaves(last):
+        assert leaf.shape[0] == SMALL_CHUNK
+        assert not np.any(np.asarray(leaf)[used:])
+    assert row_sharding(jax.devices()[:1]) is None
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np, pandas as pd
+    import jaxlmm
+    from jax.sharding import NamedSharding, PartitionSpec
+    from jaxlmm.crossprod import cross_products, device_chunks, row_plan, row_sharding
+    from jaxlmm.design import build_design
+
+    assert len(jax.devices()) == 4, jax.devices()
+    frames = {"penicillin": jaxlmm.datasets.load("penicillin"), "three_terms": pd.read_pickle(sys.argv[1])}
+    formulas = json.loads(sys.argv[2])
+    floats = json.loads(sys.argv[3])
+    out = {"n_devices": len(jax.devices()), "chunks": {}, "cp": {}}
+    for case, frame in frames.items():
+        design = build_design(formulas[case], frame)
+        sharding = row_sharding()
+        chunk = next(device_chunks(row_plan(design), 7, sharding))
+        out["chunks"][case] = [
+            {
+                "rows": leaf.shape[0],
+                "named": isinstance(leaf.sharding, NamedSharding),
+                "spec_rows": leaf.sharding.spec == PartitionSpec("rows"),
+                "devices": sorted(s.device.id for s in leaf.addressable_shards),
+                "shard_rows": [s.data.shape[0] for s in leaf.addressable_shards],
+            }
+            for leaf in jax.tree.leaves(chunk)
+        ]
+        for label, rows in [("small", 7), ("whole", None)]:
+            cp = cross_products(design) if rows is None else cross_products(design, chunk_rows=rows)
+            res = {k: np.asarray(getattr(cp, k)).tolist() for k in floats}
+            res["c_val"] = [np.asarray(v).tolist() for v in cp.c_val]
+            out["cp"][f"{case}/{label}"] = res
+    print(json.dumps(out))
+    """
+)
+
+
+def test_sharded_over_four_devices_equals_one_device(tmp_path):
+    frame = synthetic_frame()
+    frame.to_pickle(tmp_path / "frame.pkl")
+    formulas = {"penicillin": CASES["penicillin"][0], "three_terms": THREE_TERMS}
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=false",
+        JAX_PLATFORMS="cpu",
+    )
+    args = [str(tmp_path / "frame.pkl"), json.dumps(formulas), json.dumps(FLOATS)]
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    assert child["n_devices"] == 4
+    for case, leaves in child["chunks"].items():
+        assert leaves
+        for leaf in leaves:  # 7 rows padded to 8, two on each device
+            assert leaf["rows"] == 8 and leaf["named"] and leaf["spec_rows"]
+            assert leaf["devices"] == [0, 1, 2, 3] and leaf["shard_rows"] == [2, 2, 2, 2]
+    for case in formulas:
+        design = design_of(case)
+        one = cross_products(design)
+        for label in ["small", "whole"]:
+            sharded = child["cp"][f"{case}/{label}"]
+            for name in FLOATS:
+                assert_close(sharded[name], getattr(one, name))
+            assert len(sharded["c_val"]) == len(one.c_val)
+            for a, b in zip(sharded["c_val"], one.c_val):
+                assert_close(a, b)
+        if case == "three_terms":
+            check_against_dense(one, design)
