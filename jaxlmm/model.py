@@ -28,6 +28,16 @@ from .optimize import OptResult, lbfgs, newton
 METHODS = ("newton", "lbfgs")
 
 
+def theta_columns(term_dims) -> np.ndarray:
+    """For each theta entry, the index of the diagonal entry of its column (see ``column_flip``)."""
+    out, i = [], 0
+    for rows, cols in theta_layout(term_dims):
+        diag_pos = np.array([np.flatnonzero((rows == c) & (cols == c))[0] for c in cols])
+        out.append(i + diag_pos)
+        i += len(rows)
+    return np.concatenate(out) if out else np.zeros(0, dtype=int)
+
+
 def canonical_theta(x, term_dims):
     """Multiply each column of every relative factor by the sign of its diagonal.
 
@@ -60,13 +70,13 @@ def optimize_theta(
     default); the result is mapped back to theta, the gradient too.
     """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
-        return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True)
+        return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True, jnp.zeros(jnp.shape(theta0), dtype=bool))
     if scale is None:
         fun, w, args = _deviance, 1.0, (data, reml)
     else:
         fun, w, args = _scaled_deviance, scale, (data, reml, scale)
     if method == "newton":
-        opt = newton(fun, theta0 * w, lower * w, args=args, max_iter=max_iter)
+        opt = newton(fun, theta0 * w, lower * w, args=args, max_iter=max_iter, column=theta_columns(data.term_dims))
     elif method == "lbfgs":
         canon = partial(canonical_theta, term_dims=data.term_dims)
         opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5)

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+ROUNDOFF = 1e-12  # relative rounding error of the criterion's value
+
 
 class OptResult(NamedTuple):
     theta: jax.Array
@@ -37,6 +39,7 @@ class OptResult(NamedTuple):
     grad: jax.Array  # projected gradient at theta
     n_iter: jax.Array
     converged: jax.Array
+    stuck: jax.Array  # per entry: at its bound with negative curvature there (a saddle)
 
 
 def projected_gradient(theta, g, lower):
@@ -82,11 +85,35 @@ def boundary_saddle(theta, f, g, H, lower, gtol):
     return (theta <= lower) & (g <= gtol * (1.0 + jnp.abs(f))) & (jnp.diagonal(H) < 0)
 
 
+def column_flip(theta, g, H, lower, column):
+    """Move from a corner of the bound where the criterion only seems to be minimal.
+
+    ``column[i]`` is the index of the diagonal entry of entry i's column of
+    its relative factor. The criterion is unchanged when a whole column of a
+    relative factor changes sign (D theta, D = diag(+-1)), so at D theta the
+    gradient is D g and the Hessian D H D. At a zero diagonal entry whose
+    column holds nonzero entries below it, flipping that column changes the
+    sign of the diagonal entry's derivative: a positive derivative, which
+    holds the entry at its bound, becomes a descent direction off it (the
+    random slopes of a replicate can otherwise stop at a perfectly correlated
+    fit, deviance units above the optimum). Such columns are flipped, with no
+    new evaluation of the criterion.
+    """
+    idx = jnp.arange(theta.shape[0])
+    diag = column == idx
+    below = (column[None, :] == idx[:, None]) & ~diag[None, :]  # below[i, e]: e under diagonal i
+    has_below = jnp.any(below & (theta[None, :] != 0), axis=1)
+    flip = diag & (theta <= lower) & (g > 0) & has_below
+    s = jnp.where(flip[column], -1.0, 1.0)
+    return s * theta, s * g, H * s[:, None] * s[None, :]
+
+
 def newton(
     fun: Callable,
     theta0,
     lower,
     args: tuple = (),
+    column=None,
     gtol: float = 1e-9,
     max_iter: int = 200,
     max_step: float = 2.0,
@@ -98,18 +125,18 @@ def newton(
     One evaluation of value, gradient and Hessian per iteration
     (:func:`grad_and_hessian`), plus the values of the line search.
     Variables stuck at a saddle on the bound (:func:`boundary_saddle`) are
-    moved off it by a step of ``escape``.
+    moved off it by a step of ``escape``; with ``column`` (see
+    :func:`column_flip`), zero diagonal entries of relative factors are
+    moved off their bound through the sign symmetry of their column.
     """
     fgh = grad_and_hessian(fun)
     theta0 = jnp.maximum(jnp.asarray(theta0, dtype=jnp.float64), lower)
-    f0, g0, H0 = fgh(theta0, *args)
 
-    def cond(state):
-        theta, f, g, H, it, done = state
-        return (~done) & (it < max_iter)
+    def flip(theta, g, H):
+        return (theta, g, H) if column is None else column_flip(theta, g, H, lower, column)
 
-    def body(state):
-        theta, f, g, H, it, _ = state
+    def step(theta, f, g, H):
+        """The projected, modified Newton direction and its backtracking search: (accepted, point)."""
         saddle = boundary_saddle(theta, f, g, H, lower, gtol)
         active = (theta <= lower) & (g > 0) & ~saddle
         free = ~active
@@ -123,42 +150,57 @@ def newton(
         big = jnp.max(jnp.abs(d))
         d = jnp.where(big > max_step, d * (max_step / big), d)
         d = jnp.where(saddle, jnp.maximum(d, escape), d)
+        slack = ROUNDOFF * (1.0 + jnp.abs(f))
 
         def ls_cond(c):
             alpha, fn, tn, k = c
             decrease = jnp.vdot(gf, tn - theta)
-            ok = (fn <= f + 1e-4 * decrease) & ((fn < f) | ~jnp.any(saddle))
-            return (~ok) & (k < 40)
+            # Near the optimum the predicted decrease falls below the criterion's
+            # rounding error and Armijo's test cannot be met: a step whose
+            # predicted and actual changes are both at that level ends the search.
+            tiny = (-decrease <= slack) & (fn <= f + slack)
+            ok = ((fn <= f + 1e-4 * decrease) | tiny) & ((fn < f) | ~jnp.any(saddle))
+            return (k == 0) | ((~ok) & (k < 41))
 
         def ls_body(c):
             alpha, _, _, k = c
-            alpha = alpha * 0.5
+            alpha = alpha * 0.5  # the first pass tries the full step
             tn = jnp.maximum(theta + alpha * d, lower)
             return alpha, fun(tn, *args), tn, k + 1
 
-        t1 = jnp.maximum(theta + d, lower)
-        alpha, fn, tn, k = lax.while_loop(ls_cond, ls_body, (1.0, fun(t1, *args), t1, 0))
+        _, fn, tn, _ = lax.while_loop(ls_cond, ls_body, (2.0, f, theta, 0))
         fn = jnp.where(jnp.isfinite(fn), fn, jnp.inf)
-        accept = fn <= f
-        theta_new = jnp.where(accept, tn, theta)
-        f_new, g_new, H_new = fgh(theta_new, *args)
-        pg = projected_gradient(theta_new, g_new, lower)
-        small = (jnp.max(jnp.abs(pg), initial=0.0) < gtol * (1.0 + jnp.abs(f_new))) & ~jnp.any(
-            boundary_saddle(theta_new, f_new, g_new, H_new, lower, gtol)
-        )
-        stalled = (~accept) | (jnp.abs(f - f_new) <= 1e-15 * jnp.abs(f)) & (
-            jnp.max(jnp.abs(theta_new - theta), initial=0.0) < 1e-12
-        )
-        return theta_new, f_new, g_new, H_new, it + 1, small | stalled
+        return fn <= f, tn
 
-    pg0 = projected_gradient(theta0, g0, lower)
-    done0 = (jnp.max(jnp.abs(pg0), initial=0.0) < gtol * (1.0 + jnp.abs(f0))) & ~jnp.any(
-        boundary_saddle(theta0, f0, g0, H0, lower, gtol)
-    )
-    theta, f, g, _, it, _ = lax.while_loop(cond, body, (theta0, f0, g0, H0, 0, done0))
+    # The loop evaluates value, gradient and Hessian once per pass, at the point
+    # the previous pass accepted (so they appear once in the compiled program).
+    def cond(state):
+        return ~state[-1]
+
+    def body(state):
+        x, theta_prev, f_prev, _, _, it, _ = state
+        f, g, H = fgh(x, *args)
+        x, g, H = flip(x, g, H)
+        pg = projected_gradient(x, g, lower)
+        small = (jnp.max(jnp.abs(pg), initial=0.0) < gtol * (1.0 + jnp.abs(f))) & ~jnp.any(
+            boundary_saddle(x, f, g, H, lower, gtol)
+        )
+        stalled = (it > 0) & (jnp.abs(f_prev - f) <= 1e-15 * jnp.abs(f_prev)) & (
+            jnp.max(jnp.abs(x - theta_prev), initial=0.0) < 1e-12
+        )
+        stop = small | stalled | (it >= max_iter)
+        accept, x_next = step(x, f, g, H)
+        moved = accept & ~stop
+        x_next = jnp.where(moved, x_next, x)
+        return x_next, x, f, g, H, it + moved, ~moved
+
+    n = theta0.shape[0]
+    init = (theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False))
+    _, theta, f, g, H, it, _ = lax.while_loop(cond, body, init)
     pg = projected_gradient(theta, g, lower)
     conv = jnp.max(jnp.abs(pg), initial=0.0) < conv_tol * (1.0 + jnp.abs(f))
-    return OptResult(theta, f, pg, it, conv)
+    stuck = (theta <= lower) & (jnp.diagonal(H) < 0)
+    return OptResult(theta, f, pg, it, conv, stuck)
 
 
 def lbfgs(
@@ -197,4 +239,4 @@ def lbfgs(
     theta = canonical(x)
     fval = fun(theta, *args)
     conv = jnp.max(jnp.abs(g), initial=0.0) < conv_tol * (1.0 + jnp.abs(fval))
-    return OptResult(theta, fval, g, it, conv)
+    return OptResult(theta, fval, g, it, conv, jnp.zeros(theta.shape, dtype=bool))
