@@ -31,7 +31,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
-from .linalg import cholesky, small_cholesky, small_solve_lower
+from .linalg import SMALL, cholesky, small_cholesky, small_solve_lower
 
 LOG2PI = float(np.log(2.0 * np.pi))
 
@@ -65,7 +65,10 @@ def relative_factors(theta, term_dims) -> list[jax.Array]:
     out, i = [], 0
     for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
         m = len(rows)
-        out.append(jnp.zeros((k, k), dtype=theta.dtype).at[rows, cols].set(theta[i : i + m]))
+        # a product with a constant 0/1 matrix, not a scatter: cheaper to batch and differentiate
+        place = np.zeros((k * k, m))
+        place[rows * k + cols, np.arange(m)] = 1.0
+        out.append((jnp.asarray(place, dtype=theta.dtype) @ theta[i : i + m]).reshape(k, k))
         i += m
     return out
 
@@ -95,6 +98,41 @@ def _scale_rest(M, Ts, term_dims):
     return jnp.concatenate(parts, axis=0)
 
 
+def _first_term_unrolled(theta, k, d1, C1):
+    """L1 (l1, k, k) and F = L1^{-1} T' C1 (l1, k, m) with every k x k product written out.
+
+    Entry by entry, each step is an elementwise operation on arrays with one
+    value per level (and per column of C1), which XLA fuses into a few
+    loops; a replicate batch (the bootstrap's ``vmap``) only lengthens them.
+    Products of batched 2 x 2 matrices, and their derivatives, otherwise
+    become many small reductions over axes of length 2.
+    """
+    rows, cols = theta_layout([(0, k)])[0]
+    T = [[None] * k for _ in range(k)]
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        T[r][c] = theta[i]
+
+    def tdot(a, vecs):  # sum_b T[b][a] vecs[b], skipping the zeros above the diagonal
+        return sum(T[b][a] * vecs[b] for b in range(a, k))
+
+    D = [[d1[:, b, c] for c in range(k)] for b in range(k)]
+    TD = [[tdot(a, [D[b][c] for b in range(k)]) for c in range(k)] for a in range(k)]  # (T' D)_ac
+    M = [[sum(TD[a][c] * T[c][d] for c in range(d, k)) + (1.0 if a == d else 0.0) for d in range(a + 1)]
+         for a in range(k)]  # lower triangle of T' D T + I
+    L = [[None] * k for _ in range(k)]
+    for j in range(k):
+        L[j][j] = jnp.sqrt(M[j][j] - sum(L[j][m] ** 2 for m in range(j)))
+        for i in range(j + 1, k):
+            L[i][j] = (M[i][j] - sum(L[i][m] * L[j][m] for m in range(j))) / L[j][j]
+    B = [tdot(a, [C1[:, b, :] for b in range(k)]) for a in range(k)]  # (l1, m) each
+    F = []
+    for i in range(k):
+        F.append((B[i] - sum(L[i][m][:, None] * F[m] for m in range(i))) / L[i][i][:, None])
+    zero = jnp.zeros_like(L[0][0])
+    L1 = jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(k)], axis=-1) for i in range(k)], axis=-2)
+    return L1, jnp.stack(F, axis=1)
+
+
 def factorize(theta, data: CrossProducts) -> Factor:
     """Blocked Cholesky factor of the augmented PLS system at ``theta``."""
     dims = data.term_dims
@@ -110,13 +148,15 @@ def factorize(theta, data: CrossProducts) -> Factor:
     Ts = relative_factors(theta, dims)
     T1 = Ts[0]
     l1, k1 = dims[0]
-    M1 = jnp.einsum("ba,jbc,cd->jad", T1, data.d1, T1) + jnp.eye(k1)
-    L1 = small_cholesky(M1)
-    B1 = jnp.einsum("ba,jbf->jaf", T1, jnp.concatenate([data.z1x, data.z1y[:, :, None]], axis=2))
-    F = small_solve_lower(L1, B1)
+    C1 = jnp.concatenate([data.z1x, data.z1y[:, :, None]], axis=2)
+    if k1 <= SMALL:
+        L1, F = _first_term_unrolled(theta, k1, data.d1, C1)
+    else:
+        L1 = jnp.linalg.cholesky(jnp.einsum("ba,jbc,cd->jad", T1, data.d1, T1) + jnp.eye(k1))
+        F = solve_triangular(L1, jnp.einsum("ba,jbf->jaf", T1, C1), lower=True)
     omega_ff = omega_ff - jnp.einsum("jka,jkb->ab", F, F)
     if q2 == 0:
-        return Factor(L1, F, jnp.zeros((0, k1)), jnp.linalg.cholesky(omega_ff))
+        return Factor(L1, F, jnp.zeros((0, k1)), small_cholesky(omega_ff))
     Vs = []
     for m, (T, (_, km)) in enumerate(zip(Ts[1:], dims[1:])):
         G = jnp.einsum("ba,ebc,cd->ead", T1, data.c_val[m], T)
