@@ -11,11 +11,14 @@ response at a time. Here the whole refit is one batched computation:
    (:func:`jaxlmm.crossprod.response_products`) for the batch;
 3. ``vmap`` the whole fit (projected Newton in a ``lax.while_loop``, started
    at the fitted theta) over the batch. A refit never touches the n rows.
+4. finish the few replicates the batched pass left unfinished one by one
+   (see :func:`run_replicates`).
 
-Replicate i uses ``jax.random.split(key(seed), B)[i]``, so the numbers do
-not depend on the chunk size (chunks bound memory) or on the number of
-devices: with several visible devices the replicate axis of each chunk is
-sharded across them (``jax.sharding.NamedSharding``); with one it is not.
+Replicate i uses ``jax.random.split(key(seed), B)[i]``, so the simulated
+responses do not depend on the chunk size (chunks bound memory) or on the
+number of devices, and the optima agree to rounding: with several visible
+devices the replicate axis of each chunk is sharded across them
+(``jax.sharding.NamedSharding``); with one it is not.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from jax.tree_util import register_dataclass
 from ._config import ensure_x64
 from .crossprod import CrossProducts, response_products, with_response
 from .errors import ConvergenceWarning, JaxLMMError
-from .model import optimize_theta
+from .model import optimize_theta, theta_columns
 from .objective import deviance as _deviance
+from .optimize import newton
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
 
@@ -121,6 +125,7 @@ class Refit(NamedTuple):
     sigma: jax.Array
     converged: jax.Array
     n_iter: jax.Array
+    stuck: jax.Array  # theta entries left at a saddle on the bound
 
 
 class Target(NamedTuple):
@@ -133,49 +138,114 @@ class Target(NamedTuple):
 
 
 ESCAPE = 0.1  # restart value of a diagonal theta entry stuck at a saddle on the boundary
+FIRST_PASS = 8  # Newton iterations of the batched pass at first; slower replicates finish one by one
+PENDING_SHARE = 0.1  # above this share of a chunk left unfinished, the batched pass gets more iterations
+MAX_ITER = 200  # Newton iterations of a replicate's second pass (as a fit's default)
 
 
-def escape_boundary_saddle(opt, data: CrossProducts, lower, reml: bool):
-    """Restart from points where a diagonal theta entry sits at 0 with negative curvature.
+def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=MAX_ITER) -> Refit:
+    """Minimize the profiled criterion for ``data`` from ``theta0``; sigma^2 = r^2/(n-p) or r^2/n.
 
-    The criterion is even in each diagonal entry whose column holds nothing
-    else below it (flipping the sign of a column of T leaves Lambda Lambda'
-    unchanged), so its gradient there is 0 and the projected Newton stops even
-    when d^2f/dtheta_i^2 < 0, a saddle. Such entries restart at ``ESCAPE``;
-    the better of the two optima is kept.
+    ``max_iter`` may be traced (one compiled program serves every cap).
     """
-    H = jax.hessian(_deviance)(opt.theta, data, reml)
-    stuck = (opt.theta <= lower) & (jnp.diagonal(H) < 0)
-    again = optimize_theta(jnp.where(stuck, ESCAPE, opt.theta), lower, data, reml)
-    better = jnp.any(stuck) & (again.fun < opt.fun)
-    return jax.tree.map(lambda a, b: jnp.where(better, b, a), opt, again)
-
-
-def refit(data: CrossProducts, theta0, lower, reml: bool) -> Refit:
-    """Minimize the profiled criterion for ``data`` from ``theta0``; sigma^2 = r^2/(n-p) or r^2/n."""
-    opt = optimize_theta(theta0, lower, data, reml)
     if data.n_theta:
-        opt = escape_boundary_saddle(opt, data, lower, reml)
+        opt = newton(_deviance, theta0, lower, args=(data, reml), column=theta_columns(data.term_dims),
+                     max_iter=max_iter)
+    else:
+        opt = optimize_theta(theta0, lower, data, reml)
     sol = solve(opt.theta, data)
     dof = data.n - data.p if reml else data.n
     ok = opt.converged & jnp.isfinite(opt.fun) & jnp.all(jnp.isfinite(sol.beta))
-    return Refit(opt.fun, opt.theta, sol.beta, jnp.sqrt(sol.r2 / dof), ok, opt.n_iter)
+    return Refit(opt.fun, opt.theta, sol.beta, jnp.sqrt(sol.r2 / dof), ok, opt.n_iter, opt.stuck)
+
+
+def _refit_batch(parts, theta0, tg: Target, reml: bool, max_iter) -> Refit:
+    """``refit`` of each response (its products ``parts``), vmapped; ``theta0`` shared or per replicate."""
+    one = lambda pt, t0: refit(with_response(tg.data, pt), t0, tg.lower, reml, max_iter)  # noqa: E731
+    return jax.vmap(one, in_axes=(0, 0 if theta0.ndim == 2 else None))(parts, theta0)
 
 
 @partial(jax.jit, static_argnames=("reml",))
-def refit_chunk(keys, sim_rows: Rows, params: SimParams, targets: tuple, reml: bool) -> tuple:
+def refit_chunk(keys, sim_rows: Rows, params: SimParams, targets: tuple, reml: bool, max_iter) -> tuple:
     """Simulate one response per key from ``params`` and refit every target on each.
 
     All targets see the same simulated responses (they must share their rows
-    and response); returns one batched :class:`Refit` per target.
+    and response); returns, per target, the batched :class:`Refit` and the
+    response's cross-products (kept for the replicates of a second pass).
     """
     ys = jax.vmap(simulate, in_axes=(0, None, None))(keys, sim_rows, params)
     out = []
     for tg in targets:
         parts = response_products(tg.rows, ys)
-        one = lambda pt, tg=tg: refit(with_response(tg.data, pt), tg.theta0, tg.lower, reml)  # noqa: E731
-        out.append(jax.vmap(one)(parts))
+        out.append((_refit_batch(parts, tg.theta0, tg, reml, max_iter), parts))
     return tuple(out)
+
+
+_solve = jax.jit(solve)
+
+
+def refit_one(data: CrossProducts, theta0, lower, reml: bool) -> Refit:
+    """``refit`` of one response, through the compiled fit of the model itself (no new compilation)."""
+    opt = optimize_theta(jnp.asarray(theta0), lower, data, bool(reml), method="newton", max_iter=MAX_ITER, scale=None)
+    sol = _solve(opt.theta, data)
+    dof = float(data.n) - data.p if reml else float(data.n)
+    ok = bool(opt.converged) and np.isfinite(float(opt.fun)) and bool(np.all(np.isfinite(sol.beta)))
+    return Refit(
+        float(opt.fun), np.asarray(opt.theta), np.asarray(sol.beta), float(np.sqrt(sol.r2 / dof)),
+        ok, int(opt.n_iter), np.asarray(opt.stuck),
+    )
+
+
+def _first_pass_restarts(res: Refit, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replicates the batched pass left unfinished, and where each restarts.
+
+    - out of iterations: from where it stopped;
+    - at a saddle on the bound (``Refit.stuck``): the criterion is even in a
+      diagonal theta entry whose column holds nothing else below it
+      (flipping the sign of a column of T leaves Lambda Lambda' unchanged),
+      so its gradient vanishes at 0 and Newton can stop there although the
+      criterion curves downward; the entry restarts at ``ESCAPE``.
+    """
+    stuck = np.asarray(res.stuck, dtype=bool).reshape(len(res.objective), -1)
+    theta = np.asarray(res.theta).reshape(stuck.shape)
+    redo = stuck.any(axis=1) | (np.asarray(res.n_iter) >= max_iter)
+    return np.flatnonzero(redo), np.where(stuck, ESCAPE, theta)
+
+
+class _Pending:
+    """Replicates of one target waiting for a second pass: index, start, cross-products."""
+
+    def __init__(self):
+        self.idx, self.start, self.parts = [], [], []
+
+    def add(self, idx, start, parts, offset: int) -> None:
+        if len(idx):
+            self.idx.append(idx + offset)
+            self.start.append(start[idx])
+            self.parts.append(jax.tree.map(lambda a: np.asarray(a)[idx], parts))
+
+    def run(self, res: Refit, tg: Target, reml: bool) -> Refit:
+        """Refit the pending replicates one by one; keep the better optimum of each.
+
+        They are few (a replicate needing more than ``FIRST_PASS`` Newton
+        iterations is rare), and one by one they reuse the compiled fit of
+        the model instead of compiling a batch of another size.
+        """
+        if not self.idx:
+            return res
+        idx, start = np.concatenate(self.idx), np.concatenate(self.start)
+        parts = jax.tree.map(lambda *a: np.concatenate(a), *self.parts)
+        out = [np.array(a) for a in res]
+        for i, row in enumerate(idx):  # a replicate may be pending twice: keep the best
+            data = with_response(tg.data, jax.tree.map(lambda a: jnp.asarray(a[i]), parts))
+            again = refit_one(data, start[i], tg.lower, reml)
+            if again.objective <= out[0][row]:
+                n_iter = out[5][row] + again.n_iter
+                for a, b in zip(out, again):
+                    a[row] = b
+                out[5][row] = n_iter
+        self.idx, self.start, self.parts = [], [], []
+        return Refit(*out)
 
 
 def _per_replicate_size(targets) -> int:
@@ -199,13 +269,20 @@ def _mesh():
 
 def run_replicates(
     n: int, seed: int, sim_rows: Rows, params: SimParams, targets: tuple, reml: bool,
-    chunk_size: int | None, progress: bool, desc: str,
+    chunk_size: int | None, progress: bool, desc: str, nested=None,
 ) -> tuple:
     """Refit ``targets`` on ``n`` responses simulated from ``params``, chunk by chunk.
 
     Every chunk has the same shape (the last is padded with repeated keys and
     trimmed), so one compilation serves all; with several devices each chunk's
-    replicate axis is sharded across them. Returns numpy :class:`Refit` s.
+    replicate axis is sharded across them. Newton runs at most ``FIRST_PASS``
+    iterations on the batch, which all but a few replicates need; those few
+    (and those stopped at a saddle on the bound) finish one by one at the
+    end, so that one slow replicate does not hold up its chunk.
+    ``nested(theta_null, theta_alt)``, for a pair of nested models, gives
+    the start of an alternative refit that ended above its null's optimum
+    (a local optimum): it is refitted from there, and the better kept.
+    Returns numpy :class:`Refit` s.
     """
     from tqdm.auto import tqdm
 
@@ -225,16 +302,31 @@ def run_replicates(
     chunk = ndev * math.ceil(chunk / ndev)
     keys = jax.random.split(jax.random.key(int(seed)), n)
     nchunks = math.ceil(n / chunk)
-    pieces = []
+    pieces, pending = [], [_Pending() for _ in targets]
+    cap = FIRST_PASS
     for c in tqdm(range(nchunks), desc=desc, unit="chunk", disable=not progress):
         idx = np.arange(c * chunk, (c + 1) * chunk)
         kc = keys[np.minimum(idx, n - 1)]
         if mesh is not None:
             kc = jax.device_put(kc, NamedSharding(mesh, PartitionSpec("rep")))
-        res = refit_chunk(kc, sim_rows, params, targets, reml)
+        out = refit_chunk(kc, sim_rows, params, targets, reml, jnp.asarray(cap))
         keep = int(min(chunk, n - c * chunk))
-        pieces.append(jax.tree.map(lambda a: np.asarray(a)[:keep], res))
-    return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *pieces)
+        res = [Refit(*(np.asarray(a)[:keep] for a in r)) for r, _ in out]
+        unfinished = 0
+        for r, (_, parts), pend in zip(res, out, pending):
+            idx, start = _first_pass_restarts(r, cap)
+            pend.add(idx, start, parts, offset=c * chunk)
+            unfinished = max(unfinished, len(idx))
+        if unfinished > PENDING_SHARE * keep:  # this model needs more iterations than most
+            cap = min(2 * cap, MAX_ITER)
+        if nested:  # an alternative refit worse than its null: restart it from the null's optimum
+            worse = np.flatnonzero(res[1].objective > res[0].objective + 1e-9 * (1.0 + np.abs(res[0].objective)))
+            pending[1].add(worse, nested(res[0].theta, res[1].theta), out[1][1], offset=c * chunk)
+        pieces.append(tuple(res))
+    res = [Refit(*(np.concatenate(a, axis=0) for a in zip(*(p[t] for p in pieces)))) for t in range(len(targets))]
+    return tuple(
+        pend.run(r, tg, reml) for r, tg, pend in zip(res, targets, pending)
+    )
 
 
 # ---- naming and derived parameters ---------------------------------------------------

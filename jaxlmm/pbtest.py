@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,29 @@ def _check_pair(null_fit, alt_fit) -> None:
         )
 
 
+def _same_random_effects(f0, f1) -> bool:
+    """Both models have the same random-effect terms (so one theta serves both)."""
+    a, b = f0.model.design.terms, f1.model.design.terms
+    return len(a) == len(b) and all(
+        s.name == t.name and s.colnames == t.colnames and np.array_equal(s.codes, t.codes)
+        and np.array_equal(s.X, t.X)
+        for s, t in zip(a, b)
+    )
+
+
+def _alt_start(theta_null, theta_alt, same: bool, default):
+    """Where an alternative refit that ended above its null's optimum starts again.
+
+    With the same random-effect terms, the null's optimum: there the
+    alternative's criterion is at most the null's (its fixed effects include
+    the null's), so the refit ends at or below it and LRT* >= 0. Otherwise
+    lme4's start (identity relative factors).
+    """
+    if same:
+        return np.asarray(theta_null).reshape(len(theta_alt), -1)
+    return np.broadcast_to(np.asarray(default), np.shape(theta_alt))
+
+
 @dataclass(frozen=True, eq=False)
 class PBTest:
     """Result of :func:`pb_test` (frozen). ``table``: LRT* and both refits per replicate."""
@@ -77,7 +101,10 @@ def pb_test(null_fit, alt_fit, n: int = 10_000, seed: int = 0, chunk_size: int |
     f0, f1 = _ml(null_fit), _ml(alt_fit)
     lrt = float(f0.objective - f1.objective)
     t0, t1 = target_of(f0.model, f0.theta), target_of(f1.model, f1.theta)
-    r0, r1 = run_replicates(n, seed, t0.rows, fit_params(f0), (t0, t1), False, chunk_size, progress, "pb_test")
+    r0, r1 = run_replicates(
+        n, seed, t0.rows, fit_params(f0), (t0, t1), False, chunk_size, progress, "pb_test",
+        nested=partial(_alt_start, same=_same_random_effects(f0, f1), default=f1.model.theta0),
+    )
     r0, r1 = Refit(*r0), Refit(*r1)
     lrt_star = r0.objective - r1.objective
     ok = r0.converged.astype(bool) & r1.converged.astype(bool) & np.isfinite(lrt_star)

@@ -151,6 +151,23 @@ def test_pb_test_sleepstudy_days_matches_pbkrtest():
     assert res.p_value == pytest.approx((1 + np.sum(res.table["lrt"] >= res.lrt)) / 257)
     # under H0 (away from the boundary) LRT* is close to chi^2(1): median 0.455, SE ~0.07 at B = 256
     assert 0.25 < np.median(res.table["lrt"]) < 0.75
+    # the alternative contains the null: its refit is never worse (some first refits end at a
+    # local optimum and are refitted from the null's optimum)
+    assert res.table["lrt"].min() >= -1e-6
+
+
+def test_slow_replicates_finish_one_by_one_at_the_same_optimum(sleep_boot, monkeypatch):
+    """With 2 batched Newton iterations nearly every replicate is finished by a separate refit."""
+    import importlib
+
+    boot_module = importlib.import_module("jaxlmm.bootstrap")
+    monkeypatch.setattr(boot_module, "FIRST_PASS", 2)
+    monkeypatch.setattr(boot_module, "PENDING_SHARE", 1.0)  # keep the cap at 2
+    res = jaxlmm.bootstrap(get_fit(SLEEP, "sleepstudy"), n=B, seed=1, progress=False)
+    assert res.n_failed == 0
+    assert (sleep_boot.table["n_iter"] > 2).sum() >= B // 2  # the case is exercised
+    np.testing.assert_allclose(res.table["objective"], sleep_boot.table["objective"], rtol=1e-9)
+    np.testing.assert_allclose(res.table["sigma"], sleep_boot.table["sigma"], rtol=1e-6)
 
 
 def test_pb_test_variance_component_with_a_null_without_random_effects():
