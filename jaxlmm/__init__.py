@@ -1,6 +1,7 @@
 """jaxlmm: linear mixed-effects models in JAX, with lme4's formulas and answers.
 
-Importing jaxlmm enables JAX's float64 mode (see ``jaxlmm._config``).
+Importing jaxlmm enables JAX's float64 mode and, unless one is configured, a
+persistent compilation cache (see ``jaxlmm._config``).
 """
 
 from __future__ import annotations
@@ -8,6 +9,10 @@ from __future__ import annotations
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+from ._config import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache()
 
 from . import datasets  # noqa: E402
 from .anova import anova  # noqa: E402

@@ -1,14 +1,25 @@
-"""float64 everywhere.
+"""float64 everywhere, and compiled programs kept on disk.
 
 jaxlmm turns on JAX's 64-bit mode when it is imported (``jax_enable_x64``), so
 that every array it creates is float64 whatever the user's configuration; the
 fitting entry points call :func:`ensure_x64` again, so a user who switches the
 flag off after importing still gets float64 fits (with a warning).
+
+Compilation is most of the time of a first fit or bootstrap in a new Python
+process (seconds; the fit itself takes milliseconds on small data). Unless
+the user has chosen a JAX compilation cache already, jaxlmm points JAX's
+persistent cache at ``$JAXLMM_CACHE_DIR`` (default
+``~/.cache/jaxlmm/xla``, under ``$XDG_CACHE_HOME`` when set), so a later
+process loads the compiled programs instead of compiling them again. The
+cache holds only compiled programs, keyed by the program, the JAX version
+and the device; ``JAXLMM_CACHE_DIR=off`` turns it off.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import jax
 
@@ -26,3 +37,22 @@ def ensure_x64(warn: bool = True) -> None:
                 stacklevel=3,
             )
         jax.config.update("jax_enable_x64", True)
+
+
+def enable_compilation_cache() -> str | None:
+    """Use a persistent compilation cache unless one is configured or it is turned off; its folder."""
+    chosen = os.environ.get("JAXLMM_CACHE_DIR", "")
+    if chosen.lower() in ("off", "0", "false", "no"):
+        return None
+    if jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = Path(chosen) if chosen else base / "jaxlmm" / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile every time, as without a cache
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return str(path)

@@ -238,3 +238,53 @@ def test_between_subject_numeric_slope_is_identifiable_and_fitted():
     for _ in range(5):
         th = np.maximum(fit.theta + rng.normal(scale=1e-3, size=3), fit.model.lower)
         assert fit.model.deviance(th) >= fit.objective - 1e-9
+
+
+def _cache_dir_in_child(env_extra: dict, tmp_path) -> str:
+    """The compilation cache folder JAX uses after ``import jaxlmm`` in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "JAXLMM_CACHE_DIR")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), **env_extra)
+    code = "import jax, jaxlmm; print(jax.config.jax_compilation_cache_dir or '')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_compilation_cache_default_choice_and_off(tmp_path):
+    """Compiled programs go to ~/.cache/jaxlmm/xla (XDG), a chosen folder, JAX's own setting, or nowhere."""
+    default = tmp_path / "xdg" / "jaxlmm" / "xla"
+    assert _cache_dir_in_child({}, tmp_path) == str(default) and default.is_dir()
+    assert _cache_dir_in_child({"JAXLMM_CACHE_DIR": str(tmp_path / "mine")}, tmp_path) == str(tmp_path / "mine")
+    assert _cache_dir_in_child({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}, tmp_path) == str(tmp_path / "jax")
+    assert _cache_dir_in_child({"JAXLMM_CACHE_DIR": "off"}, tmp_path) == ""
+
+
+def test_newton_leaves_a_corner_where_a_correlated_column_has_a_zero_diagonal():
+    """At theta_11 = 0 with theta_21 != 0 and d f / d theta_11 > 0, flipping the column's sign is a descent.
+
+    The data: a response simulated from the ML fit of ``Reaction ~ 1 + (Days | Subject)``
+    (replicate 96 of seed 1, as the bootstrap draws it). Started at the corner (a local
+    optimum of the theta parameterization, 4.3 deviance units above the optimum), Newton
+    reaches the optimum that L-BFGS finds from lme4's start.
+    """
+    from jaxlmm.bootstrap import fit_params, rows_of, simulate
+
+    sleep = jaxlmm.datasets.load("sleepstudy")
+    null = get_fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy", reml=False)
+    key = jax.random.split(jax.random.key(1), 1000)[96]
+    frame = sleep.copy()
+    frame["Reaction"] = np.asarray(simulate(key, rows_of(null.model.design), fit_params(null)))
+    model = jaxlmm.LinearMixedModel("Reaction ~ Days + (Days | Subject)", frame)
+    corner = np.array([0.0, 0.37891048, 0.01250314])
+    from jaxlmm.objective import deviance
+
+    g = np.asarray(jax.grad(deviance)(jax.numpy.asarray(corner), model.data, False))
+    assert g[0] > 0  # held at its bound by the projected gradient, without the flip
+    ref = model.fit(reml=False, method="lbfgs")
+    fit = model.fit(reml=False, theta0=corner)
+    assert fit.converged
+    assert fit.objective == pytest.approx(ref.objective, rel=1e-10)
+    assert model.deviance(corner, reml=False) > ref.objective + 4
