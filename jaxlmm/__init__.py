@@ -1,7 +1,8 @@
 """jaxlmm: linear mixed-effects models in JAX, with lme4's formulas and answers.
 
-Importing jaxlmm enables JAX's float64 mode and, unless one is configured, a
-persistent compilation cache (see ``jaxlmm._config``).
+Importing jaxlmm enables JAX's float64 mode, a persistent compilation cache
+unless one is configured, and single-threaded LAPACK kernels for JAX's CPU
+backend (see ``jaxlmm._config``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from ._config import enable_compilation_cache  # noqa: E402
+from ._config import enable_compilation_cache, limit_lapack_threads  # noqa: E402
 
 enable_compilation_cache()
+limit_lapack_threads()
 
 from . import datasets  # noqa: E402
 from .anova import anova  # noqa: E402

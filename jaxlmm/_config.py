@@ -13,6 +13,15 @@ persistent cache at ``$JAXLMM_CACHE_DIR`` (default
 process loads the compiled programs instead of compiling them again. The
 cache holds only compiled programs, keyed by the program, the JAX version
 and the device; ``JAXLMM_CACHE_DIR=off`` turns it off.
+
+LAPACK threads. On the CPU, JAX runs Cholesky factorizations and triangular
+solves through scipy's LAPACK (its bundled OpenBLAS). jaxlmm's LAPACK calls
+are on blocks of at most 256 x 256, where OpenBLAS's threads cost more than
+they bring, and on a busy machine far more (a 256 x 256 Cholesky was seen
+to take 0.25 s with two threads on two busy cores, against 1.4 ms with
+one). jaxlmm therefore sets the thread count of scipy's OpenBLAS (not
+numpy's) to ``$JAXLMM_LAPACK_THREADS``, 1 by default, with threadpoolctl;
+``JAXLMM_LAPACK_THREADS=off`` leaves it alone.
 """
 
 from __future__ import annotations
@@ -56,3 +65,31 @@ def enable_compilation_cache() -> str | None:
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return str(path)
+
+
+def limit_lapack_threads() -> list[str]:
+    """Set the threads of the OpenBLAS behind scipy's LAPACK (JAX's CPU kernels); the libraries set."""
+    chosen = os.environ.get("JAXLMM_LAPACK_THREADS", "1")
+    if chosen.lower() in ("off", "none", ""):
+        return []
+    try:
+        threads = max(1, int(chosen))
+        from threadpoolctl import ThreadpoolController
+    except (ValueError, ImportError):
+        return []
+    controller = ThreadpoolController()
+    before = {lib.filepath for lib in controller.lib_controllers}
+    import scipy.linalg.cython_lapack  # noqa: F401  (what jaxlib's LAPACK kernels call)
+
+    controller = ThreadpoolController()
+    libs = [c.filepath for c in controller.lib_controllers if c.filepath not in before]
+    if not libs:  # scipy was imported before jaxlmm: its own libraries, not numpy's
+        libs = [
+            c.filepath for c in controller.lib_controllers
+            if "scipy" in c.filepath.replace("scipy_openblas", "") and "numpy" not in c.filepath
+        ]
+    selected = controller.select(filepath=libs) if libs else None  # (select ORs its criteria)
+    if selected is None or not selected.lib_controllers:
+        return []
+    selected.limit(limits=threads)
+    return libs

@@ -288,3 +288,38 @@ def test_newton_leaves_a_corner_where_a_correlated_column_has_a_zero_diagonal():
     assert fit.converged
     assert fit.objective == pytest.approx(ref.objective, rel=1e-10)
     assert model.deviance(corner, reml=False) > ref.objective + 4
+
+
+def _blas_threads_in_child(env_extra: dict) -> dict:
+    """{library file: threads} of the BLAS libraries loaded after ``import jaxlmm`` in a fresh process."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXLMM_LAPACK_THREADS", "OPENBLAS_NUM_THREADS")}
+    env.update(env_extra)
+    code = (
+        "import json, numpy, threadpoolctl as t\n"
+        "before = {d['filepath']: d['num_threads'] for d in t.threadpool_info()}\n"
+        "import jaxlmm, scipy.linalg\n"
+        "after = {d['filepath']: d['num_threads'] for d in t.threadpool_info()}\n"
+        "print(json.dumps([before, after]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return _json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("setting,expected", [(None, 1), ("2", 2), ("off", None)])
+def test_lapack_threads_of_scipy_only(setting, expected):
+    """scipy's OpenBLAS (behind JAX's CPU LAPACK) gets the chosen threads; numpy's is left alone."""
+    before, after = _blas_threads_in_child({} if setting is None else {"JAXLMM_LAPACK_THREADS": setting})
+    numpy_libs = set(before)
+    scipy_libs = [f for f in after if f not in numpy_libs]
+    assert scipy_libs  # scipy brings its own OpenBLAS in the wheels this project installs
+    for f in numpy_libs:
+        assert after[f] == before[f]
+    # left alone, scipy's OpenBLAS starts with the same default as numpy's (the cores it may use)
+    default = max(before.values())
+    for f in scipy_libs:
+        assert after[f] == (default if expected is None else expected)
