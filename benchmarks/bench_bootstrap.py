@@ -155,8 +155,9 @@ def main() -> None:
         cold, warm, failed = time_jaxlmm(fit, n)
         rows.append((n, cold, warm))
         cached = time_cached(n)
+        first = "cold" if len(rows) == 1 else "1st call"  # later sizes reuse the compiled programs
         print(
-            f"jaxlmm bootstrap  n={n:>7}: cold {cold:8.2f} s, new process with cache (import+fit+bootstrap) "
+            f"jaxlmm bootstrap  n={n:>7}: {first} {cold:8.2f} s, new process with cache (import+fit+bootstrap) "
             f"{cached:6.2f} s, warm {warm:8.2f} s = {n / warm:10.0f} rep/s (failed {failed})"
         )
     n = args.sizes[0]
