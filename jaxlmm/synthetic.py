@@ -2,9 +2,11 @@
 
 Group sizes follow a power law, as ratings per user and per movie do
 (Harper & Konstan, "The MovieLens datasets", ACM TiiS 2015): level i of a
-factor with L levels is drawn with probability proportional to
-(i + 1)^(-alpha), after every level has been given one row so that none is
-empty. The response is simulated from the model itself,
+factor with L levels holds about c (i + 1)^(-alpha) rows, clipped to the
+fewest and most rows a level may have (the real data's bounds for the
+MovieLens shapes; at least one row otherwise), with c chosen so that the
+sizes add up to n; which level gets which size, and the order of the rows,
+are random. The response is simulated from the model itself,
 
     y = beta0 + sum_m b_m[g_m] + e,  b_m ~ N(0, sd_m^2),  e ~ N(0, sigma^2),
 
@@ -23,15 +25,39 @@ import numpy as np
 import pandas as pd
 
 
-def power_law_codes(rng: np.random.Generator, n: int, levels: int, alpha: float) -> np.ndarray:
-    """``n`` integer codes in [0, levels), each level at least once, sizes ~ power law."""
+def power_law_sizes(n: int, levels: int, alpha: float, lo: int = 1, hi: int | None = None) -> np.ndarray:
+    """Level sizes summing to ``n``: c (i + 1)^(-alpha) clipped to [lo, hi], c found by bisection.
+
+    Without ``hi`` the largest level of a steep law can hold a large share of
+    all rows; real rating data are bounded (MovieLens-1M: every user has at
+    least 20 ratings and none more than about 2,300), so the generators of
+    those shapes pass bounds.
+    """
+    hi = n if hi is None else hi
+    if not levels * lo <= n <= levels * hi:
+        raise ValueError(f"{levels} levels of {lo} to {hi} rows cannot hold n={n} rows")
+    w = (np.arange(levels) + 1.0) ** (-alpha)
+    a, b = 0.0, float(n) / w[-1]
+    for _ in range(200):  # sum(clip(c w)) increases with c
+        c = 0.5 * (a + b)
+        a, b = (c, b) if np.clip(c * w, lo, hi).sum() < n else (a, c)
+    sizes = np.floor(np.clip(b * w, lo, hi)).astype(np.int64)
+    short = n - int(sizes.sum())  # rounding: add one row to the largest levels below hi
+    room = np.flatnonzero(sizes < hi)
+    sizes[room[: max(short, 0)]] += 1
+    assert sizes.sum() == n
+    return sizes
+
+
+def power_law_codes(
+    rng: np.random.Generator, n: int, levels: int, alpha: float, lo: int = 1, hi: int | None = None
+) -> np.ndarray:
+    """``n`` integer codes in [0, levels), sizes from :func:`power_law_sizes`, in random order."""
     if n < levels:
         raise ValueError(f"need at least one row per level: n={n} < levels={levels}")
-    w = (np.arange(levels) + 1.0) ** (-alpha)
-    extra = rng.choice(levels, size=n - levels, p=w / w.sum())
-    codes = np.concatenate([np.arange(levels), extra])
+    sizes = power_law_sizes(n, levels, alpha, lo, hi)
     perm = rng.permutation(levels)  # the big levels are not the first codes
-    return rng.permutation(perm[codes])
+    return rng.permutation(np.repeat(perm, sizes))
 
 
 def crossed(
@@ -42,11 +68,15 @@ def crossed(
     sd: tuple[float, float] = (0.5, 0.3),
     sigma: float = 1.0,
     names: tuple[str, str] = ("user", "movie"),
+    bounds: tuple = ((1, None), (1, None)),
 ) -> pd.DataFrame:
-    """Two crossed factors with power-law sizes and ``rating = 3.5 + b1 + b2 + e``."""
+    """Two crossed factors with power-law sizes and ``rating = 3.5 + b1 + b2 + e``.
+
+    ``bounds``: (fewest, most) rows per level of each factor.
+    """
     rng = np.random.default_rng(seed)
-    g1 = power_law_codes(rng, n, levels[0], alpha[0])
-    g2 = power_law_codes(rng, n, levels[1], alpha[1])
+    g1 = power_law_codes(rng, n, levels[0], alpha[0], *bounds[0])
+    g2 = power_law_codes(rng, n, levels[1], alpha[1], *bounds[1])
     b1 = rng.normal(0.0, sd[0], levels[0])
     b2 = rng.normal(0.0, sd[1], levels[1])
     y = 3.5 + b1[g1] + b2[g2] + rng.normal(0.0, sigma, n)
@@ -73,13 +103,20 @@ def random_slopes(
 
 
 def movielens_1m(seed: int = 0) -> pd.DataFrame:
-    """MovieLens-1M shape: 1,000,209 ratings, 6,040 users x 3,706 movies (``rating ~ 1 + (1|user) + (1|movie)``)."""
-    return crossed(1_000_209, (6_040, 3_706), seed)
+    """MovieLens-1M shape: 1,000,209 ratings, 6,040 users x 3,706 movies (``rating ~ 1 + (1|user) + (1|movie)``).
+
+    Users hold 20 to 2,314 ratings and movies 1 to 3,428, the ranges of the real data.
+    """
+    return crossed(1_000_209, (6_040, 3_706), seed, bounds=((20, 2_314), (1, 3_428)))
 
 
 def movielens_25m(seed: int = 0) -> pd.DataFrame:
-    """MovieLens-25M shape: 25,000,095 ratings, 162,541 users x 59,047 movies."""
-    return crossed(25_000_095, (162_541, 59_047), seed)
+    """MovieLens-25M shape: 25,000,095 ratings, 162,541 users x 59,047 movies.
+
+    Users hold at least 20 ratings (as in the real data); the largest groups are
+    bounded at about the real data's largest (32,202 ratings of a user, 81,491 of a movie).
+    """
+    return crossed(25_000_095, (162_541, 59_047), seed, bounds=((20, 32_202), (1, 81_491)))
 
 
 def slopes_1m(seed: int = 0) -> pd.DataFrame:

@@ -104,3 +104,11 @@ def test_slopes_generator_shape():
     # y = 1 + 0.5 x + ...: the pooled least-squares slope is near 0.5 (group slopes sd 0.3 average out)
     slope = np.polyfit(df.x, df.y, 1)[0]
     assert slope == pytest.approx(0.5, abs=0.25)
+
+
+def test_power_law_sizes_add_up_and_respect_bounds():
+    sizes = synthetic.power_law_sizes(100_000, 500, 0.9, lo=20, hi=2_000)
+    assert sizes.sum() == 100_000 and sizes.min() >= 20 and sizes.max() <= 2_000
+    assert sizes.max() == 2_000 and np.all(np.diff(sizes) <= 1)  # non-increasing, but for rounding
+    with pytest.raises(ValueError, match="cannot hold"):
+        synthetic.power_law_sizes(1_000, 100, 1.0, lo=20)
