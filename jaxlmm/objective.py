@@ -99,38 +99,33 @@ def _scale_rest(M, Ts, term_dims):
 
 
 def _first_term_unrolled(theta, k, d1, C1):
-    """L1 (l1, k, k) and F = L1^{-1} T' C1 (l1, k, m) with every k x k product written out.
+    """L1 (l1, k, k) and F = L1^{-1} T' C1 (l1, k, m), with T' D_j T and T' C_j written out.
 
-    Entry by entry, each step is an elementwise operation on arrays with one
-    value per level (and per column of C1), which XLA fuses into a few
+    Entry by entry, each product is an elementwise operation on arrays with
+    one value per level (and per column of C1), which XLA fuses into a few
     loops; a replicate batch (the bootstrap's ``vmap``) only lengthens them.
     Products of batched 2 x 2 matrices, and their derivatives, otherwise
-    become many small reductions over axes of length 2.
+    become many small reductions over axes of length 2. The factor and the
+    solve are :func:`small_cholesky` and :func:`small_solve_lower`, also
+    written entry by entry.
     """
     rows, cols = theta_layout([(0, k)])[0]
-    T = [[None] * k for _ in range(k)]
+    T = [[0.0] * k for _ in range(k)]
     for i, (r, c) in enumerate(zip(rows, cols)):
         T[r][c] = theta[i]
 
     def tdot(a, vecs):  # sum_b T[b][a] vecs[b], skipping the zeros above the diagonal
         return sum(T[b][a] * vecs[b] for b in range(a, k))
 
-    D = [[d1[:, b, c] for c in range(k)] for b in range(k)]
-    TD = [[tdot(a, [D[b][c] for b in range(k)]) for c in range(k)] for a in range(k)]  # (T' D)_ac
-    M = [[sum(TD[a][c] * T[c][d] for c in range(d, k)) + (1.0 if a == d else 0.0) for d in range(a + 1)]
-         for a in range(k)]  # lower triangle of T' D T + I
-    L = [[None] * k for _ in range(k)]
-    for j in range(k):
-        L[j][j] = jnp.sqrt(M[j][j] - sum(L[j][m] ** 2 for m in range(j)))
-        for i in range(j + 1, k):
-            L[i][j] = (M[i][j] - sum(L[i][m] * L[j][m] for m in range(j))) / L[j][j]
-    B = [tdot(a, [C1[:, b, :] for b in range(k)]) for a in range(k)]  # (l1, m) each
-    F = []
-    for i in range(k):
-        F.append((B[i] - sum(L[i][m][:, None] * F[m] for m in range(i))) / L[i][i][:, None])
-    zero = jnp.zeros_like(L[0][0])
-    L1 = jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(k)], axis=-1) for i in range(k)], axis=-2)
-    return L1, jnp.stack(F, axis=1)
+    TD = [[tdot(a, [d1[:, b, c] for b in range(k)]) for c in range(k)] for a in range(k)]  # (T' D)_ac
+    M = jnp.stack(
+        [jnp.stack([sum(TD[a][c] * T[c][d] for c in range(d, k)) + (a == d) for d in range(k)], axis=-1)
+         for a in range(k)],
+        axis=-2,
+    )  # T' D T + I
+    B = jnp.stack([tdot(a, [C1[:, b, :] for b in range(k)]) for a in range(k)], axis=1)  # T' C
+    L1 = small_cholesky(M)
+    return L1, small_solve_lower(L1, B)
 
 
 def factorize(theta, data: CrossProducts) -> Factor:
