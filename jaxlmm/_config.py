@@ -53,8 +53,9 @@ def enable_compilation_cache() -> str | None:
     chosen = os.environ.get("JAXLMM_CACHE_DIR", "")
     if chosen.lower() in ("off", "0", "false", "no"):
         return None
-    if jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    configured = jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if configured:
+        return configured
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     path = Path(chosen) if chosen else base / "jaxlmm" / "xla"
     try:

@@ -33,15 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import register_dataclass
 
 from ._config import ensure_x64
-from .crossprod import CrossProducts, response_products, with_response
+from .crossprod import CrossProducts, response_products, row_sharding, with_response
 from .errors import ConvergenceWarning, JaxLMMError
-from .model import optimize_theta, theta_columns
-from .objective import deviance as _deviance
-from .optimize import newton
+from .model import minimize_theta, optimize_theta
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
 
@@ -143,26 +140,17 @@ PENDING_SHARE = 0.1  # above this share of a chunk left unfinished, the batched 
 MAX_ITER = 200  # Newton iterations of a replicate's second pass (as a fit's default)
 
 
-def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=MAX_ITER) -> Refit:
-    """Minimize the profiled criterion for ``data`` from ``theta0``; sigma^2 = r^2/(n-p) or r^2/n.
-
-    ``max_iter`` may be traced (one compiled program serves every cap).
-    """
-    if data.n_theta:
-        opt = newton(_deviance, theta0, lower, args=(data, reml), column=theta_columns(data.term_dims),
-                     max_iter=max_iter)
-    else:
-        opt = optimize_theta(theta0, lower, data, reml)
-    sol = solve(opt.theta, data)
+def _as_refit(opt, sol, data: CrossProducts, reml: bool) -> Refit:
+    """A :class:`Refit` from the optimum and the conditional estimates there; sigma^2 = r^2/(n-p) or r^2/n."""
     dof = data.n - data.p if reml else data.n
     ok = opt.converged & jnp.isfinite(opt.fun) & jnp.all(jnp.isfinite(sol.beta))
     return Refit(opt.fun, opt.theta, sol.beta, jnp.sqrt(sol.r2 / dof), ok, opt.n_iter, opt.stuck)
 
 
-def _refit_batch(parts, theta0, tg: Target, reml: bool, max_iter) -> Refit:
-    """``refit`` of each response (its products ``parts``), vmapped; ``theta0`` shared or per replicate."""
-    one = lambda pt, t0: refit(with_response(tg.data, pt), t0, tg.lower, reml, max_iter)  # noqa: E731
-    return jax.vmap(one, in_axes=(0, 0 if theta0.ndim == 2 else None))(parts, theta0)
+def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=MAX_ITER) -> Refit:
+    """Minimize the profiled criterion for ``data`` from ``theta0`` (``max_iter`` may be traced)."""
+    opt = minimize_theta(theta0, lower, data, reml, max_iter=max_iter)
+    return _as_refit(opt, solve(opt.theta, data), data, reml)
 
 
 @partial(jax.jit, static_argnames=("reml",))
@@ -177,7 +165,8 @@ def refit_chunk(keys, sim_rows: Rows, params: SimParams, targets: tuple, reml: b
     out = []
     for tg in targets:
         parts = response_products(tg.rows, ys)
-        out.append((_refit_batch(parts, tg.theta0, tg, reml, max_iter), parts))
+        one = lambda pt, tg=tg: refit(with_response(tg.data, pt), tg.theta0, tg.lower, reml, max_iter)  # noqa: E731
+        out.append((jax.vmap(one)(parts), parts))
     return tuple(out)
 
 
@@ -187,13 +176,7 @@ _solve = jax.jit(solve)
 def refit_one(data: CrossProducts, theta0, lower, reml: bool) -> Refit:
     """``refit`` of one response, through the compiled fit of the model itself (no new compilation)."""
     opt = optimize_theta(jnp.asarray(theta0), lower, data, bool(reml), method="newton", max_iter=MAX_ITER, scale=None)
-    sol = _solve(opt.theta, data)
-    dof = float(data.n) - data.p if reml else float(data.n)
-    ok = bool(opt.converged) and np.isfinite(float(opt.fun)) and bool(np.all(np.isfinite(sol.beta)))
-    return Refit(
-        float(opt.fun), np.asarray(opt.theta), np.asarray(sol.beta), float(np.sqrt(sol.r2 / dof)),
-        ok, int(opt.n_iter), np.asarray(opt.stuck),
-    )
+    return Refit(*(np.asarray(a) for a in _as_refit(opt, _solve(opt.theta, data), data, reml)))
 
 
 def _first_pass_restarts(res: Refit, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,11 +244,6 @@ def _per_replicate_size(targets) -> int:
     return max(size, 1)
 
 
-def _mesh():
-    """A one-axis mesh over all visible devices, or None with a single device."""
-    devices = jax.devices()
-    return Mesh(np.array(devices), ("rep",)) if len(devices) > 1 else None
-
 
 def run_replicates(
     n: int, seed: int, sim_rows: Rows, params: SimParams, targets: tuple, reml: bool,
@@ -290,8 +268,8 @@ def run_replicates(
     if not isinstance(n, (int, np.integer, float)) or int(n) != n or n < 1:
         raise JaxLMMError(f"n (the number of bootstrap replicates) must be a positive integer, not {n!r}.")
     n = int(n)
-    mesh = _mesh()
-    ndev = 1 if mesh is None else mesh.size
+    sharding = row_sharding()  # the replicate axis of a chunk, split across devices (None: one)
+    ndev = 1 if sharding is None else sharding.mesh.size
     if chunk_size is None:
         chunk_size = max(1, MEMORY_BUDGET // _per_replicate_size(targets))
         if jax.default_backend() == "cpu":
@@ -307,8 +285,8 @@ def run_replicates(
     for c in tqdm(range(nchunks), desc=desc, unit="chunk", disable=not progress):
         idx = np.arange(c * chunk, (c + 1) * chunk)
         kc = keys[np.minimum(idx, n - 1)]
-        if mesh is not None:
-            kc = jax.device_put(kc, NamedSharding(mesh, PartitionSpec("rep")))
+        if sharding is not None:
+            kc = jax.device_put(kc, sharding)
         out = refit_chunk(kc, sim_rows, params, targets, reml, jnp.asarray(cap))
         keep = int(min(chunk, n - c * chunk))
         res = [Refit(*(np.asarray(a)[:keep] for a in r)) for r, _ in out]

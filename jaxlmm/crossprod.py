@@ -309,7 +309,8 @@ def row_sharding(devices=None) -> NamedSharding | None:
     """The sharding of a chunk's row axis across ``devices`` (default: all of JAX's).
 
     ``None`` for a single device; otherwise a ``NamedSharding`` over a one-axis
-    mesh ``("rows",)`` that splits axis 0 of every array of a chunk.
+    mesh ``("rows",)`` that splits axis 0 of every array of a chunk (rows of
+    data here; replicates in :mod:`jaxlmm.bootstrap`).
     """
     devices = jax.devices() if devices is None else list(devices)
     if len(devices) < 2:

@@ -44,15 +44,7 @@ def canonical_theta(x, term_dims):
     Lambda Lambda' is unchanged, so the criterion is too; the result has a
     non-negative diagonal (lme4's parameterization).
     """
-    out, i = [], 0
-    for rows, cols in theta_layout(term_dims):
-        m = len(rows)
-        blk = x[i : i + m]
-        diag_pos = np.array([np.flatnonzero((rows == c) & (cols == c))[0] for c in cols])
-        sign = jnp.where(blk[diag_pos] < 0, -1.0, 1.0)
-        out.append(blk * sign)
-        i += m
-    return jnp.concatenate(out) if out else x
+    return x * jnp.where(x[theta_columns(term_dims)] < 0, -1.0, 1.0)
 
 
 def _scaled_deviance(phi, data: CrossProducts, reml, scale):
@@ -60,14 +52,14 @@ def _scaled_deviance(phi, data: CrossProducts, reml, scale):
     return _deviance(phi / scale, data, reml)
 
 
-@partial(jax.jit, static_argnames=("method", "max_iter"))
-def optimize_theta(
+def minimize_theta(
     theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None
 ):
-    """Minimize the profiled criterion over theta (jit-compiled once per data shape).
+    """Minimize the profiled criterion over theta (traceable: ``max_iter`` may be traced).
 
     The optimizer works on phi = theta * scale (positive, per entry; ones by
     default); the result is mapped back to theta, the gradient too.
+    :func:`optimize_theta` is this function jit-compiled, once per data shape.
     """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
         return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True, jnp.zeros(jnp.shape(theta0), dtype=bool))
@@ -83,6 +75,9 @@ def optimize_theta(
     else:  # pragma: no cover (checked by fit)
         raise ValueError(method)
     return opt._replace(theta=opt.theta / w, grad=opt.grad * w)
+
+
+optimize_theta = jax.jit(minimize_theta, static_argnames=("method", "max_iter"))
 
 
 _deviance_jit = jax.jit(_deviance)
