@@ -38,7 +38,7 @@ from jax.tree_util import register_dataclass
 from ._config import ensure_x64
 from .crossprod import CrossProducts, response_products, row_sharding, with_response
 from .errors import ConvergenceWarning, JaxLMMError
-from .model import minimize_theta, optimize_theta
+from .model import minimize_theta, newton_hessian, optimize_theta
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
 
@@ -175,7 +175,10 @@ _solve = jax.jit(solve)
 
 def refit_one(data: CrossProducts, theta0, lower, reml: bool) -> Refit:
     """``refit`` of one response, through the compiled fit of the model itself (no new compilation)."""
-    opt = optimize_theta(jnp.asarray(theta0), lower, data, bool(reml), method="newton", max_iter=MAX_ITER, scale=None)
+    opt = optimize_theta(
+        jnp.asarray(theta0), lower, data, bool(reml), method="newton", max_iter=MAX_ITER, scale=None,
+        hessian=newton_hessian(data),
+    )
     return Refit(*(np.asarray(a) for a in _as_refit(opt, _solve(opt.theta, data), data, reml)))
 
 

@@ -52,13 +52,31 @@ def _scaled_deviance(phi, data: CrossProducts, reml, scale):
     return _deviance(phi / scale, data, reml)
 
 
+def newton_hessian(data: CrossProducts) -> str:
+    """The Newton optimizer's Hessian for ``data``: ``"exact"``, or ``"bfgs"`` for a large Schur complement.
+
+    The exact Hessian costs n_theta Hessian-vector products, each several
+    times a gradient; when the dense Schur complement of the further terms is
+    large (InstEval: q2 = 1,142; MovieLens-1M: 3,706) those products, through
+    its Cholesky factor, dominate the fit, and quasi-Newton updates between
+    exact Hessians are cheaper overall (``benchmarks/RESULTS.md``).
+    """
+    return "bfgs" if data.q_rest >= BFGS_FROM else "exact"
+
+
+BFGS_FROM = 1000
+"""Schur complements of this size and more use ``hessian="bfgs"`` (:func:`newton_hessian`)."""
+
+
 def minimize_theta(
-    theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None
+    theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None,
+    hessian: str = "exact",
 ):
     """Minimize the profiled criterion over theta (traceable: ``max_iter`` may be traced).
 
     The optimizer works on phi = theta * scale (positive, per entry; ones by
     default); the result is mapped back to theta, the gradient too.
+    ``hessian`` is the Newton optimizer's (:func:`jaxlmm.optimize.newton`).
     :func:`optimize_theta` is this function jit-compiled, once per data shape.
     """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
@@ -68,7 +86,10 @@ def minimize_theta(
     else:
         fun, w, args = _scaled_deviance, scale, (data, reml, scale)
     if method == "newton":
-        opt = newton(fun, theta0 * w, lower * w, args=args, max_iter=max_iter, column=theta_columns(data.term_dims))
+        opt = newton(
+            fun, theta0 * w, lower * w, args=args, max_iter=max_iter, column=theta_columns(data.term_dims),
+            hessian=hessian,
+        )
     elif method == "lbfgs":
         canon = partial(canonical_theta, term_dims=data.term_dims)
         opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5)
@@ -77,7 +98,7 @@ def minimize_theta(
     return opt._replace(theta=opt.theta / w, grad=opt.grad * w)
 
 
-optimize_theta = jax.jit(minimize_theta, static_argnames=("method", "max_iter"))
+optimize_theta = jax.jit(minimize_theta, static_argnames=("method", "max_iter", "hessian"))
 
 
 _deviance_jit = jax.jit(_deviance)
@@ -126,6 +147,7 @@ class LinearMixedModel:
         opt: OptResult = optimize_theta(
             jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method,
             max_iter=max_iter, scale=None if np.all(scale == 1) else jnp.asarray(scale),
+            hessian=newton_hessian(self.data),
         )
         fit = make_fit(self, opt, reml=bool(reml), method=method)
         if not fit.converged:

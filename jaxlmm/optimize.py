@@ -108,6 +108,30 @@ def column_flip(theta, g, H, lower, column):
     return s * theta, s * g, H * s[:, None] * s[None, :]
 
 
+def positive_eigh(H):
+    """Eigenvalues and vectors of the symmetric H with each eigenvalue replaced by max(|lambda|, delta)."""
+    lam, Q = jnp.linalg.eigh(H)
+    scale = jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
+    return jnp.maximum(jnp.abs(lam), 1e-8 * scale), Q
+
+
+def bfgs_update(H, s, y):
+    """The BFGS update of the Hessian approximation H for the step s and gradient change y.
+
+    Skipped (H kept) when the curvature s'y is not clearly positive, which keeps H
+    positive definite (Nocedal & Wright, "Numerical Optimization", 2nd ed., eq. 6.19).
+    """
+    sy = jnp.vdot(s, y)
+    Hs = H @ s
+    sHs = jnp.vdot(s, Hs)
+    ok = (sy > 1e-10 * jnp.sqrt(jnp.vdot(s, s) * jnp.vdot(y, y))) & (sHs > 0)
+    new = H - jnp.outer(Hs, Hs) / jnp.where(ok, sHs, 1.0) + jnp.outer(y, y) / jnp.where(ok, sy, 1.0)
+    return jnp.where(ok, (new + new.T) / 2, H)
+
+
+HESSIANS = ("exact", "bfgs")
+
+
 def newton(
     fun: Callable,
     theta0,
@@ -119,17 +143,30 @@ def newton(
     max_step: float = 2.0,
     conv_tol: float = 1e-6,
     escape: float = 0.1,
+    hessian: str = "exact",
 ) -> OptResult:
     """Minimize ``fun(theta, *args)`` subject to ``theta >= lower`` by projected Newton.
 
-    One evaluation of value, gradient and Hessian per iteration
-    (:func:`grad_and_hessian`), plus the values of the line search.
+    With ``hessian="exact"``, one evaluation of value, gradient and Hessian
+    per iteration (:func:`grad_and_hessian`), plus the values of the line
+    search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
+    gradients: large Schur complements), the exact Hessian is computed at
+    the start only; later iterations evaluate value and gradient and update
+    the Hessian by BFGS (:func:`bfgs_update`, from the exact Hessian made
+    positive definite). A point on the bound that passes the convergence
+    test there is confirmed with the exact Hessian (the boundary saddle test
+    below needs true curvature), from which the iteration goes on if it is
+    not the minimum. Not meant for ``vmap`` (its branches would all run).
+
     Variables stuck at a saddle on the bound (:func:`boundary_saddle`) are
     moved off it by a step of ``escape``; with ``column`` (see
     :func:`column_flip`), zero diagonal entries of relative factors are
     moved off their bound through the sign symmetry of their column.
     """
+    if hessian not in HESSIANS:
+        raise ValueError(f"hessian must be one of {HESSIANS}, not {hessian!r}")
     fgh = grad_and_hessian(fun)
+    vg = jax.value_and_grad(fun)
     theta0 = jnp.maximum(jnp.asarray(theta0, dtype=jnp.float64), lower)
 
     def flip(theta, g, H):
@@ -143,9 +180,7 @@ def newton(
         both = free[:, None] & free[None, :]
         Hf = jnp.where(both, H, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
         gf = jnp.where(free, g, 0.0)
-        lam, Q = jnp.linalg.eigh(Hf)
-        scale = jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
-        lam = jnp.maximum(jnp.abs(lam), 1e-8 * scale)
+        lam, Q = positive_eigh(Hf)
         d = -Q @ ((Q.T @ gf) / lam)
         big = jnp.max(jnp.abs(d))
         d = jnp.where(big > max_step, d * (max_step / big), d)
@@ -172,14 +207,27 @@ def newton(
         fn = jnp.where(jnp.isfinite(fn), fn, jnp.inf)
         return fn <= f, tn
 
+    if hessian == "exact":
+        def evaluate(x, exact, theta_prev, g_prev, H_prev):
+            return fgh(x, *args)
+    else:
+        def evaluate(x, exact, theta_prev, g_prev, H_prev):
+            def quasi(x):
+                f, g = vg(x, *args)
+                lam, Q = positive_eigh(H_prev)  # an exact Hessian may be indefinite away from the optimum
+                return f, g, bfgs_update((Q * lam) @ Q.T, x - theta_prev, g - g_prev)
+
+            return lax.cond(exact, lambda x: fgh(x, *args), quasi, x)
+
     # The loop evaluates value, gradient and Hessian once per pass, at the point
     # the previous pass accepted (so they appear once in the compiled program).
+    # ``exact``: this pass's Hessian is exact (always, for hessian="exact").
     def cond(state):
-        return ~state[-1]
+        return ~state[-2]
 
     def body(state):
-        x, theta_prev, f_prev, _, _, it, _ = state
-        f, g, H = fgh(x, *args)
+        x, theta_prev, f_prev, g_prev, H_prev, it, _, exact = state
+        f, g, H = evaluate(x, exact, theta_prev, g_prev, H_prev)
         x, g, H = flip(x, g, H)
         pg = projected_gradient(x, g, lower)
         small = (jnp.max(jnp.abs(pg), initial=0.0) < gtol * (1.0 + jnp.abs(f))) & ~jnp.any(
@@ -188,15 +236,21 @@ def newton(
         stalled = (it > 0) & (jnp.abs(f_prev - f) <= 1e-15 * jnp.abs(f_prev)) & (
             jnp.max(jnp.abs(x - theta_prev), initial=0.0) < 1e-12
         )
-        stop = small | stalled | (it >= max_iter)
+        if hessian == "bfgs":  # an exact pass repeats the confirming pass's point
+            stalled = stalled & ~exact
+        # a quasi-Newton pass that would stop at the bound: confirm at the same point with the
+        # exact Hessian (only there can the stopping point be a saddle, boundary_saddle)
+        confirm = ~exact & (small | stalled) & (it < max_iter) & jnp.any(x <= lower)
+        stop = (small | stalled | (it >= max_iter)) & ~confirm
         accept, x_next = step(x, f, g, H)
-        moved = accept & ~stop
+        moved = accept & ~stop & ~confirm
         x_next = jnp.where(moved, x_next, x)
-        return x_next, x, f, g, H, it + moved, ~moved
+        # after a confirming pass, the next difference of gradients starts from it
+        return x_next, x, f, g, H, it + moved, ~moved & ~confirm, confirm | (hessian == "exact")
 
     n = theta0.shape[0]
-    init = (theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False))
-    _, theta, f, g, H, it, _ = lax.while_loop(cond, body, init)
+    init = (theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False), jnp.asarray(True))
+    _, theta, f, g, H, it, _, _ = lax.while_loop(cond, body, init)
     pg = projected_gradient(theta, g, lower)
     conv = jnp.max(jnp.abs(pg), initial=0.0) < conv_tol * (1.0 + jnp.abs(f))
     stuck = (theta <= lower) & (jnp.diagonal(H) < 0)

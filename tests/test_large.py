@@ -112,3 +112,39 @@ def test_power_law_sizes_add_up_and_respect_bounds():
     assert sizes.max() == 2_000 and np.all(np.diff(sizes) <= 1)  # non-increasing, but for rounding
     with pytest.raises(ValueError, match="cannot hold"):
         synthetic.power_law_sizes(1_000, 100, 1.0, lo=20)
+
+def test_bfgs_newton_leaves_a_saddle_on_the_bound():
+    """The quasi-Newton variant confirms a stopping point with the exact Hessian: x = 0 is a saddle."""
+    f = lambda x: jnp.sum((x**2 - 1.0) ** 2)  # noqa: E731
+    res = newton(f, jnp.zeros(1), jnp.zeros(1), hessian="bfgs")
+    assert float(res.theta[0]) == pytest.approx(1.0, abs=1e-8)
+    assert bool(res.converged)
+
+
+def test_bfgs_newton_on_a_curved_valley():
+    """Rosenbrock's function (minimum 0 at (1, 1)) from (-1.2, 1), bounded below by -5."""
+    f = lambda x: 100.0 * (x[1] - x[0] ** 2) ** 2 + (1.0 - x[0]) ** 2  # noqa: E731
+    res = newton(f, jnp.array([-1.2, 1.0]), jnp.full(2, -5.0), hessian="bfgs")
+    np.testing.assert_allclose(np.asarray(res.theta), [1.0, 1.0], atol=1e-6)
+    assert bool(res.converged)
+
+
+@pytest.mark.parametrize(
+    "case", ["penicillin_crossed", "sleepstudy_slope", "pastes_nested", "dyestuff2_singular"]
+)
+def test_bfgs_newton_reaches_lme4s_optimum(case):
+    """hessian="bfgs" (used for large Schur complements) on small models: lme4's ML deviance and theta."""
+    from conftest import CASES, load_fit_reference
+    from jaxlmm.model import canonical_theta, optimize_theta
+
+    ref = load_fit_reference(case)
+    m = get_model(ref["formula"], CASES[case])
+    opt = optimize_theta(
+        jnp.asarray(m.theta0), jnp.asarray(m.lower), m.data, False, method="newton", hessian="bfgs"
+    )
+    r = ref["ML"]
+    assert bool(opt.converged)
+    assert float(opt.fun) == pytest.approx(r["objective"], rel=1e-8)
+    theta = np.asarray(canonical_theta(opt.theta, m.term_dims))
+    np.testing.assert_allclose(theta, np.atleast_1d(r["theta"]), rtol=1e-3, atol=1e-4)
+
