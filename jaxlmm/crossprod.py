@@ -38,7 +38,9 @@ blocks.
 For the Schur complement of term 1 (see :mod:`jaxlmm.objective`) the
 block-COO entries are flattened to scalar columns of the further terms
 (``e_j1``, ``e_col``), and the pairs of entries that share a level of term 1
-(``pair_a``, ``pair_b``, lower triangle) are listed once here.
+(lower triangle: level ``pair_j``, target ``pair_flat`` and the outer
+product ``pair_prod`` of their blocks, :func:`schur_pairs`) are listed once
+here.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import register_dataclass
 
 from .design import Design
-from .memory import check_fits, estimate_fit_bytes, pair_count
+from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_count
 
 CHUNK_ROWS = 2**20
 """Rows summed per call of :func:`chunk_sums` (the last chunk is padded to this size)."""
@@ -74,9 +76,9 @@ class CrossProducts:
     c_val: tuple
     e_j1: jax.Array
     e_col: jax.Array
-    pair_a: jax.Array
-    pair_b: jax.Array
+    pair_j: jax.Array
     pair_flat: jax.Array
+    pair_prod: jax.Array
     zz: jax.Array
     zx: jax.Array
     zy: jax.Array
@@ -102,30 +104,66 @@ class CrossProducts:
 register_dataclass(
     CrossProducts,
     data_fields=[
-        "d1", "z1x", "z1y", "c_j1", "c_jm", "c_val", "e_j1", "e_col", "pair_a", "pair_b",
-        "pair_flat", "zz", "zx", "zy", "xtx", "xty", "yty", "n",
+        "d1", "z1x", "z1y", "c_j1", "c_jm", "c_val", "e_j1", "e_col", "pair_j", "pair_flat",
+        "pair_prod", "zz", "zx", "zy", "xtx", "xty", "yty", "n",
     ],
     meta_fields=["term_dims"],
 )
 
 
-def _pairs_sharing_level(e_j1: np.ndarray, e_col: np.ndarray):
-    """All pairs (a, b) of flattened entries with the same term-1 level and col[a] >= col[b]."""
-    if len(e_j1) == 0:
-        z = np.zeros(0, dtype=np.int64)
-        return z, z
-    order = np.argsort(e_j1, kind="stable")
+PAIR_CHUNK = 2**24
+"""Pairs built per step of :func:`schur_pairs` (bounds its temporary arrays)."""
+
+
+def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int):
+    """The pairs of flattened entries that share a term-1 level, for the Schur update.
+
+    Entry e of the off-diagonal block Z1'Zr is the k1-vector ``C[e]`` at
+    term-1 level ``e_j1[e]`` and column ``e_col[e]`` of the further terms. The
+    Schur complement of term 1 subtracts G = sum_j C_j' W_j C_j (W_j from
+    term 1's factor, see :func:`jaxlmm.objective.factorize`), which is linear
+    in W: its lower triangle is, over the pairs (a, b) with the same level j
+    and col[a] >= col[b], the sum of <W_j, C[a] C[b]'> into (col[a], col[b]).
+
+    Returns ``(j, flat, prod)``: the level of each pair (int32), its target
+    ``col[a] * q2 + col[b]`` and the outer product C[a] C[b]' (pairs, k1*k1),
+    which does not depend on theta. The pairs are listed by target row
+    col[a] (within a row by level, then column), so that the sum into G
+    writes one row of it at a time. Built ``PAIR_CHUNK`` pairs at a time.
+    """
+    E, k1 = C.shape
+    flat_dtype = np.int32 if q2 * q2 < 2**31 else np.int64
+    if E == 0:
+        return np.zeros(0, np.int32), np.zeros(0, flat_dtype), np.zeros((0, k1 * k1))
+    e_j1 = np.asarray(e_j1, dtype=np.int64)
+    e_col = np.asarray(e_col, dtype=np.int64)
+    by_level = np.lexsort((e_col, e_j1))  # each level's entries, by column
     sizes = np.bincount(e_j1)
-    sizes = sizes[sizes > 0]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    sq = sizes.astype(np.int64) ** 2
-    grp = np.repeat(np.arange(len(sizes)), sq)
-    local = np.arange(sq.sum()) - np.repeat(np.cumsum(sq) - sq, sq)
-    s = sizes[grp]
-    a = order[starts[grp] + local // s]
-    b = order[starts[grp] + local % s]
-    keep = e_col[a] >= e_col[b]
-    return a[keep], b[keep]
+    starts = np.cumsum(sizes) - sizes
+    rank = np.empty(E, dtype=np.int64)  # position of an entry among its level's, by column
+    rank[by_level] = np.arange(E) - starts[e_j1[by_level]]
+    by_col = np.argsort(e_col, kind="stable")
+    counts = rank[by_col] + 1  # entry a pairs with its level's entries of columns <= col[a]
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    j_out = np.empty(total, dtype=np.int32)
+    flat_out = np.empty(total, dtype=flat_dtype)
+    prod_out = np.empty((total, k1 * k1))
+    lo = 0
+    while lo < E:  # a run of entries a whose pairs fill at most PAIR_CHUNK slots (at least one entry)
+        base = int(ends[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + PAIR_CHUNK, side="right")))
+        a_idx = by_col[lo:hi]
+        cnt = counts[lo:hi]
+        a = np.repeat(a_idx, cnt)
+        local = np.arange(len(a)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        b = by_level[starts[e_j1[a]] + local]
+        sl = slice(base, base + len(a))
+        j_out[sl] = e_j1[a]
+        flat_out[sl] = e_col[a] * q2 + e_col[b]
+        prod_out[sl] = (C[a][:, :, None] * C[b][:, None, :]).reshape(len(a), k1 * k1)
+        lo = hi
+    return j_out, flat_out, prod_out
 
 
 @dataclass(frozen=True)
@@ -424,7 +462,10 @@ def cross_products(
     ]
     e_j1 = np.concatenate(e_j1) if e_j1 else np.zeros(0, dtype=np.int64)
     e_col = np.concatenate(e_col) if e_col else np.zeros(0, dtype=np.int64)
-    needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1))
+    ks = tuple(t.k for t in terms)
+    per_row = sum(ka * kb for _, _, _, ka, kb, _ in _families(plan.layout, ks, p)[0])
+    chunk = chunk_bytes(chunk_length(design.n, chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
+    needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1)) + chunk
     names = ", ".join(f"({t.name})" for t in terms)
     check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
     sums = accumulate(plan, chunk_rows)
@@ -434,7 +475,10 @@ def cross_products(
     else:
         d1, z1x, z1y = np.zeros((0, 0, 0)), np.zeros((0, 0, p)), np.zeros((0, 0))
         zx, zy = np.zeros((0, p)), np.zeros(0)
-    pa, pb = _pairs_sharing_level(e_j1, e_col)
+    k1 = terms[0].k if terms else 0
+    C = [np.swapaxes(v, 1, 2).reshape(-1, k1) for v in sums.get("c_val", ())]  # per entry, as e_col
+    C = np.concatenate(C) if C else np.zeros((0, k1))
+    pair_j, pair_flat, pair_prod = schur_pairs(e_j1, e_col, C, q2)
     return CrossProducts(
         d1=f64(d1),
         z1x=f64(z1x),
@@ -444,9 +488,9 @@ def cross_products(
         c_val=tuple(f64(v) for v in sums.get("c_val", ())),
         e_j1=i64(e_j1),
         e_col=i64(e_col),
-        pair_a=i64(pa),
-        pair_b=i64(pb),
-        pair_flat=i64(e_col[pa] * q2 + e_col[pb]),
+        pair_j=jnp.asarray(pair_j),
+        pair_flat=jnp.asarray(pair_flat),
+        pair_prod=f64(pair_prod),
         zz=f64(_dense_zz(plan, sums, rest, offsets)),
         zx=f64(zx),
         zy=f64(zy),

@@ -42,6 +42,30 @@ def cholesky(A, block: int = BLOCK):
     return jnp.concatenate([top, jnp.concatenate([L21, L22], axis=1)], axis=0)
 
 
+def cholesky_diagonal(A, block: int | None = None):
+    """The diagonal of the lower Cholesky factor of ``A``, without forming the factor.
+
+    The same blocked recursion as :func:`cholesky`, keeping only each
+    diagonal block's diagonal: the profiled criterion needs no more, and
+    neither the factor's concatenations nor their derivatives are built.
+    The default block is :data:`BLOCK`, doubled from n = 2,048 on, where
+    fewer, larger steps were measured faster (value and gradient at
+    n = 3,706 on a 2-core CPU: 2.2 s against 2.5 s; at n = 1,157 the
+    smaller block is faster).
+    """
+    n = A.shape[-1]
+    b = (BLOCK if n < 2048 else 2 * BLOCK) if block is None else block
+    out = []
+    while A.shape[-1] > b:
+        L11 = jnp.linalg.cholesky(A[:b, :b])
+        out.append(jnp.diagonal(L11))
+        L11_inv = solve_triangular(L11, jnp.eye(b, dtype=A.dtype), lower=True)
+        L21 = A[b:, :b] @ L11_inv.T
+        A = A[b:, b:] - L21 @ L21.T
+    out.append(jnp.diagonal(jnp.linalg.cholesky(A)))
+    return jnp.concatenate(out)
+
+
 SMALL = 4
 
 

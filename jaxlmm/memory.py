@@ -4,9 +4,9 @@ The working set of one Newton iteration (criterion, gradient and
 Hessian-vector products, see :mod:`jaxlmm.objective`) is dominated by
 
 - the pairs of off-diagonal entries that share a level of the first term
-  (the update of the Schur complement, ``CrossProducts.pair_*``):
-  three int64 indices and a few float64 values per pair, kept for the
-  reverse pass;
+  (the update of the Schur complement, ``CrossProducts.pair_*``): per
+  pair two integer indices and k1^2 float64 products, stored, and a few
+  float64 values (its term, tangents, cotangents) while differentiating;
 - the dense Schur complement of the further terms, X and y,
   ``s = q_2 + p + 1`` on a side: the blocked Cholesky keeps its trailing
   matrices for the reverse pass (about ``s^3 / (3 b)`` numbers for block
@@ -16,10 +16,11 @@ Hessian-vector products, see :mod:`jaxlmm.objective`) is dominated by
 The rows themselves do not count: the cross-products are summed on the
 device in chunks of a fixed number of rows (``jaxlmm.crossprod.CHUNK_ROWS``,
 sharded across the devices when there are several), before the fit and
-with the check made before they start. Their working set is one chunk: per
-row, its columns and segment indices, and its products (sum over the blocks
-of k_a k_b; float64 values and their int32 targets, about 12 bytes each),
-besides the block sums themselves.
+with the check made before they start. Their working set is one chunk
+(:func:`chunk_bytes`): per row, its columns and segment indices, and its
+products (sum over the blocks of k_a k_b; float64 values and their int32
+targets, about 12 bytes each), besides the block sums themselves; it is
+added to the estimate.
 
 The estimate is deliberately generous (a factor for the tangents of the
 forward-over-reverse Hessian products); it serves to refuse, with a clear
@@ -37,7 +38,6 @@ from .errors import JaxLMMError
 from .linalg import BLOCK
 
 F64 = 8
-PAIR_BYTES = 3 * 8 + 4 * F64  # indices a, b, flat target; products and their tangents
 ENTRY_BYTES = 2 * 8  # level of term 1 and column of an off-diagonal entry
 WORK_COPIES = 8  # s x s arrays alive at once (matrix, factor, cotangents, tangents)
 
@@ -50,6 +50,16 @@ def pair_count(e_j1: np.ndarray, e_col: np.ndarray | None = None) -> int:
     return int(np.sum(m * (m + 1) // 2))
 
 
+def pair_bytes(k1: int) -> int:
+    """Bytes per pair: level (int32) and target (up to int64) indices, k1^2 products, 3 transient values."""
+    return 4 + 8 + F64 * k1 * k1 + 3 * F64
+
+
+def chunk_bytes(rows: int, products_per_row: int, columns_per_row: int) -> int:
+    """Working bytes of one chunk of rows: its products (value and int32 target) and its columns."""
+    return int(rows * (12 * products_per_row + F64 * columns_per_row))
+
+
 def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int) -> int:
     """Estimated peak bytes of the device working set of a fit (see the module docstring)."""
     if not term_dims:
@@ -60,7 +70,7 @@ def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int) -> int:
     dense = WORK_COPIES * s * s + s**3 / (3 * BLOCK) + 4 * s * s
     first = 6 * l1 * k1 * (k1 + p + 1)
     entries = n_entries * (ENTRY_BYTES / F64 + 4 * k1)
-    return int(F64 * (dense + first + entries) + PAIR_BYTES * n_pairs)
+    return int(F64 * (dense + first + entries) + pair_bytes(k1) * n_pairs)
 
 
 def device_memory_bytes(device=None) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
-from .linalg import SMALL, cholesky, small_cholesky, small_solve_lower
+from .linalg import SMALL, cholesky, cholesky_diagonal, small_cholesky, small_solve_lower
 
 LOG2PI = float(np.log(2.0 * np.pi))
 
@@ -128,8 +128,13 @@ def _first_term_unrolled(theta, k, d1, C1):
     return L1, small_solve_lower(L1, B)
 
 
-def factorize(theta, data: CrossProducts) -> Factor:
-    """Blocked Cholesky factor of the augmented PLS system at ``theta``."""
+def _reduced(theta, data: CrossProducts):
+    """Term 1's factor and the dense matrix left for the rest: (L1, F, V, Omega, dense).
+
+    ``Omega`` is the Schur complement of term 1 in the augmented PLS system;
+    ``dense`` is False when its factor is made by :func:`small_cholesky`
+    instead (no further terms: Omega is [X y]'s (p+1)^2 block).
+    """
     dims = data.term_dims
     p = data.p
     q2 = data.q_rest
@@ -139,7 +144,7 @@ def factorize(theta, data: CrossProducts) -> Factor:
     )
     if not dims:
         z = jnp.zeros((0, 0, 0))
-        return Factor(z, jnp.zeros((0, 0, p + 1)), jnp.zeros((0, 0)), jnp.linalg.cholesky(omega_ff))
+        return z, jnp.zeros((0, 0, p + 1)), jnp.zeros((0, 0)), omega_ff, True
     Ts = relative_factors(theta, dims)
     T1 = Ts[0]
     l1, k1 = dims[0]
@@ -151,17 +156,20 @@ def factorize(theta, data: CrossProducts) -> Factor:
         F = solve_triangular(L1, jnp.einsum("ba,jbf->jaf", T1, C1), lower=True)
     omega_ff = omega_ff - jnp.einsum("jka,jkb->ab", F, F)
     if q2 == 0:
-        return Factor(L1, F, jnp.zeros((0, k1)), small_cholesky(omega_ff))
+        return L1, F, jnp.zeros((0, k1)), omega_ff, False
     Vs = []
     for m, (T, (_, km)) in enumerate(zip(Ts[1:], dims[1:])):
         G = jnp.einsum("ba,ebc,cd->ead", T1, data.c_val[m], T)
         G = small_solve_lower(L1[data.c_j1[m]], G)  # (E_m, k1, km)
         Vs.append(jnp.swapaxes(G, 1, 2).reshape(-1, k1))
     V = jnp.concatenate(Vs, axis=0)
-    zz = _scale_rest(_scale_rest(data.zz, Ts[1:], dims[1:]).T, Ts[1:], dims[1:])
-    dots = jnp.sum(V[data.pair_a] * V[data.pair_b], axis=1)
-    U = jnp.zeros(q2 * q2, dtype=V.dtype).at[data.pair_flat].add(dots).reshape(q2, q2)
-    zz = zz + jnp.eye(q2) - (U + U.T - jnp.diag(jnp.diag(U)))
+    # Schur update V'V = Lambda_r' G Lambda_r with G = sum_j C_j' W_j C_j, W_j = T1 (L1_j L1_j')^{-1} T1'
+    R = small_solve_lower(L1, jnp.broadcast_to(T1.T, (l1, k1, k1)))
+    W = jnp.einsum("jka,jkb->jab", R, R).reshape(l1, k1 * k1)
+    dots = jnp.sum(W[data.pair_j] * data.pair_prod, axis=1)
+    G = jax.ops.segment_sum(dots, data.pair_flat, num_segments=q2 * q2).reshape(q2, q2)
+    G = G + G.T - jnp.diag(jnp.diag(G))
+    zz = _scale_rest(_scale_rest(data.zz - G, Ts[1:], dims[1:]).T, Ts[1:], dims[1:]) + jnp.eye(q2)
     zf = _scale_rest(jnp.concatenate([data.zx, data.zy[:, None]], axis=1), Ts[1:], dims[1:])
     zf = zf - jax.ops.segment_sum(
         jnp.einsum("ek,ekf->ef", V, F[data.e_j1]), data.e_col, num_segments=q2
@@ -169,7 +177,13 @@ def factorize(theta, data: CrossProducts) -> Factor:
     omega = jnp.concatenate(
         [jnp.concatenate([zz, zf], axis=1), jnp.concatenate([zf.T, omega_ff], axis=1)], axis=0
     )
-    return Factor(L1, F, V, cholesky(omega))
+    return L1, F, V, omega, True
+
+
+def factorize(theta, data: CrossProducts) -> Factor:
+    """Blocked Cholesky factor of the augmented PLS system at ``theta``."""
+    L1, F, V, omega, dense = _reduced(theta, data)
+    return Factor(L1, F, V, cholesky(omega) if dense else small_cholesky(omega))
 
 
 class Pieces(NamedTuple):
@@ -181,10 +195,11 @@ class Pieces(NamedTuple):
 
 
 def pieces(theta, data: CrossProducts) -> Pieces:
-    fac = factorize(theta, data)
+    """The criterion's scalars from the diagonals of the factor (:func:`cholesky_diagonal`)."""
+    L1, _, _, omega, dense = _reduced(theta, data)
     q2, p = data.q_rest, data.p
-    d22 = jnp.diagonal(fac.L22)
-    ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.L1, axis1=1, axis2=2))) + 2.0 * jnp.sum(
+    d22 = cholesky_diagonal(omega) if dense else jnp.diagonal(small_cholesky(omega))
+    ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L1, axis1=1, axis2=2))) + 2.0 * jnp.sum(
         jnp.log(d22[:q2])
     )
     ldx = 2.0 * jnp.sum(jnp.log(d22[q2 : q2 + p]))

@@ -11,7 +11,7 @@ from conftest import get_model
 from jaxlmm import synthetic
 from jaxlmm.crossprod import cross_products
 from jaxlmm.errors import JaxLMMError
-from jaxlmm.linalg import cholesky
+from jaxlmm.linalg import cholesky, cholesky_diagonal
 from jaxlmm.memory import check_fits, estimate_fit_bytes, pair_count
 from jaxlmm.optimize import grad_and_hessian, newton
 
@@ -67,13 +67,13 @@ def test_newton_leaves_a_saddle_on_the_bound():
 
 def test_pair_count_matches_listed_pairs():
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
-    assert pair_count(np.asarray(m.data.e_j1)) == m.data.pair_a.shape[0]
+    assert pair_count(np.asarray(m.data.e_j1)) == m.data.pair_j.shape[0]
 
 
 def test_memory_estimate_grows_with_pairs_and_schur_size():
     dims = ((1000, 1), (500, 1))
     base = estimate_fit_bytes(dims, 2, 5000, 10_000)
-    assert estimate_fit_bytes(dims, 2, 5000, 20_000) - base == pytest.approx(10_000 * 56)
+    assert estimate_fit_bytes(dims, 2, 5000, 20_000) - base == pytest.approx(10_000 * (12 + 8 + 24))
     assert estimate_fit_bytes(((1000, 1), (1000, 1)), 2, 5000, 10_000) > base
     # the dense Schur complement alone: at least 8 (q2 + p + 1)^2 float64s
     assert base > 8 * 8 * 503**2
@@ -85,6 +85,23 @@ def test_too_large_fit_raises_clear_error():
         cross_products(m.design, memory_limit=1000)
     with pytest.raises(JaxLMMError, match="too large"):
         check_fits(2**31, "this fit", available=2**30)
+
+
+def test_memory_check_counts_the_chunk_of_rows():
+    """The refusal threshold lies between the fit's estimate and the estimate plus one chunk's working set."""
+    from jaxlmm.crossprod import _families, row_plan
+    from jaxlmm.memory import chunk_bytes
+
+    m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
+    d = m.data
+    fit_only = estimate_fit_bytes(d.term_dims, d.p, len(d.e_j1), pair_count(np.asarray(d.e_j1)))
+    per_row = sum(f[3] * f[4] for f in _families(row_plan(m.design).layout, (1, 1), 1)[0])
+    assert per_row == 1 * 3 + 1 * 3 + 1  # (1 | plate) and (1 | sample) against [z X y]; Z1'Z2
+    chunk = chunk_bytes(m.design.n, per_row, 1 + 1 + 2 + 4)
+    assert chunk == m.design.n * (12 * 7 + 8 * 8)
+    cross_products(m.design, memory_limit=fit_only + chunk)  # fits exactly
+    with pytest.raises(JaxLMMError, match="too large"):
+        cross_products(m.design, memory_limit=fit_only + chunk - 1)
 
 
 def test_synthetic_is_seeded_and_power_law():
@@ -148,3 +165,10 @@ def test_bfgs_newton_reaches_lme4s_optimum(case):
     theta = np.asarray(canonical_theta(opt.theta, m.term_dims))
     np.testing.assert_allclose(theta, np.atleast_1d(r["theta"]), rtol=1e-3, atol=1e-4)
 
+@pytest.mark.parametrize("n,block", [(11, 4), (12, 4), (3, 4), (700, None)])
+def test_cholesky_diagonal_matches_lapack(n, block):
+    A = _spd(n, 2)
+    d = np.asarray(cholesky_diagonal(jnp.asarray(A), block=block))
+    np.testing.assert_allclose(d, np.diag(np.linalg.cholesky(A)), rtol=1e-12)
+    g = jax.grad(lambda M: 2.0 * jnp.sum(jnp.log(cholesky_diagonal((M + M.T) / 2, block=block))))(jnp.asarray(A))
+    np.testing.assert_allclose(np.asarray(g), np.linalg.inv(A), rtol=1e-9, atol=1e-12)  # d log|A| / dA

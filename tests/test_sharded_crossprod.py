@@ -23,6 +23,7 @@ from conftest import load_json
 from scipy.linalg import block_diag
 
 import jaxlmm
+from jaxlmm import crossprod
 from jaxlmm.crossprod import (
     CHUNK_ROWS,
     chunk_length,
@@ -109,6 +110,40 @@ def check_against_dense(cp, design):
     assert_close(cp.zy, Zr.T @ y)
 
 
+@pytest.mark.parametrize("case", ["penicillin", "pastes", "three_terms"])
+def test_schur_pairs_give_the_dense_update(case, monkeypatch):
+    """sum over pairs of <W_j, C_a C_b'> into (col a, col b) is the lower triangle of sum_j C_j' W_j C_j.
+
+    C_j (k1 x q2) is level j's rows of Z1'Zr from a dense Z; W_j random symmetric.
+    """
+    design = design_of(case)
+    cp = cross_products(design, chunk_rows=SMALL_CHUNK)
+    n, t1 = design.n, design.terms[0]
+    l1, k1 = t1.nlevels, t1.k
+    Z1 = dense_z(t1, n)
+    Zr = np.hstack([dense_z(t, n) for t in design.terms[1:]])
+    q2 = Zr.shape[1]
+    C = (Z1.T @ Zr).reshape(l1, k1, q2)
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(l1, k1, k1))
+    W = A + np.swapaxes(A, 1, 2)
+    dense = np.einsum("jar,jab,jbs->rs", C, W, C)
+    j, flat, prod = (np.asarray(a) for a in (cp.pair_j, cp.pair_flat, cp.pair_prod))
+    G = np.zeros(q2 * q2)
+    np.add.at(G, flat, np.sum(W.reshape(l1, -1)[j] * prod, axis=1))
+    G = G.reshape(q2, q2)
+    assert np.all(G[np.triu_indices(q2, 1)] == 0.0)  # lower triangle only
+    assert_close(np.tril(G), np.tril(dense))
+    rows = flat // q2
+    assert np.all(np.diff(rows) >= 0)  # listed by target row
+    E = len(cp.e_j1)
+    Cflat = np.concatenate([np.swapaxes(np.asarray(v), 1, 2).reshape(-1, k1) for v in cp.c_val])
+    for step in (1, 5):  # built a few pairs at a time: the same list
+        monkeypatch.setattr(crossprod, "PAIR_CHUNK", step)
+        again = crossprod.schur_pairs(np.asarray(cp.e_j1), np.asarray(cp.e_col), Cflat, q2)
+        assert E and all(np.array_equal(a, b) for a, b in zip(again, (j, flat, prod)))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_chunked_sums_equal_dense_products(case):
     design = design_of(case)
@@ -120,8 +155,9 @@ def test_chunked_sums_equal_dense_products(case):
         assert_close(getattr(small, name), getattr(whole, name))
     for a, b in zip(small.c_val, whole.c_val):
         assert_close(a, b)
-    for name in ["e_j1", "e_col", "pair_a", "pair_b", "pair_flat"]:
+    for name in ["e_j1", "e_col", "pair_j", "pair_flat"]:
         np.testing.assert_array_equal(getattr(small, name), getattr(whole, name))
+    assert_close(small.pair_prod, whole.pair_prod)
     for a, b in zip(small.c_j1 + small.c_jm, whole.c_j1 + whole.c_jm):
         np.testing.assert_array_equal(a, b)
 
