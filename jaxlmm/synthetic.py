@@ -6,7 +6,9 @@ factor with L levels holds about c (i + 1)^(-alpha) rows, clipped to the
 fewest and most rows a level may have (the real data's bounds for the
 MovieLens shapes; at least one row otherwise), with c chosen so that the
 sizes add up to n; which level gets which size, and the order of the rows,
-are random. The response is simulated from the model itself,
+are random. Of two crossed factors, the first's sizes are exact and the
+second's are drawn (by the same law) so that no pair of levels repeats, as
+no user rates a movie twice. The response is simulated from the model itself,
 
     y = beta0 + sum_m b_m[g_m] + e,  b_m ~ N(0, sd_m^2),  e ~ N(0, sigma^2),
 
@@ -60,6 +62,32 @@ def power_law_codes(
     return rng.permutation(np.repeat(perm, sizes))
 
 
+def distinct_partners(
+    rng: np.random.Generator, g1: np.ndarray, levels2: int, weights: np.ndarray, rounds: int = 20
+) -> np.ndarray:
+    """For rows of first-factor levels ``g1``, second-factor codes with no (g1, g2) pair repeated.
+
+    Codes are drawn with probabilities proportional to ``weights``; rows that
+    repeat a pair are drawn again, ``rounds`` times by the weights and then
+    uniformly (a level holding most second-factor levels can otherwise wait
+    long for the rarest). Every level of g1 must hold at most ``levels2`` rows.
+    """
+    if np.bincount(g1).max(initial=0) > levels2:
+        raise ValueError(f"a level holds more rows than there are {levels2} levels to pair with")
+    p = np.asarray(weights, dtype=float) / np.sum(weights)
+    g2 = rng.choice(levels2, size=len(g1), p=p)
+    key = g1.astype(np.int64) * levels2
+    for r in range(10_000):
+        _, first = np.unique(key + g2, return_index=True)
+        again = np.ones(len(g1), dtype=bool)
+        again[first] = False
+        if not again.any():
+            return g2
+        k = int(again.sum())
+        g2[again] = rng.choice(levels2, size=k, p=p) if r < rounds else rng.integers(0, levels2, k)
+    raise RuntimeError("could not draw distinct pairs")  # pragma: no cover
+
+
 def crossed(
     n: int,
     levels: tuple[int, int],
@@ -72,11 +100,23 @@ def crossed(
 ) -> pd.DataFrame:
     """Two crossed factors with power-law sizes and ``rating = 3.5 + b1 + b2 + e``.
 
-    ``bounds``: (fewest, most) rows per level of each factor.
+    ``bounds``: (fewest, most) rows per level of each factor. The first
+    factor's sizes are exact (:func:`power_law_sizes`); the second factor's
+    power-law sizes are the probabilities with which each row picks its level,
+    with no pair of levels repeated (a user rates a movie once,
+    :func:`distinct_partners`), so its sizes follow the law approximately. A
+    level of the second factor that no row picked takes one row from the
+    largest level.
     """
     rng = np.random.default_rng(seed)
     g1 = power_law_codes(rng, n, levels[0], alpha[0], *bounds[0])
-    g2 = power_law_codes(rng, n, levels[1], alpha[1], *bounds[1])
+    w2 = power_law_sizes(n, levels[1], alpha[1], *bounds[1])[rng.permutation(levels[1])]
+    g2 = distinct_partners(rng, g1, levels[1], w2)
+    missing = np.flatnonzero(np.bincount(g2, minlength=levels[1]) == 0)
+    for m in missing:  # a row of the largest level, whose first-factor level does not hold m yet
+        rows = np.flatnonzero(g2 == np.argmax(np.bincount(g2)))
+        rows = rows[~np.isin(g1[rows], g1[g2 == m])]
+        g2[rows[rng.integers(len(rows))]] = m
     b1 = rng.normal(0.0, sd[0], levels[0])
     b2 = rng.normal(0.0, sd[1], levels[1])
     y = 3.5 + b1[g1] + b2[g2] + rng.normal(0.0, sigma, n)
@@ -105,9 +145,12 @@ def random_slopes(
 def movielens_1m(seed: int = 0) -> pd.DataFrame:
     """MovieLens-1M shape: 1,000,209 ratings, 6,040 users x 3,706 movies (``rating ~ 1 + (1|user) + (1|movie)``).
 
-    Users hold 20 to 2,314 ratings and movies 1 to 3,428, the ranges of the real data.
+    Users hold 20 to 2,314 ratings, the range of the real data, with the
+    exponent 0.7 giving the real median (96; here 95); movies are drawn with
+    power-law weights bounded by the real data's most-rated movie (3,428), each
+    user's distinct.
     """
-    return crossed(1_000_209, (6_040, 3_706), seed, bounds=((20, 2_314), (1, 3_428)))
+    return crossed(1_000_209, (6_040, 3_706), seed, alpha=(0.7, 1.0), bounds=((20, 2_314), (1, 3_428)))
 
 
 def movielens_25m(seed: int = 0) -> pd.DataFrame:

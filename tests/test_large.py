@@ -104,15 +104,31 @@ def test_memory_check_counts_the_chunk_of_rows():
         cross_products(m.design, memory_limit=fit_only + chunk - 1)
 
 
+def test_synthetic_partners_are_distinct_and_follow_the_weights():
+    rng = np.random.default_rng(0)
+    g1 = np.repeat(np.arange(50), 30)  # 50 levels of 30 rows, 40 partners to choose from
+    w = np.r_[np.full(20, 10.0), np.full(20, 1.0)]
+    g2 = synthetic.distinct_partners(rng, g1, 40, w)
+    assert np.unique(g1 * 40 + g2).size == len(g1)
+    # without repeats each level takes the 20 heavy partners first: most rows go to them
+    assert np.mean(g2 < 20) > 0.6
+    with pytest.raises(ValueError, match="more rows"):
+        synthetic.distinct_partners(rng, np.zeros(41, dtype=int), 40, np.ones(40))
+
+
 def test_synthetic_is_seeded_and_power_law():
-    a = synthetic.crossed(3000, (60, 40), seed=3)
-    b = synthetic.crossed(3000, (60, 40), seed=3)
-    c = synthetic.crossed(3000, (60, 40), seed=4)
+    shape = dict(n=3000, levels=(100, 80), bounds=((5, 70), (1, None)))
+    a = synthetic.crossed(**shape, seed=3)
+    b = synthetic.crossed(**shape, seed=3)
+    c = synthetic.crossed(**shape, seed=4)
     assert a.equals(b) and not a.equals(c)
     sizes = a["user"].value_counts()
-    assert len(a) == 3000 and sizes.min() >= 1 and len(sizes) == 60 and a["movie"].nunique() == 40
-    # power law: the largest level holds many times the median level's rows
-    assert sizes.max() > 5 * sizes.median()
+    assert len(a) == 3000 and sizes.min() >= 5 and sizes.max() <= 70
+    assert len(sizes) == 100 and a["movie"].nunique() == 80  # every level present
+    assert not a.duplicated(["user", "movie"]).any()  # no user rates a movie twice
+    # the first factor's sizes are exactly the clipped power law (default exponent 0.8)
+    np.testing.assert_array_equal(np.sort(sizes.to_numpy()), np.sort(synthetic.power_law_sizes(3000, 100, 0.8, 5, 70)))
+    assert sizes.max() > 3 * sizes.median()
 
 
 def test_slopes_generator_shape():
@@ -129,6 +145,7 @@ def test_power_law_sizes_add_up_and_respect_bounds():
     assert sizes.max() == 2_000 and np.all(np.diff(sizes) <= 1)  # non-increasing, but for rounding
     with pytest.raises(ValueError, match="cannot hold"):
         synthetic.power_law_sizes(1_000, 100, 1.0, lo=20)
+
 
 def test_bfgs_newton_leaves_a_saddle_on_the_bound():
     """The quasi-Newton variant confirms a stopping point with the exact Hessian: x = 0 is a saddle."""
@@ -164,6 +181,7 @@ def test_bfgs_newton_reaches_lme4s_optimum(case):
     assert float(opt.fun) == pytest.approx(r["objective"], rel=1e-8)
     theta = np.asarray(canonical_theta(opt.theta, m.term_dims))
     np.testing.assert_allclose(theta, np.atleast_1d(r["theta"]), rtol=1e-3, atol=1e-4)
+
 
 @pytest.mark.parametrize("n,block", [(11, 4), (12, 4), (3, 4), (700, None)])
 def test_cholesky_diagonal_matches_lapack(n, block):
