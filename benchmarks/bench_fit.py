@@ -1,7 +1,7 @@
 """Fit benchmark: jaxlmm cold and warm wall time, peak memory, beside lme4 and statsmodels.
 
     python benchmarks/bench_fit.py [case ...] [--peers lme4,statsmodels]
-        [--statsmodels-timeout 600] [--statsmodels-mem-gb 8] [--statsmodels-sparse]
+        [--lme4-timeout 3600] [--statsmodels-timeout 600] [--statsmodels-mem-gb 8] [--statsmodels-sparse]
         [--json out.json]
 
 (cases: see CASES; default all.) Each case runs in a fresh subprocess so that
@@ -167,12 +167,16 @@ def write_csv(dataset, path):
     return [c for c in df.columns if str(df[c].dtype) in ("category", "object")]
 
 
-def run_lme4(csv, factors, formula, reml):
+def run_lme4(csv, factors, formula, reml, timeout=None):
+    """lme4's fit through Rscript: a dict (seconds, objective), {"timeout": s}, or None (not run or failed)."""
     if not shutil.which("Rscript"):
         return None
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lme4_fit.R")
-    out = subprocess.run(["Rscript", script, csv, formula, "TRUE" if reml else "FALSE", ",".join(factors)],
-                         capture_output=True, text=True)
+    try:
+        out = subprocess.run(["Rscript", script, csv, formula, "TRUE" if reml else "FALSE", ",".join(factors)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
     if out.returncode != 0:
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -282,6 +286,8 @@ def main(argv=None):
                    help=f"cases to run (default: all of {', '.join(CASES)})")
     p.add_argument("--peers", default=",".join(PEERS),
                    help="comma-separated peers beside jaxlmm: lme4, statsmodels, or none (default: %(default)s)")
+    p.add_argument("--lme4-timeout", type=float, default=3600.0,
+                   help="wall-clock limit in seconds for one lme4 fit (default: %(default)s)")
     p.add_argument("--statsmodels-timeout", type=float, default=600.0,
                    help="wall-clock limit in seconds for one statsmodels fit (default: %(default)s)")
     p.add_argument("--statsmodels-mem-gb", type=float, default=8.0,
@@ -310,8 +316,10 @@ def main(argv=None):
             csv = os.path.join(tmp, "data.csv")
             factors = write_csv(dataset, csv) if peers else []
             if "lme4" in peers:
-                ref = run_lme4(csv, factors, formula, reml)
-                if ref:
+                ref = run_lme4(csv, factors, formula, reml, a.lme4_timeout)
+                if ref and "timeout" in ref:
+                    line += f" | lme4 did not finish in {ref['timeout']:.0f} s"
+                elif ref:
                     rel = abs(ours["objective"] - ref["objective"]) / abs(ref["objective"])
                     ref["rel"] = rel
                     line += (f" | lme4 {ref['seconds']:6.2f}s: warm x{ref['seconds'] / ours['warm']:.2f}, "
@@ -349,8 +357,12 @@ def main(argv=None):
         cells = [r["case"], _sec(o["cold"]), _sec(o["cached"]), _sec(o["warm"]), f"{o['peak_mb']:.0f} MB"]
         if "lme4" in peers:
             f = r["lme4"]
-            cells += ([_sec(f["seconds"]), f"{f['seconds'] / o['warm']:.3g}", f"{f['seconds'] / o['cold']:.3g}",
-                       f"{f['rel']:.1e}"] if f else ["not run"] + [""] * 3)
+            if f and "timeout" in f:
+                cells += [f"did not finish in {f['timeout']:.0f} s", f"> {f['timeout'] / o['warm']:.3g}",
+                          f"> {f['timeout'] / o['cold']:.3g}", ""]
+            else:
+                cells += ([_sec(f["seconds"]), f"{f['seconds'] / o['warm']:.3g}",
+                           f"{f['seconds'] / o['cold']:.3g}", f"{f['rel']:.1e}"] if f else ["not run"] + [""] * 3)
         if "statsmodels" in peers:
             s = r["statsmodels"]
             if s["status"] == "ok":

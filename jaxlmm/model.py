@@ -58,8 +58,8 @@ def newton_hessian(data: CrossProducts) -> str:
     The exact Hessian costs n_theta Hessian-vector products, each several
     times a gradient; when the dense Schur complement of the further terms is
     large (InstEval: q2 = 1,142; MovieLens-1M: 3,706) those products, through
-    its Cholesky factor, dominate the fit, and quasi-Newton updates between
-    exact Hessians are cheaper overall (``benchmarks/RESULTS.md``).
+    its Cholesky factor, dominate the fit, and quasi-Newton updates from exact
+    gradients are cheaper overall (``benchmarks/RESULTS.md``).
     """
     return "bfgs" if data.q_rest >= BFGS_FROM else "exact"
 

@@ -130,6 +130,7 @@ def bfgs_update(H, s, y):
 
 
 HESSIANS = ("exact", "bfgs")
+START, QUASI, EXACT = 0, 1, 2  # how a pass of newton(hessian="bfgs") gets its Hessian
 
 
 def newton(
@@ -150,13 +151,14 @@ def newton(
     With ``hessian="exact"``, one evaluation of value, gradient and Hessian
     per iteration (:func:`grad_and_hessian`), plus the values of the line
     search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
-    gradients: large Schur complements), the exact Hessian is computed at
-    the start only; later iterations evaluate value and gradient and update
-    the Hessian by BFGS (:func:`bfgs_update`, from the exact Hessian made
-    positive definite). A point on the bound that passes the convergence
-    test there is confirmed with the exact Hessian (the boundary saddle test
-    below needs true curvature), from which the iteration goes on if it is
-    not the minimum. Not meant for ``vmap`` (its branches would all run).
+    gradients: large Schur complements), every iteration evaluates value and
+    exact gradient only: the first Hessian is made by forward differences of
+    the gradient (n_theta more gradients), later ones by BFGS updates
+    (:func:`bfgs_update`, from the previous Hessian made positive definite).
+    A point on the bound that passes the convergence test there is confirmed
+    with the exact Hessian (the boundary saddle test below needs true
+    curvature), from which the iteration goes on if it is not the minimum.
+    Not meant for ``vmap`` (its branches would all run).
 
     Variables stuck at a saddle on the bound (:func:`boundary_saddle`) are
     moved off it by a step of ``escape``; with ``column`` (see
@@ -207,27 +209,35 @@ def newton(
         fn = jnp.where(jnp.isfinite(fn), fn, jnp.inf)
         return fn <= f, tn
 
-    if hessian == "exact":
-        def evaluate(x, exact, theta_prev, g_prev, H_prev):
-            return fgh(x, *args)
-    else:
-        def evaluate(x, exact, theta_prev, g_prev, H_prev):
-            def quasi(x):
-                f, g = vg(x, *args)
-                lam, Q = positive_eigh(H_prev)  # an exact Hessian may be indefinite away from the optimum
-                return f, g, bfgs_update((Q * lam) @ Q.T, x - theta_prev, g - g_prev)
+    # The Hessian of a pass: EXACT (grad_and_hessian), or for hessian="bfgs" START
+    # (forward differences of exact gradients, the first pass) and QUASI (the BFGS update).
+    def start(x):
+        f, g = vg(x, *args)
+        h = 1e-6 * (1.0 + jnp.abs(x))  # forward steps: feasible from a point on the lower bound
+        rows = lax.map(lambda i: vg(x + h[i] * (jnp.arange(x.shape[0]) == i), *args)[1], jnp.arange(x.shape[0]))
+        H = (rows - g) / h[:, None]
+        return f, g, (H + H.T) / 2
 
-            return lax.cond(exact, lambda x: fgh(x, *args), quasi, x)
+    def evaluate(x, mode, theta_prev, g_prev, H_prev):
+        if hessian == "exact":
+            return fgh(x, *args)
+
+        def quasi(x):
+            f, g = vg(x, *args)
+            lam, Q = positive_eigh(H_prev)  # the first Hessian may be indefinite away from the optimum
+            return f, g, bfgs_update((Q * lam) @ Q.T, x - theta_prev, g - g_prev)
+
+        return lax.switch(mode, [start, quasi, lambda x: fgh(x, *args)], x)
 
     # The loop evaluates value, gradient and Hessian once per pass, at the point
     # the previous pass accepted (so they appear once in the compiled program).
-    # ``exact``: this pass's Hessian is exact (always, for hessian="exact").
     def cond(state):
         return ~state[-2]
 
     def body(state):
-        x, theta_prev, f_prev, g_prev, H_prev, it, _, exact = state
-        f, g, H = evaluate(x, exact, theta_prev, g_prev, H_prev)
+        x, theta_prev, f_prev, g_prev, H_prev, it, _, mode = state
+        f, g, H = evaluate(x, mode, theta_prev, g_prev, H_prev)
+        exact = mode == EXACT
         x, g, H = flip(x, g, H)
         pg = projected_gradient(x, g, lower)
         small = (jnp.max(jnp.abs(pg), initial=0.0) < gtol * (1.0 + jnp.abs(f))) & ~jnp.any(
@@ -238,18 +248,19 @@ def newton(
         )
         if hessian == "bfgs":  # an exact pass repeats the confirming pass's point
             stalled = stalled & ~exact
-        # a quasi-Newton pass that would stop at the bound: confirm at the same point with the
-        # exact Hessian (only there can the stopping point be a saddle, boundary_saddle)
+        # a pass without the exact Hessian that would stop at the bound: confirm at the same
+        # point with it (only there can the stopping point be a saddle, boundary_saddle)
         confirm = ~exact & (small | stalled) & (it < max_iter) & jnp.any(x <= lower)
         stop = (small | stalled | (it >= max_iter)) & ~confirm
         accept, x_next = step(x, f, g, H)
         moved = accept & ~stop & ~confirm
         x_next = jnp.where(moved, x_next, x)
-        # after a confirming pass, the next difference of gradients starts from it
-        return x_next, x, f, g, H, it + moved, ~moved & ~confirm, confirm | (hessian == "exact")
+        mode_next = EXACT if hessian == "exact" else jnp.where(confirm, EXACT, QUASI)
+        return x_next, x, f, g, H, it + moved, ~moved & ~confirm, mode_next
 
     n = theta0.shape[0]
-    init = (theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False), jnp.asarray(True))
+    mode0 = EXACT if hessian == "exact" else START
+    init = (theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False), jnp.asarray(mode0))
     _, theta, f, g, H, it, _, _ = lax.while_loop(cond, body, init)
     pg = projected_gradient(theta, g, lower)
     conv = jnp.max(jnp.abs(pg), initial=0.0) < conv_tol * (1.0 + jnp.abs(f))
