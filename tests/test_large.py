@@ -164,7 +164,7 @@ def test_bfgs_newton_on_a_curved_valley():
 
 
 @pytest.mark.parametrize(
-    "case", ["penicillin_crossed", "sleepstudy_slope", "pastes_nested", "dyestuff2_singular"]
+    "case", ["penicillin_crossed", "sleepstudy_slope", "dyestuff2_singular"]
 )
 def test_bfgs_newton_reaches_lme4s_optimum(case):
     """hessian="bfgs" (used for large Schur complements) on small models: lme4's ML deviance and theta."""
@@ -183,7 +183,7 @@ def test_bfgs_newton_reaches_lme4s_optimum(case):
     np.testing.assert_allclose(theta, np.atleast_1d(r["theta"]), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("n,block", [(11, 4), (12, 4), (3, 4), (700, None)])
+@pytest.mark.parametrize("n,block", [(11, 4), (12, 4), (3, 4), (300, None)])
 def test_cholesky_diagonal_matches_lapack(n, block):
     A = _spd(n, 2)
     d = np.asarray(cholesky_diagonal(jnp.asarray(A), block=block))
