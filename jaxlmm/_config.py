@@ -27,23 +27,21 @@ numpy's) to ``$JAXLMM_LAPACK_THREADS``, 1 by default, with threadpoolctl;
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import jax
 
-from .errors import JaxLMMWarning
+from .errors import JaxLMMWarning, warn
 
 
 def ensure_x64(warn: bool = True) -> None:
     """Enable JAX's float64 mode if it is off; warn when it had been switched off."""
     if not jax.config.jax_enable_x64:
         if warn:
-            warnings.warn(
+            warn(
                 "JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, "
                 "since mixed-model fits need float64.",
                 JaxLMMWarning,
-                stacklevel=3,
             )
         jax.config.update("jax_enable_x64", True)
 

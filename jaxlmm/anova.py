@@ -17,13 +17,11 @@ chi2_{df-1} and chi2_df (Self & Liang, JASA 1987; Stram & Lee, Biometrics
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
 from .distributions import chi2_mixture_sf, chi2_sf
-from .errors import JaxLMMError, JaxLMMWarning
+from .errors import JaxLMMError, JaxLMMWarning, warn
 
 BOUNDARY_NOTE = (
     "p-values of variance components tested on the boundary (sigma^2 = 0) are conservative "
@@ -56,7 +54,7 @@ def _refit_ml(fits) -> list:
     reml = [f for f in fits if f.reml]
     if not reml:
         return list(fits)
-    warnings.warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning, stacklevel=3)
+    warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning)
     return [f.model.fit(reml=False, method=f.method) if f.reml else f for f in fits]
 
 

@@ -24,7 +24,6 @@ devices the replicate axis of each chunk is sharded across them
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -37,7 +36,7 @@ from jax.tree_util import register_dataclass
 
 from ._config import ensure_x64
 from .crossprod import CrossProducts, response_products, row_sharding, with_response
-from .errors import ConvergenceWarning, JaxLMMError
+from .errors import ConvergenceWarning, JaxLMMError, warn
 from .model import minimize_theta, newton_hessian, optimize_theta
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
@@ -367,11 +366,10 @@ def replicate_table(res: Refit, model) -> pd.DataFrame:
 
 def warn_failed(n_failed: int, n: int, what: str) -> None:
     if n_failed:
-        warnings.warn(
+        warn(
             f"{n_failed} of {n} {what} replicate(s) did not converge; they are excluded "
             "from the results (see the 'converged' column of .table).",
             ConvergenceWarning,
-            stacklevel=3,
         )
 
 

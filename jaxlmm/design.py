@@ -31,6 +31,7 @@ from .errors import (
     MissingDataWarning,
     RankDeficiencyWarning,
     closest_name,
+    warn,
 )
 from .formula import ParsedFormula, RandomTerm, parse_formula
 from .validate import (
@@ -218,10 +219,9 @@ def _drop_missing(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int
             f"column: {bad}."
         )
     if n_dropped:
-        warnings.warn(
+        warn(
             f"{n_dropped} row(s) with missing values were dropped; missing values per column: {bad}.",
             MissingDataWarning,
-            stacklevel=5,
         )
     return frame[keep], n_dropped
 
@@ -301,11 +301,10 @@ def _fixed_matrix(parsed: ParsedFormula, data: pd.DataFrame):
     check_values(X, names, "The fixed-effect column")
     X, names, dropped = drop_collinear(X, names)
     if dropped:
-        warnings.warn(
+        warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
             f"{', '.join(dropped)}.",
             RankDeficiencyWarning,
-            stacklevel=4,
         )
     if len(data) <= X.shape[1]:
         raise DataError(f"{len(data)} observations are too few for {X.shape[1]} fixed-effect columns.")

@@ -9,6 +9,11 @@ no convergence, dropped columns) are warnings, also reported on the result.
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class JaxLMMError(ValueError):
@@ -47,3 +52,26 @@ def closest_name(name: str, choices) -> str:
     """A ' Did you mean ...?' suffix naming the closest of ``choices``, or ''."""
     match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _in_package(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` call in the caller) of the first frame outside jaxlmm."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and _in_package(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn(message: str, category: type[Warning] = JaxLMMWarning) -> None:
+    """``warnings.warn`` attributed to the user's line: the first frame outside the jaxlmm package.
+
+    Every warning of jaxlmm goes through here, so ``warning.filename`` and
+    ``warning.lineno`` name the caller's code (the line that called
+    ``jaxlmm.lmm``, ``fit.confint``, ``jaxlmm.bootstrap``, ...), whatever the
+    depth of the call inside the library.
+    """
+    warnings.warn(message, category, stacklevel=user_stacklevel())

@@ -25,7 +25,7 @@ import pandas as pd
 
 from .bootstrap import Refit, fit_params, run_replicates, target_of, warn_failed
 from .distributions import chi2_sf
-from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning
+from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning, warn
 
 
 def _ml(fit):
@@ -97,7 +97,7 @@ def pb_test(null_fit, alt_fit, n: int = 10_000, seed: int = 0, chunk_size: int |
     """Parametric bootstrap LRT of ``null_fit`` (H0) against ``alt_fit`` (pbkrtest's PBmodcomp)."""
     _check_pair(null_fit, alt_fit)
     if null_fit.reml or alt_fit.reml:
-        warnings.warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning, stacklevel=2)
+        warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning)
     f0, f1 = _ml(null_fit), _ml(alt_fit)
     lrt = float(f0.objective - f1.objective)
     t0, t1 = target_of(f0.model, f0.theta), target_of(f1.model, f1.theta)
