@@ -21,6 +21,18 @@ from .errors import JaxLMMError
 from .profile import profile_limits, sdcor_estimates
 
 METHODS = ("profile", "wald", "bootstrap")
+ALIASES = {"boot": "bootstrap"}  # lme4's confint(method = "boot")
+
+
+def confint_method(method) -> str:
+    """The canonical name of an interval method: case-insensitive, lme4's ``"boot"`` is ``"bootstrap"``."""
+    key = method.lower() if isinstance(method, str) else method
+    key = ALIASES.get(key, key)
+    if key not in METHODS:
+        raise JaxLMMError(
+            f"method must be one of {METHODS} (any case; lme4's 'Wald' and 'boot' too), not {method!r}."
+        )
+    return key
 
 
 def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
@@ -34,9 +46,12 @@ def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
 
 
 def confint(fit, method: str = "profile", level: float = 0.95, n: int = 1000, seed: int = 0, which=None):
-    """Intervals (columns lower, upper) by ``profile``, ``wald`` or ``bootstrap``."""
-    if method not in METHODS:
-        raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
+    """Intervals (columns lower, upper) by ``profile``, ``wald`` or ``bootstrap``.
+
+    ``method`` is case-insensitive and takes lme4's spellings too: ``"Wald"``,
+    ``"boot"``.
+    """
+    method = confint_method(method)
     if not 0 < level < 1:
         raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
     if method == "profile":

@@ -9,7 +9,7 @@ pure objective at any theta, and ``.fit(reml, method)`` optimizes it
 
 from __future__ import annotations
 
-import warnings
+import inspect
 from functools import partial
 
 import jax
@@ -20,7 +20,7 @@ from ._config import ensure_x64
 from .crossprod import CrossProducts, cross_products
 from .design import Design, build_design, theta_scales
 from .validate import as_theta, check_max_iter
-from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning
+from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, closest_name, warn
 from .objective import deviance as _deviance
 from .objective import theta_layout, theta_lower_bounds, theta_start
 from .optimize import OptResult, lbfgs, newton
@@ -139,6 +139,7 @@ class LinearMixedModel:
         from .results import make_fit
 
         ensure_x64()
+        reml = check_reml(reml)
         if method not in METHODS:
             raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
         max_iter = check_max_iter(max_iter)
@@ -151,18 +152,68 @@ class LinearMixedModel:
         )
         fit = make_fit(self, opt, reml=bool(reml), method=method)
         if not fit.converged:
-            warnings.warn(
+            warn(
                 f"The {method} optimizer did not converge in {fit.n_iter} iterations "
                 f"(largest projected gradient {np.max(np.abs(fit.gradient), initial=0):.3g}); "
                 "treat the estimates with care or try method='lbfgs'.",
                 ConvergenceWarning,
-                stacklevel=2,
             )
         if fit.singular:
-            warnings.warn("boundary (singular) fit: see fit.varcorr.", SingularFitWarning, stacklevel=2)
+            warn("boundary (singular) fit: see fit.varcorr.", SingularFitWarning)
         return fit
 
 
-def lmm(formula: str, data, reml: bool = True, method: str = "newton", **kwargs):
-    """Fit ``formula`` to ``data`` by REML (default) or ML, like lme4's ``lmer``."""
-    return LinearMixedModel(formula, data).fit(reml=reml, method=method, **kwargs)
+def check_reml(reml) -> bool:
+    """``reml`` as a bool; anything else (the string "False", 0.5, None) is an error, not REML."""
+    if isinstance(reml, (bool, np.bool_)):
+        return bool(reml)
+    raise JaxLMMError(f"reml must be True or False, not {reml!r} ({type(reml).__name__}).")
+
+
+def _keywords(func, skip=("self", "formula", "data", "design")) -> list[str]:
+    return [
+        name for name, p in inspect.signature(func).parameters.items()
+        if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def _split_lmm_keywords(reml, kwargs: dict) -> tuple[bool, dict, dict]:
+    """lme4's spellings resolved, unknown keywords refused; the model's and the fit's keywords."""
+    kwargs = dict(kwargs)
+    if "REML" in kwargs:
+        if reml is not None:
+            raise JaxLMMError("Give reml= or lme4's REML=, not both.")
+        reml = kwargs.pop("REML")
+    if "weights" in kwargs:
+        raise JaxLMMError(
+            "Prior weights (lme4's weights=) are not supported yet: every observation has weight 1."
+        )
+    reml = check_reml(True if reml is None else reml)
+    model_kw, fit_kw = _keywords(LinearMixedModel.__init__), _keywords(LinearMixedModel.fit)
+    fit_kw = [k for k in fit_kw if k not in ("reml", "method")]
+    unknown = [k for k in kwargs if k not in model_kw and k not in fit_kw]
+    if unknown:
+        accepted = list(dict.fromkeys(["formula", "data"] + _keywords(lmm, skip=()) + model_kw + fit_kw))
+        accepted = [k for k in accepted if k != "kwargs"]
+        raise JaxLMMError(
+            f"lmm() got an unexpected keyword argument '{unknown[0]}'."
+            f"{closest_name(unknown[0], accepted)} The accepted keywords are: {', '.join(accepted)}."
+        )
+    return (
+        reml,
+        {k: v for k, v in kwargs.items() if k in model_kw},
+        {k: v for k, v in kwargs.items() if k not in model_kw},
+    )
+
+
+def lmm(formula: str, data, reml: bool | None = None, method: str = "newton", **kwargs):
+    """Fit ``formula`` to ``data`` by REML (default) or ML, like lme4's ``lmer``.
+
+    ``reml``: True (REML, the default when not given) or False (ML); lme4's
+    spelling ``REML=`` is accepted too. Further keywords go to
+    :class:`LinearMixedModel` and its :meth:`~LinearMixedModel.fit`
+    (``theta0``, ``max_iter``); any other keyword is an error naming the
+    accepted ones.
+    """
+    reml, model_kw, fit_kw = _split_lmm_keywords(reml, kwargs)
+    return LinearMixedModel(formula, data, **model_kw).fit(reml=reml, method=method, **fit_kw)
