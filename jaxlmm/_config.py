@@ -31,14 +31,15 @@ from pathlib import Path
 
 import jax
 
-from .errors import JaxLMMWarning, warn
+from .errors import JaxLMMWarning
+from .errors import warn as _warn
 
 
 def ensure_x64(warn: bool = True) -> None:
     """Enable JAX's float64 mode if it is off; warn when it had been switched off."""
     if not jax.config.jax_enable_x64:
         if warn:
-            warn(
+            _warn(
                 "JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, "
                 "since mixed-model fits need float64.",
                 JaxLMMWarning,
