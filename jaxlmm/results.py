@@ -51,7 +51,15 @@ def _varcorr(terms, Ts, sigma) -> pd.DataFrame:
                 cor = S[i, j] / denom if denom > 0 else np.nan
                 rows.append((grp, t.colnames[i], t.colnames[j], S[i, j], cor))
     rows.append(("Residual", None, None, sigma**2, sigma))
-    return pd.DataFrame(rows, columns=["group", "term1", "term2", "variance", "sd_cor"])
+    # the name columns are object columns with None where lme4 has NA, whatever the model
+    # (pandas would otherwise infer a string dtype, turning some None into NaN)
+    out = {
+        name: pd.Series([r[i] for r in rows], dtype=object)
+        for i, name in enumerate(["group", "term1", "term2"])
+    }
+    out["variance"] = np.array([float(r[3]) for r in rows], dtype=np.float64)
+    out["sd_cor"] = np.array([float(r[4]) for r in rows], dtype=np.float64)
+    return pd.DataFrame(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,19 +97,19 @@ class LmmFit:
     @property
     def loglik(self) -> float:
         """Log-likelihood (restricted for REML fits), -objective/2 as lme4."""
-        return -0.5 * self.objective
+        return float(-0.5 * self.objective)
 
     @property
     def deviance(self) -> float:
-        return self.objective
+        return float(self.objective)
 
     @property
     def aic(self) -> float:
-        return self.objective + 2 * self.npar
+        return float(self.objective + 2 * self.npar)
 
     @property
     def bic(self) -> float:
-        return self.objective + np.log(self.nobs) * self.npar
+        return float(self.objective + np.log(self.nobs) * self.npar)
 
     @property
     def df_resid(self) -> int:
@@ -192,10 +200,11 @@ class LmmFit:
         return simulate(self, n=n, seed=seed)
 
     # ---- text -----------------------------------------------------------
-    def summary(self) -> str:
+    def summary(self, correlation: bool | None = None) -> str:
+        """lmerTest's summary as text; ``correlation``: show the fixed effects' correlations (default p <= 12)."""
         from .summary import format_summary
 
-        return format_summary(self)
+        return format_summary(self, correlation=correlation)
 
     def __str__(self) -> str:
         return self.summary()

@@ -37,10 +37,15 @@ def _random_effects_block(fit) -> list[str]:
     return out
 
 
-def format_summary(fit) -> str:
-    """The text lme4's ``summary(lmer(...))`` prints, for a jaxlmm fit."""
+def format_summary(fit, correlation: bool | None = None) -> str:
+    """The text lmerTest's ``summary(lmer(...))`` prints, for a jaxlmm fit.
+
+    ``correlation``: print the correlation of the fixed effects (lme4's
+    default: when there are at most 12 of them).
+    """
     kind = "REML" if fit.reml else "maximum likelihood"
-    lines = [f"Linear mixed model fit by {kind} (jaxlmm, {fit.method})"]
+    lines = [f"Linear mixed model fit by {kind}. t-tests use Satterthwaite's method [lmerModLmerTest]"]
+    lines.append(f"Fitted by jaxlmm ({fit.method} optimizer)")
     lines.append(f"Formula: {fit.formula}")
     name = getattr(fit.model, "data_name", None)
     if name:
@@ -76,7 +81,9 @@ def format_summary(fit) -> str:
     lines.append("")
     lines.append("Fixed effects:")
     table = fit_fixed_table(fit)
-    lines.append(table.to_string(float_format=lambda v: f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"))
+    number = lambda v: f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"  # noqa: E731
+    lines.append(table.to_string(float_format=number, formatters={"df": lambda v: f"{v:.2f}"}))
+    lines.extend(correlation_block(fit, correlation))
     notes = []
     if fit.singular:
         notes.append("boundary (singular) fit: see fit.varcorr")
@@ -96,3 +103,64 @@ def fit_fixed_table(fit) -> pd.DataFrame:
     return fit.coef_table(ddf="satterthwaite").rename(
         columns={"estimate": "Estimate", "se": "Std. Error", "df": "df", "t": "t value", "p": "Pr(>|t|)"}
     )
+
+
+MAX_CORRELATION = 12  # lme4's print.summary.merMod shows the correlations for p <= 12
+
+
+def abbreviate(name: str, minlength: int) -> str:
+    """R's ``abbreviate(name, minlength)``: lower-case vowels, then lower-case letters, dropped from the right.
+
+    The first character is kept; what is still too long is truncated.
+    """
+    chars = list(str(name).strip())
+    for drop in (lambda c: c in "aeiou", lambda c: c.islower()):
+        i = len(chars) - 1
+        while len(chars) > minlength and i > 0:
+            if drop(chars[i]):
+                del chars[i]
+            i -= 1
+    return "".join(chars[: max(minlength, 1)]) if len(chars) > minlength else "".join(chars)
+
+
+def abbreviate_all(names, minlength: int) -> list[str]:
+    """Abbreviations of ``names`` that stay distinct (longer ones where needed, as R)."""
+    out = [abbreviate(n, minlength) for n in names]
+    while len(set(out)) < len(out) and minlength < max(len(str(n)) for n in names):
+        minlength += 1
+        out = [abbreviate(n, minlength) for n in names]
+    return out
+
+
+def fixef_correlation(fit) -> pd.DataFrame:
+    """The correlation matrix of the fixed-effect estimates, cov2cor(vcov)."""
+    v = fit.vcov.to_numpy()
+    d = np.sqrt(np.diag(v))
+    return pd.DataFrame(v / np.outer(d, d), index=fit.vcov.index, columns=fit.vcov.columns)
+
+
+def correlation_block(fit, correlation: bool | None = None) -> list[str]:
+    """lme4's "Correlation of Fixed Effects:" lines (lower triangle, 3 decimals, abbreviated names)."""
+    p = len(fit.fixef)
+    if p < 2 or correlation is False:
+        return []
+    if correlation is None and p > MAX_CORRELATION:
+        return [
+            "",
+            f"Correlation matrix not shown by default, as p = {p} > {MAX_CORRELATION}.",
+            "Use fit.summary(correlation=True) or fit.vcov if you need it.",
+        ]
+    names = list(fit.fixef.index)
+    cor = fixef_correlation(fit).to_numpy()
+    rows, cols = abbreviate_all(names, 11), abbreviate_all(names, 6)
+    cells = [[f"{cor[i, j]:.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+    numbers = [c for row in cells for c in row if c]
+    width = max(len(c) for c in numbers)
+    cells = [[c.rjust(width) if c else c for c in row] for row in cells]
+    widths = [max(len(cols[j]), width) for j in range(p - 1)]
+    label = max(len(r) for r in rows[1:])
+    out = ["", "Correlation of Fixed Effects:"]
+    out.append((" " * label + " " + " ".join(cols[j].ljust(widths[j]) for j in range(p - 1))).rstrip())
+    for i, row in enumerate(cells):
+        out.append((rows[i + 1].ljust(label) + " " + " ".join(c.ljust(widths[j]) for j, c in enumerate(row))).rstrip())
+    return out

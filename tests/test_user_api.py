@@ -139,3 +139,114 @@ def test_confint_method_spellings(sleep_fit):
     assert confint_method("Profile") == "profile"
     with pytest.raises(jaxlmm.JaxLMMError, match="method must be one of"):
         sleep_fit.confint(method="bca")
+
+
+# ---- tables that read like lme4's -------------------------------------------------------
+
+
+def _anova_pair():
+    return get_fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy", reml=False), get_fit(SLOPE, "sleepstudy", reml=False)
+
+
+def test_anova_labels_columns_and_80_columns():
+    f0, f1 = _anova_pair()
+    table = jaxlmm.anova(f1, f0, names=["m1", "m0"])
+    assert list(table.index) == ["m0", "m1"]  # sorted by npar, labels follow their models
+    assert list(table.columns[:8]) == ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
+    assert table.attrs["models"] == {"m0": f0.formula, "m1": f1.formula}
+    # lme4: anova(m0, m1): AIC 1785.5 and 1763.9, Chisq 23.537 on 1 df, p 1.226e-06 (chi2_1 law)
+    chisq = 2 * (f1.loglik - f0.loglik)
+    assert table.loc["m1", "Chisq"] == pytest.approx(chisq, rel=1e-12) == pytest.approx(23.5365, abs=1e-3)
+    text = str(table)
+    assert text == repr(table)
+    lines = text.splitlines()
+    assert lines[:3] == ["Models:", f"m0: {f0.formula}", f"m1: {f1.formula}"]
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    header = next(line for line in lines if "npar" in line)
+    for col in ("npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"):
+        assert col in header
+    m1_line = next(line for line in lines if line.startswith("m1 "))
+    assert m1_line.split() == ["m1", "6", "1763.9", "1783.1", "-875.97", "1751.9", "23.537", "1",
+                               f"{table.loc['m1', 'Pr(>Chisq)']:.4g}", "***"]
+    assert "[" not in text and "..." not in text
+
+
+def test_anova_keyword_form_default_labels_and_errors():
+    f0, f1 = _anova_pair()
+    keyword = jaxlmm.anova(small=f0, big=f1)
+    positional = jaxlmm.anova(f0, f1)
+    assert list(keyword.index) == ["small", "big"] and list(positional.index) == ["model1", "model2"]
+    np.testing.assert_array_equal(keyword.to_numpy(), positional.to_numpy())
+    with pytest.raises(jaxlmm.JaxLMMError, match="names= has 1 label"):
+        jaxlmm.anova(f0, f1, names=["only"])
+    with pytest.raises(jaxlmm.JaxLMMError, match="distinct"):
+        jaxlmm.anova(f0, f1, names=["m", "m"])
+    with pytest.raises(jaxlmm.JaxLMMError, match="unexpected keyword argument 'refitt'"):
+        jaxlmm.anova(f0, f1, refitt=False)
+
+
+def test_anova_boundary_column_and_note_fit_in_80_columns():
+    table = jaxlmm.anova(get_fit(DYE0, "dyestuff", reml=False), get_fit(DYE1, "dyestuff", reml=False))
+    text = str(table)
+    assert "p_boundary" in text and "Note:" in text and "Chisq" in text
+    assert f"{table['p_boundary'].iloc[1]:.4g}" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_summary_fixed_effects_correlation_matches_vcov_and_lme4(sleep_fit):
+    from jaxlmm.summary import fixef_correlation
+
+    v = sleep_fit.vcov.to_numpy()
+    cor = fixef_correlation(sleep_fit)
+    assert cor.loc["Days", "(Intercept)"] == pytest.approx(v[0, 1] / np.sqrt(v[0, 0] * v[1, 1]), rel=1e-12)
+    assert round(cor.loc["Days", "(Intercept)"], 3) == -0.138  # lme4's summary
+    text = sleep_fit.summary()
+    assert text.splitlines()[0] == (
+        "Linear mixed model fit by REML. t-tests use Satterthwaite's method [lmerModLmerTest]"
+    )
+    block = text.split("Correlation of Fixed Effects:\n")[1].splitlines()
+    assert block == ["     (Intr)", "Days -0.138"]
+    assert "Correlation" not in sleep_fit.summary(correlation=False)
+    fixed = text.split("Fixed effects:\n")[1].splitlines()
+    assert fixed[1].split()[3] == f"{sleep_fit.coef_table()['df'].iloc[0]:.2f}" == "17.00"
+
+
+def test_correlation_block_lower_triangle_and_large_p():
+    from types import SimpleNamespace
+
+    from jaxlmm.summary import abbreviate, correlation_block
+
+    assert abbreviate("(Intercept)", 6) == "(Intr)"  # R's abbreviate
+    names = ["(Intercept)", "Days", "Days2"]
+    cor = np.array([[1.0, -0.5, 0.25], [-0.5, 1.0, 0.125], [0.25, 0.125, 1.0]])
+    sd = np.array([2.0, 1.0, 0.5])
+    fake = SimpleNamespace(
+        fixef=pd.Series(np.zeros(3), index=names), vcov=pd.DataFrame(cor * np.outer(sd, sd), index=names, columns=names)
+    )
+    assert correlation_block(fake)[1:] == [
+        "Correlation of Fixed Effects:",
+        "      (Intr) Days",
+        "Days  -0.500",
+        "Days2  0.250  0.125",
+    ]
+    names = [f"x{i}" for i in range(14)]
+    big = SimpleNamespace(fixef=pd.Series(np.zeros(14), index=names), vcov=pd.DataFrame(np.eye(14), index=names, columns=names))
+    assert "Correlation matrix not shown by default, as p = 14 > 12." in correlation_block(big)
+    assert "Correlation of Fixed Effects:" in correlation_block(big, correlation=True)
+
+
+@pytest.mark.parametrize(
+    "formula, dataset",
+    [(DYE1, "dyestuff"), (SLOPE, "sleepstudy"), ("Reaction ~ Days + (Days || Subject)", "sleepstudy")],
+)
+def test_fit_numbers_are_python_floats_and_missing_names_none(formula, dataset):
+    fit = get_fit(formula, dataset)
+    for name in ("aic", "bic", "loglik", "objective", "sigma", "deviance"):
+        assert type(getattr(fit, name)) is float, name
+    assert fit.aic == pytest.approx(fit.objective + 2 * fit.npar, rel=1e-14)
+    assert fit.bic == pytest.approx(fit.objective + np.log(fit.nobs) * fit.npar, rel=1e-14)
+    vc = fit.varcorr
+    sd_rows = vc[vc["term2"].isna()]
+    assert all(x is None for x in sd_rows["term2"])
+    assert vc["term1"].iloc[-1] is None and vc["group"].iloc[-1] == "Residual"
+    assert all(isinstance(x, str) for x in vc["term1"].iloc[:-1])
