@@ -213,6 +213,26 @@ class LmmFit:
         kind = "REML" if self.reml else "ML"
         return f"<LmmFit {kind} '{self.formula}' objective={self.objective:.4f}>"
 
+    # ---- tidy output (jaxlmm.tidy) ---------------------------------------
+    def tidy(self, conf_int: bool = False, conf_level: float = 0.95, conf_method: str = "wald",
+             n: int = 1000, seed: int = 0) -> pd.DataFrame:
+        """broom.mixed's ``tidy``: one row per parameter (fixed effects, then ``ran_pars``)."""
+        from .tidy import tidy
+
+        return tidy(self, conf_int=conf_int, conf_level=conf_level, conf_method=conf_method, n=n, seed=seed)
+
+    def to_dict(self) -> dict:
+        """Every estimate as plain Python values (``json.dumps`` takes it)."""
+        from .tidy import to_dict
+
+        return to_dict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text."""
+        from .tidy import to_json
+
+        return to_json(self, indent=indent)
+
     # ---- figures --------------------------------------------------------
     @property
     def plot(self):
