@@ -20,20 +20,8 @@ import jaxlmm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reference_dir() -> Path:
-    env = os.environ.get("JAXLMM_REFERENCE")
-    candidates = [Path(env)] if env else []
-    candidates += [ROOT.parent / "shared" / "reference", ROOT / "shared" / "reference"]
-    for c in candidates:
-        if (c / "fits").is_dir():
-            return c
-    raise FileNotFoundError(
-        "lme4 reference values not found: expected ../shared/reference beside the repository "
-        "(or set JAXLMM_REFERENCE)."
-    )
-
-
-REF = reference_dir()
+# lme4's answers, written by tests/reference/make_reference.R (see its README)
+REF = Path(__file__).resolve().parent / "reference"
 
 # reference case -> bundled dataset
 CASES = {

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import jaxlmm
-from conftest import REF, load_fit_reference
+from conftest import load_fit_reference, load_json
 from jaxlmm import cli
 
+# lme4's datasets as R holds them (tests/reference/make_reference.R)
+LME4_DATASETS = load_json("datasets.json")["datasets"]
 FACTOR_CASES = {
     "sleepstudy": "sleepstudy_slope",
     "dyestuff": "dyestuff",
@@ -21,18 +24,45 @@ FACTOR_CASES = {
 }
 
 
+def test_every_bundled_dataset_has_an_lme4_record():
+    assert sorted(LME4_DATASETS) == sorted(jaxlmm.datasets.NAMES) == sorted(FACTOR_CASES)
+
+
 @pytest.mark.parametrize("name", sorted(FACTOR_CASES))
-def test_datasets_match_reference_csv_and_levels(name):
+def test_bundled_dataset_is_lme4s(name):
+    """Rows, columns, level order and counts, sums and row-order-sensitive sums as R computed them."""
     df = jaxlmm.datasets.load(name)
-    factors = load_fit_reference(FACTOR_CASES[name])["factors"]
-    raw = pd.read_csv(REF / "data" / f"{name}.csv", dtype={c: str for c in factors})
-    assert df.shape == raw.shape
-    for col in raw.columns:
-        if col in factors:
-            assert list(df[col].cat.categories) == factors[col]
-            assert (df[col].astype(str).to_numpy() == raw[col].to_numpy()).all()
+    ref = LME4_DATASETS[name]
+    assert list(df.columns) == ref["columns"]
+    assert len(df) == ref["nrow"]
+    row = np.arange(1, len(df) + 1, dtype=np.float64)  # R's 1-based row numbers
+    for col, s in ref["summary"].items():
+        if "levels" in s:
+            assert isinstance(df[col].dtype, pd.CategoricalDtype), col
+            assert list(df[col].cat.categories) == s["levels"], col
+            assert df[col].value_counts(sort=False).tolist() == s["counts"], col
+            codes = df[col].cat.codes.to_numpy()
+            assert (codes >= 0).all(), col  # no value outside the levels
+            assert np.sum(row * (codes + 1)) == s["code_weighted_sum"], col
         else:
-            assert (df[col].to_numpy() == raw[col].to_numpy()).all()
+            x = df[col].to_numpy(dtype=np.float64)
+            assert np.sum(x) == pytest.approx(s["sum"], rel=1e-12, abs=1e-9), col
+            assert np.sum(x**2) == pytest.approx(s["sum_squares"], rel=1e-12), col
+            assert np.sum(row * x) == pytest.approx(s["weighted_sum"], rel=1e-12), col
+    # the fits were made on these factor levels too
+    factors = load_fit_reference(FACTOR_CASES[name])["factors"]
+    assert {c: list(df[c].cat.categories) for c in factors} == factors
+
+
+def test_reordered_rows_are_caught():
+    """The row-weighted sums see a swap of two rows that plain sums and counts miss."""
+    df = jaxlmm.datasets.load("sleepstudy")
+    ref = LME4_DATASETS["sleepstudy"]["summary"]
+    swapped = df.iloc[[1, 0, *range(2, len(df))]]
+    row = np.arange(1, len(df) + 1, dtype=np.float64)
+    x = swapped["Reaction"].to_numpy()
+    assert np.sum(x) == pytest.approx(ref["Reaction"]["sum"], rel=1e-12)
+    assert np.sum(row * x) != pytest.approx(ref["Reaction"]["weighted_sum"], rel=1e-12)
 
 
 def test_unknown_dataset_is_a_clear_error():
