@@ -11,7 +11,7 @@ the compiled programs in that cache ("cached": a user's next session). Peers:
 
 * lme4 runs through Rscript when it is installed (benchmarks/lme4_fit.R); its
   time is that of the ``lmer`` call (R start-up and ``library(lme4)`` excluded).
-* statsmodels ``MixedLM`` (``pip install jaxlmm[bench]``) runs in its own
+* statsmodels ``MixedLM`` (``pip install ".[bench]"``) runs in its own
   subprocess under a wall-clock timeout and an address-space limit
   (``RLIMIT_AS``), so that a fit that would take hours or exhaust memory is
   reported as "did not finish in N s" or "out of memory" instead of a number.
@@ -197,7 +197,7 @@ def run_statsmodels(csv, spec, reml, timeout, mem_gb):
     last = [x for x in err.splitlines() if x and not x[0].isspace()]
     detail = last[-1][:200] if last else f"exit status {out.returncode}"
     if "ModuleNotFoundError" in err and "statsmodels" in err:
-        return dict(status="missing", detail="statsmodels is not installed (pip install jaxlmm[bench])")
+        return dict(status="missing", detail='statsmodels is not installed (pip install ".[bench]")')
     oom = ("MemoryError", "Unable to allocate", "bad_alloc", "memory allocation", "Cannot allocate memory",
            "failed to map segment")
     if any(x in err for x in oom):

@@ -1,6 +1,6 @@
 """Figures for fitted models, bootstrap results and likelihood profiles (matplotlib).
 
-matplotlib is optional (``pip install "jaxlmm[plot]"``) and imported only when
+matplotlib is optional (``pip install ".[plot]"`` in a clone) and imported only when
 a figure is drawn. Every function returns a :class:`matplotlib.figure.Figure`.
 
 - ``fit.plot`` (:class:`FitPlots`): ``residuals()``, ``qq(which)``,

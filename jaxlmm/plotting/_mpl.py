@@ -1,4 +1,4 @@
-"""Lazy access to matplotlib, an optional dependency (``pip install "jaxlmm[plot]"``).
+"""Lazy access to matplotlib, an optional dependency (``pip install ".[plot]"`` in a clone).
 
 Figures are built as plain :class:`matplotlib.figure.Figure` objects, not
 through pyplot: nothing is registered in pyplot's global state, a notebook
@@ -20,7 +20,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel=(4.0, 3.2), **subplot_kw
     except ImportError:  # pragma: no cover (matplotlib is in the test extras)
         raise JaxLMMError(
             "Plotting needs matplotlib, which is not installed: pip install matplotlib "
-            '(or pip install "jaxlmm[plot]").'
+            '(or, in a clone of jaxlmm, pip install ".[plot]").'
         ) from None
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
