@@ -227,7 +227,7 @@ def row_plan(design: Design) -> RowPlan:
     index = np.int32 if size < 2**31 else np.int64
     rows = {
         "X": np.asarray(design.X, dtype=np.float64),
-        "y": np.asarray(design.y, dtype=np.float64),
+        "y": np.asarray(design.y_net, dtype=np.float64),
         "z": tuple(np.asarray(t.X, dtype=np.float64) for t in terms),
         "g": tuple(t.codes.astype(index) for t in terms),
         "coo": tuple(i.astype(index) for i in coo_idx),

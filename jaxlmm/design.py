@@ -1,7 +1,8 @@
 """From a parsed formula and a data frame to model matrices and group codes.
 
 The fixed-effect matrix X and each random-effect term's per-row matrix are
-built by formulaic; a term's Z is never formed: it is represented by integer
+built by :mod:`jaxlmm.terms` (the formula read as data, never executed),
+which also keeps how to build them again for new data; a term's Z is never formed: it is represented by integer
 group codes (one per row) and the term's few columns, as lme4's ``mkReTrms``
 does with its sparse ``Zt`` (Bates et al., JSS 2015, section 2.3).
 
@@ -17,10 +18,7 @@ by the rules of :mod:`jaxlmm.validate`.
 
 from __future__ import annotations
 
-import re
-import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -30,10 +28,12 @@ from .errors import (
     FormulaError,
     MissingDataWarning,
     RankDeficiencyWarning,
+    JaxLMMWarning,
     closest_name,
     warn,
 )
 from .formula import ParsedFormula, RandomTerm, parse_formula
+from .terms import Encoding, Evaluator, TermList, encode, expand_terms, names_in, parse, unique_names, vet
 from .validate import (
     as_frame,
     check_column_types,
@@ -44,9 +44,6 @@ from .validate import (
     check_unique_columns,
     check_values,
 )
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m|[⧛⧚]")
-
 
 @dataclass(frozen=True)
 class TermDesign:
@@ -63,7 +60,7 @@ class TermDesign:
     levels: np.ndarray
     codes: np.ndarray
     X: np.ndarray
-    spec: object = None  # formulaic ModelSpec of the term's columns (for new data)
+    spec: Encoding | None = None  # how the columns are built (for new data)
 
     @property
     def k(self) -> int:
@@ -87,7 +84,19 @@ class Design:
     terms: tuple[TermDesign, ...]
     n_dropped: int
     rows: np.ndarray  # index labels of the rows used
-    fixed_spec: object = None  # formulaic ModelSpec of X (for new data)
+    fixed_spec: Encoding | None = None  # how X is built (for new data)
+    offset: np.ndarray | None = None  # known part of the mean (zeros without an offset)
+    offset_arg: str | None = None  # the offset= argument: its text, "numbers", or None
+
+    def fixed_mean(self, beta) -> np.ndarray:
+        """X beta plus the offset: the population-level mean of the rows."""
+        out = self.X @ np.asarray(beta)
+        return out if self.offset is None else out + self.offset
+
+    @property
+    def y_net(self) -> np.ndarray:
+        """The response less the offset: what X beta + Z b models."""
+        return self.y if self.offset is None else self.y - self.offset
 
     @property
     def n(self) -> int:
@@ -98,72 +107,10 @@ class Design:
         return self.X.shape[1]
 
 
-def lme4_name(col: str) -> str:
-    """formulaic column name -> lme4's: 'Intercept' -> '(Intercept)', 'f[T.b]' -> 'fb'."""
-    if col == "Intercept":
-        return "(Intercept)"
-    return re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", col)
-
-
-def _unknown_name(name: str, what: str, columns, text: str = "") -> FormulaError:
-    """'Column x is not in the data' (with the closest column), or 'unknown function x'."""
-    dotted = re.search(rf"(?<![\w.]){re.escape(name)}\.[\w.]+", text)
-    name = dotted.group(0) if dotted else name
-    if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", text):
-        return FormulaError(
-            f"'{name}' in {what} is neither a column of the data nor a function the formula "
-            f"language knows (such as log, exp, sqrt, or I(...) for arithmetic)."
-            f"{closest_name(name, columns)}"
-        )
-    return FormulaError(
-        f"Column '{name}' used in {what} is not in the data.{closest_name(name, columns)}"
-    )
-
-
-def _formulaic_error(exc: Exception, what: str, columns, text: str = "") -> FormulaError:
-    """Translate an exception of formulaic into a FormulaError naming the formula part."""
-    msg = _ANSI.sub("", str(exc)).strip()
-    missing = re.search(r"`([^`]+)` is not present", msg)
-    if missing:
-        return _unknown_name(missing.group(1), what, columns, text)
-    where = f" '{text}'" if text else ""
-    first = msg.splitlines()[0] if msg else type(exc).__name__
-    return FormulaError(f"Cannot read {what}{where}: {first}")
-
-
-@lru_cache(maxsize=512)
-def _parsed(expr: str):
-    """formulaic's parse of ``expr``, kept: the same formula is rebuilt for every dataset."""
-    from formulaic import Formula
-
-    return Formula(expr)
-
-
-_TOKEN = re.compile(r"`([^`]+)`|(?<![A-Za-z0-9_.])([A-Za-z_.][A-Za-z0-9_.]*)(?![A-Za-z0-9_.]|\s*\()")
-
-
-def _required(expr: str, what: str, columns) -> set[str]:
-    """The variables ``expr`` needs: formulaic's list, plus the data columns named in it.
-
-    formulaic leaves out the arguments of stateful transforms such as
-    ``poly(x, 2)`` or ``center(x)``, and lists R-style dotted names
-    ``my.x`` as ``my`` (it evaluates them as columns all the same); names
-    followed by '(' are functions.
-    """
-    try:
-        found = set(_parsed(expr).required_variables)
-    except Exception as exc:
-        raise _formulaic_error(exc, what, [], expr) from None
-    names = {a or b for a, b in _TOKEN.findall(expr)}
-    named = {c for c in columns if c in names}
-    prefixes = {str(c).split(".")[0] for c in named if "." in str(c)}
-    return (found - (prefixes - set(columns))) | named
-
-
-def _check_columns(names, data: pd.DataFrame, what: str, text: str = "") -> None:
+def _check_columns(names, data: pd.DataFrame, what: str) -> None:
     for name in sorted(names):
         if name not in data.columns:
-            raise _unknown_name(name, what, data.columns, text)
+            raise FormulaError(f"Column '{name}' used in {what} is not in the data.{closest_name(name, data.columns)}")
 
 
 def _as_factor(col: pd.Series) -> pd.Categorical:
@@ -203,16 +150,24 @@ def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarra
     return codes.astype(np.int64), labels
 
 
-def _drop_missing(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int]:
-    """The columns in use, rows with a missing value dropped (counted, warned; lme4's na.omit)."""
+def _drop_missing(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.DataFrame, int, np.ndarray]:
+    """The columns in use, rows with a missing value dropped (counted, warned; lme4's na.omit).
+
+    ``extra``: numbers per row (a numeric offset=) whose missing values drop rows too.
+    Returns the frame, the number of rows dropped and the mask of rows kept.
+    """
     check_unique_columns(data, used)
     cols = [c for c in data.columns if c in used]
     frame = data[cols]
     check_column_types(frame)
     missing = frame.isna()
     keep = ~missing.any(axis=1).to_numpy()
+    bad = [f"'{c}' ({int(missing[c].sum())})" for c in cols if missing[c].any()]
+    if extra is not None and np.isnan(extra).any():
+        keep &= ~np.isnan(extra)
+        bad.append(f"offset= ({int(np.isnan(extra).sum())})")
     n_dropped = int((~keep).sum())
-    bad = ", ".join(f"'{c}' ({int(missing[c].sum())})" for c in cols if missing[c].any())
+    bad = ", ".join(bad)
     if n_dropped == len(frame):
         raise DataError(
             f"No rows are left after dropping the rows with missing values; missing values per "
@@ -223,12 +178,12 @@ def _drop_missing(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int
             f"{n_dropped} row(s) with missing values were dropped; missing values per column: {bad}.",
             MissingDataWarning,
         )
-    return frame[keep], n_dropped
+    return frame[keep], n_dropped, keep
 
 
-def _prepare(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int]:
+def _prepare(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.DataFrame, int, np.ndarray]:
     """Rows with missing values dropped, then R's column conversions."""
-    frame, n_dropped = _drop_missing(data, used)
+    frame, n_dropped, keep = _drop_missing(data, used, extra)
     # R's defaults: character columns become factors with sorted levels.
     out = {}
     for c in frame.columns:
@@ -241,27 +196,16 @@ def _prepare(data: pd.DataFrame, used: set[str]) -> tuple[pd.DataFrame, int]:
             out[c] = col.astype(np.float64)
         else:
             out[c] = col
-    return pd.DataFrame(out, index=frame.index), n_dropped
+    return pd.DataFrame(out, index=frame.index), n_dropped, keep
 
 
-def _model_matrix(expr: str, data: pd.DataFrame, what: str):
-    from formulaic import model_matrix
-
-    try:
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            mm = model_matrix(_parsed(expr), data, na_action="ignore")  # non-finite values: check_values
-    except Exception as exc:
-        raise _formulaic_error(exc, what, data.columns, expr) from None
-    return mm
-
-
-def drop_collinear(X: np.ndarray, names: tuple[str, ...], tol: float = 1e-7):
+def drop_collinear(X: np.ndarray, tol: float = 1e-7) -> tuple[list[int], list[int]]:
     """Keep a maximal set of linearly independent columns, in order.
 
     A column is dropped when its residual after projection on the columns
     kept before it is below ``tol`` relative to its norm (lme4 drops
     columns by a pivoted QR; on ties both keep the earlier columns).
-    Returns (X kept, names kept, names dropped).
+    Returns the indices of the columns kept and of those dropped.
     """
     scale = np.sqrt((X**2).sum(axis=0))
     scale[scale == 0] = 1.0
@@ -275,50 +219,65 @@ def drop_collinear(X: np.ndarray, names: tuple[str, ...], tol: float = 1e-7):
         if nv > tol and np.linalg.norm(X[:, j]) > 0:
             keep.append(j)
             Q = np.column_stack([Q, v / nv])
-    dropped = tuple(n for j, n in enumerate(names) if j not in keep)
-    return X[:, keep], tuple(names[j] for j in keep), dropped
+    return keep, [j for j in range(X.shape[1]) if j not in keep]
 
 
 def _response(data: pd.DataFrame, response: str) -> np.ndarray:
     """The response as float64: a numeric column, or an expression such as log(y)."""
-    if response in data.columns:
-        y = data[response].to_numpy(dtype=np.float64)
-    else:
-        lhs = _model_matrix(f"{response} ~ 1", data, f"the response '{response}'").lhs
-        if lhs.shape[1] != 1:
-            raise DataError(f"The response '{response}' is not a single numeric column.")
-        y = np.asarray(lhs, dtype=np.float64)[:, 0]
+    y = Evaluator(data, f"the response '{response}'").numeric(parse(response, "the response"))
     check_values(y, [response], "The response")
     check_response_spread(y, response)
     return y
 
 
+def _offset(frame: pd.DataFrame, parsed: ParsedFormula, extra) -> np.ndarray:
+    """The sum of the formula's offset(...) terms and the offset= argument (zeros without either)."""
+    out = np.zeros(len(frame))
+    nodes = list(_fixed_terms(parsed).offsets) + ([parse(extra, "offset=")] if isinstance(extra, str) else [])
+    for node in nodes:
+        out = out + Evaluator(frame, "the offset").numeric(node)
+    if extra is not None and not isinstance(extra, str):
+        out = out + extra
+    check_values(out, ["offset"], "The")
+    return out
+
+
+def _fixed_terms(parsed: ParsedFormula) -> TermList:
+    return expand_terms(parse(parsed.fixed, "the fixed-effect formula"), "the fixed-effect formula", parsed.fixed)
+
+
 def _fixed_matrix(parsed: ParsedFormula, data: pd.DataFrame):
     """X with collinear columns dropped (warned, as lme4's check.rankX), and the names kept."""
-    mm = _model_matrix(f"1 ~ {parsed.fixed}", data, "the fixed-effect formula")
-    names = tuple(lme4_name(c) for c in mm.rhs.columns)
-    X = np.asarray(mm.rhs, dtype=np.float64).reshape(len(data), len(names))
+    X, enc = encode(parsed.fixed, _fixed_terms(parsed), data, "the fixed-effect formula")
+    names, renamed = unique_names(enc.names)
+    if renamed:
+        warn(
+            "fixed-effect columns with the same name were renamed: "
+            + ", ".join(f"'{a}' -> '{b}'" for a, b in renamed) + ".",
+            JaxLMMWarning,
+        )
     check_values(X, names, "The fixed-effect column")
-    X, names, dropped = drop_collinear(X, names)
+    keep, dropped = drop_collinear(X)
     if dropped:
         warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
-            f"{', '.join(dropped)}.",
+            f"{', '.join(names[j] for j in dropped)}.",
             RankDeficiencyWarning,
         )
+    X = X[:, keep]
     if len(data) <= X.shape[1]:
         raise DataError(f"{len(data)} observations are too few for {X.shape[1]} fixed-effect columns.")
-    return X, names, dropped, mm.rhs.model_spec
+    enc = enc.with_keep(keep, names)
+    return X, enc.columns, tuple(names[j] for j in dropped), enc
 
 
 def _term_design(term: RandomTerm, data: pd.DataFrame, n: int) -> TermDesign:
     """One term's columns and group codes, checked against lme4's rules (jaxlmm.validate)."""
     what = f"the random-effect term ({term.expr} | {term.name})"
-    mm = _model_matrix(term.expr, data, what)
-    Xm = np.asarray(mm, dtype=np.float64)
-    if Xm.ndim != 2 or Xm.shape[1] == 0:
+    Xm, enc = encode(term.expr, expand_terms(parse(term.expr, what), what, term.expr), data, what)
+    if Xm.shape[1] == 0:
         raise FormulaError(f"The random-effect term ({term.expr} | {term.name}) has no columns.")
-    colnames = tuple(lme4_name(c) for c in mm.columns)
+    colnames, _ = unique_names(enc.names)
     check_values(Xm, colnames, f"In {what}, column")
     codes, levels = group_codes(data, term.factors)
     check_levels(term.name, len(levels), Xm.shape[1], n)
@@ -331,38 +290,71 @@ def _term_design(term: RandomTerm, data: pd.DataFrame, n: int) -> TermDesign:
         levels=levels,
         codes=codes,
         X=Xm,
-        spec=mm.model_spec,
+        spec=enc.with_keep(range(len(colnames)), colnames),
     )
 
 
-def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> set[str]:
-    """The data columns the formula needs; an unknown name is a FormulaError."""
-    fixed = f"{parsed.response} ~ {parsed.fixed}"
-    used = _required(fixed, "the fixed-effect formula", data.columns)
-    _check_columns(used, data, "the formula", fixed)
+def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, offset) -> set[str]:
+    """The data columns the formula (and a text offset=) needs; an unknown name is a FormulaError."""
+    columns = set(data.columns)
+    used: set[str] = set()
+    parts = [(parsed.response, "the response"), (parsed.fixed, "the fixed-effect formula")]
+    parts += [(t.expr, f"the random-effect term ({t.expr} | {t.name})") for t in parsed.random]
+    if isinstance(offset, str):
+        parts.append((offset, "offset="))
+    for text, what in parts:
+        node = parse(text, what)
+        vet(node, what, columns)
+        used |= set(names_in(node))
     for t in parsed.random:
-        what = f"the random-effect term ({t.expr} | {t.name})"
-        tvars = _required(t.expr, what, data.columns)
-        _check_columns(tvars | set(t.factors), data, what, t.expr)
-        used |= tvars | set(t.factors)
+        _check_columns(set(t.factors), data, f"the random-effect term ({t.expr} | {t.name})")
+        used |= set(t.factors)
     return used
 
 
-def build_design(formula, data) -> Design:
+def _offset_argument(offset, n: int):
+    """``offset=`` as given: None, the text of an expression in the columns, or n numbers."""
+    if offset is None or isinstance(offset, str):
+        return offset
+    try:
+        arr = np.asarray(offset, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("offset= must be numbers (one per row of the data) or the text of an expression.") from None
+    if arr.shape != (n,):
+        raise DataError(f"offset= has shape {arr.shape}; it needs one number per row of the data ({n}).")
+    if np.isinf(arr).any():
+        raise DataError("offset= has infinite values.")
+    return arr
+
+
+def build_design(formula, data, offset=None) -> Design:
     """Parse ``formula`` and build the model matrices from ``data``.
 
+    ``offset``: a known term added with coefficient 1 (lme4's ``offset=``),
+    as one number per row or the text of an expression in the columns; the
+    formula's own ``offset(...)`` terms are added to it.
     Raises FormulaError for unknown columns or bad terms, DataError for
     unusable data (see :mod:`jaxlmm.validate`); rows with missing values in
-    used columns are dropped and counted.
+    used columns (or in a numeric offset) are dropped and counted.
     """
+    try:
+        return _build_design(formula, data, offset)
+    except RecursionError:
+        raise FormulaError("The formula is too deeply nested to evaluate; build some columns in the data.") from None
+
+
+def _build_design(formula, data, offset) -> Design:
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     data = as_frame(data)
-    used = _used_columns(parsed, data)
+    used = _used_columns(parsed, data, offset)
     check_response_type(data, parsed.response)
-    frame, n_dropped = _prepare(data, used)
+    extra = _offset_argument(offset, len(data))
+    numbers = extra is not None and not isinstance(extra, str)
+    frame, n_dropped, kept = _prepare(data, used, extra if numbers else None)
     n = len(frame)
     y = _response(frame, parsed.response)
     X, names, dropped, fixed_spec = _fixed_matrix(parsed, frame)
+    off = _offset(frame, parsed, extra[kept] if numbers else extra)
     terms = [_term_design(t, frame, n) for t in parsed.random]
     order = sorted(range(len(terms)), key=lambda i: -terms[i].nlevels)
     terms = tuple(terms[i] for i in order)
@@ -377,6 +369,8 @@ def build_design(formula, data) -> Design:
         n_dropped=n_dropped,
         rows=np.asarray(frame.index),
         fixed_spec=fixed_spec,
+        offset=off,
+        offset_arg=offset if isinstance(offset, str) else (None if offset is None else "numbers"),
     )
 
 

@@ -1,8 +1,10 @@
 """Parse lme4 model formulas into a fixed part and random-effect terms.
 
 The fixed part and each term's left-hand side are ordinary Wilkinson
-formulas, handed to formulaic later (see :mod:`jaxlmm.design`); this module
-only finds and expands the random-effect bars, following lme4's rules
+formulas, read by :mod:`jaxlmm.terms` (parsed into a tree, never executed;
+every part is parsed and its calls checked here, before any data is
+touched); this module finds and expands the random-effect bars, following
+lme4's rules
 (Bates et al., JSS 2015, section 2.1, Table 2):
 
 - ``(expr | g)``: correlated effects ``expr`` for each level of ``g``;
@@ -17,16 +19,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import FormulaError
+from .errors import DataError, FormulaError
+from .terms import BinOp, expand_terms, parse, term_label, vet
 
-_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$")
+_NAME = re.compile(r"^(?:[^\W\d]|\.(?!\d))[\w.]*$|^`[^`]+`$")
 
 
 @dataclass(frozen=True)
 class RandomTerm:
     """One random-effect term ``(expr | g)`` after expansion.
 
-    ``expr`` is a formulaic right-hand side for the per-row model matrix of
+    ``expr`` is a right-hand side (:mod:`jaxlmm.terms`) for the per-row model matrix of
     the term; ``factors`` are the data columns whose interaction groups the
     rows; ``name`` is lme4's label of the grouping factor.
     """
@@ -195,16 +198,32 @@ def _grouping(grp: str, full: str) -> list[tuple[tuple[str, ...], str]]:
 
 def _split_double(lhs: str, full: str) -> list[str]:
     """The per-term left-hand sides of ``(lhs || g)`` (lme4's expansion)."""
-    from formulaic import Formula
+    where = f"the random-effect term ({lhs} || ...)"
+    tl = expand_terms(parse(lhs, where), where, lhs)
+    return (["1"] if tl.intercept else []) + [f"0 + {term_label(t)}" for t in tl.terms]
 
-    try:
-        terms = [str(t) for t in Formula(lhs)]
-    except Exception as exc:  # formulaic's own parser errors
-        raise FormulaError(f"Cannot read the random-effect expression '{lhs}' in '{full}': {exc}") from None
-    out = []
-    for t in terms:
-        out.append("1" if t == "1" else f"0 + {t}")
-    return out
+
+def _check_part(text: str, where: str, top_level_offset: bool = False):
+    """Parse one part of the formula and refuse unknown functions: nothing is evaluated yet."""
+    node = parse(text, where)
+    vet(node, where, None)
+    tl = expand_terms(node, where, text)
+    if not top_level_offset:
+        if tl.offsets:
+            raise FormulaError(f"offset(...) in {where} '{text}': offsets belong in the fixed part.")
+    return node
+
+
+def _check_response(response: str, full: str) -> None:
+    """The response is one expression: a column or a transform of columns, not a sum of terms."""
+    where = "the response"
+    node = parse(response, where)
+    vet(node, where, None)
+    if isinstance(node, BinOp) and node.op in ("+", "-", "*", "/", ":", "^", "%in%"):
+        raise DataError(
+            f"The response '{response}' of '{full}' is several terms; a linear mixed model has one "
+            f"numeric response (write I({response}) for arithmetic on columns)."
+        )
 
 
 def parse_formula(text: str) -> ParsedFormula:
@@ -238,6 +257,13 @@ def parse_formula(text: str) -> ParsedFormula:
             f"'.' (all other columns) in '{full}' is not supported: name the predictors, "
             "e.g. y ~ x1 + x2 + (1 | g)."
         )
+    try:
+        _check_response(response, full)
+        _check_part(fixed, "the fixed-effect formula", top_level_offset=True)
+        for lhs, grp, _ in bars:
+            _check_part(lhs, f"the random-effect term ({lhs} | {grp})")
+    except FormulaError as exc:
+        raise FormulaError(f"{exc} (Formula: '{full}')") from None
     terms: list[RandomTerm] = []
     for lhs, grp, double in bars:
         exprs = _split_double(lhs, full) if double else [lhs]

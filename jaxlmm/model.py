@@ -111,10 +111,13 @@ class LinearMixedModel:
     the cross-products; fitting does not touch the rows again.
     """
 
-    def __init__(self, formula: str, data, *, design: Design | None = None):
+    def __init__(self, formula: str, data, *, offset=None, design: Design | None = None):
+        """``offset``: a known term of the mean with coefficient 1 (lme4's ``offset=``): one number
+        per row of ``data``, or the text of an expression in its columns such as ``"log(hours)"``;
+        added to the formula's own ``offset(...)`` terms."""
         ensure_x64()
         self.formula = formula
-        self.design = design if design is not None else build_design(formula, data)
+        self.design = design if design is not None else build_design(formula, data, offset=offset)
         self.data: CrossProducts = cross_products(self.design)
         self.lower = theta_lower_bounds(self.data.term_dims)
         self.theta0 = theta_start(self.data.term_dims)

@@ -1,13 +1,16 @@
 """Predictions for new data from a fitted model (lme4's ``predict.merMod``).
 
-Conditional prediction x_new' beta + z_new' b, with b the conditional modes
-of the fit (Bates et al., JSS 2015, section 3.5): the new rows are encoded
-with the training encoding (formulaic's ModelSpec stored on the design, so
-factor levels and contrasts are those of the fit), and each random-effect
-term adds the row's columns times the mode of its level. A level the fit
-has not seen contributes 0, i.e. is predicted at the population level (lme4's
-``allow.new.levels = TRUE``). ``re=False`` gives x_new' beta only (lme4's
-``re.form = NA``).
+Conditional prediction x_new' beta + z_new' b + offset, with b the
+conditional modes of the fit (Bates et al., JSS 2015, section 3.5): the new
+rows are encoded with the fit's encoding (:class:`jaxlmm.terms.Encoding`:
+the same factor levels and contrasts, poly coefficients and centres, the
+same columns by position), and each random-effect term adds the row's
+columns times the mode of its level. A grouping level the fit has not seen
+contributes 0, i.e. is predicted at the population level (lme4's
+``allow.new.levels = TRUE``); an unseen level of a fixed-effect factor, a
+number where the fit had a factor (or the reverse), a missing or non-finite
+value is a :class:`~jaxlmm.errors.DataError` naming the column.
+``re=False`` gives x_new' beta + offset only (lme4's ``re.form = NA``).
 """
 
 from __future__ import annotations
@@ -15,28 +18,34 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .design import _formulaic_error, group_codes, lme4_name
-from .validate import as_frame
+from .design import group_codes
 from .errors import DataError
+from .terms import Evaluator, names_in, parse
+from .validate import as_frame
 
 
-def _columns(spec, data: pd.DataFrame, names, what: str) -> np.ndarray:
-    """The columns ``names`` of the model matrix of ``spec`` evaluated on ``data``."""
-    try:
-        mm = spec.get_model_matrix(data, na_action="raise")
-    except Exception as exc:
-        raise _formulaic_error(exc, what, data.columns) from None
-    got = {lme4_name(c): j for j, c in enumerate(mm.columns)}
-    M = np.asarray(mm, dtype=np.float64).reshape(len(data), -1)
-    return M[:, [got[n] for n in names]]
-
-
-def _check_missing(data: pd.DataFrame, cols) -> None:
+def _check_columns(data: pd.DataFrame, cols) -> None:
+    """Each column needed is in ``data``, without missing or infinite values."""
     for c in cols:
         if c not in data.columns:
             raise DataError(f"Column '{c}' needed for prediction is not in newdata.")
-        if data[c].isna().any():
-            raise DataError(f"Column '{c}' of newdata has {int(data[c].isna().sum())} missing value(s).")
+        col = data[c]
+        if col.isna().any():
+            raise DataError(f"Column '{c}' of newdata has {int(col.isna().sum())} missing value(s).")
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            vals = col.to_numpy(dtype=np.float64)
+            if not np.isfinite(vals).all():
+                raise DataError(f"Column '{c}' of newdata has {int((~np.isfinite(vals)).sum())} non-finite value(s).")
+
+
+def _matrix(enc, data: pd.DataFrame, what: str) -> np.ndarray:
+    _check_columns(data, enc.required)
+    M = enc.matrix(data)
+    bad = ~np.isfinite(M).all(axis=0)
+    if bad.any():
+        name = enc.columns[int(np.flatnonzero(bad)[0])]
+        raise DataError(f"The column '{name}' of {what} is not finite for some rows of newdata (e.g. log of 0).")
+    return M
 
 
 def level_index(term, data: pd.DataFrame) -> np.ndarray:
@@ -46,22 +55,47 @@ def level_index(term, data: pd.DataFrame) -> np.ndarray:
     return np.array([known.get(str(labels[c]), -1) for c in codes], dtype=np.int64)
 
 
-def predict(fit, newdata=None, re: bool = True) -> np.ndarray:
+def _offset(design, data: pd.DataFrame, offset) -> np.ndarray:
+    """The offset of the new rows: the formula's offset(...) terms plus offset= (text or numbers)."""
+    from .design import _fixed_terms
+
+    nodes = list(_fixed_terms(design.formula).offsets)
+    if design.offset_arg == "numbers":
+        if offset is None:
+            raise DataError(
+                "The fit has an offset= given as numbers; pass offset= (one number per row of newdata) "
+                "to predict."
+            )
+    elif design.offset_arg is not None:
+        nodes.append(parse(design.offset_arg, "offset="))
+    out = np.zeros(len(data))
+    for node in nodes:
+        _check_columns(data, names_in(node))
+        out = out + Evaluator(data, "the offset").numeric(node)
+    if offset is not None:
+        arr = np.asarray(offset, dtype=np.float64)
+        if arr.shape != (len(data),) or not np.isfinite(arr).all():
+            raise DataError(f"offset= needs {len(data)} finite numbers, one per row of newdata.")
+        out = out + arr
+    return out
+
+
+def predict(fit, newdata=None, re: bool = True, offset=None) -> np.ndarray:
     """Predicted responses for ``newdata`` (the fitted rows when None)."""
     design = fit.model.design
     beta = fit.fixef.to_numpy()
     if newdata is None:
-        return np.asarray(fit.fitted if re else design.X @ beta)
+        if offset is not None:
+            raise DataError("offset= is for newdata; the fitted rows use the fit's own offset.")
+        return np.asarray(fit.fitted if re else design.fixed_mean(beta))
     data = as_frame(newdata)
-    if design.fixed_spec is None:  # pragma: no cover (designs built by build_design have it)
-        raise DataError("This fit does not keep its encoding; refit it to predict on new data.")
-    _check_missing(data, sorted(design.fixed_spec.required_variables))
-    out = _columns(design.fixed_spec, data, design.fixed_names, "the fixed-effect formula") @ beta
+    out = _matrix(design.fixed_spec, data, "the fixed-effect formula") @ beta + _offset(design, data, offset)
     if not re:
         return out
     for t, b in zip(design.terms, fit.b):
-        _check_missing(data, sorted(set(t.spec.required_variables) | set(t.factors)))
-        Zt = _columns(t.spec, data, t.colnames, f"the random-effect term ({t.expr} | {t.name})")
+        what = f"the random-effect term ({t.expr} | {t.name})"
+        _check_columns(data, list(t.factors))
+        Zt = _matrix(t.spec, data, what)
         idx = level_index(t, data)
         bt = np.where((idx >= 0)[:, None], b[np.maximum(idx, 0)], 0.0)
         out = out + np.einsum("rk,rk->r", Zt, bt)

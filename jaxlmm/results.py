@@ -150,7 +150,7 @@ class LmmFit:
     def fitted(self) -> np.ndarray:
         """Conditional fitted values X beta + Z b for the rows used in the fit."""
         d = self.model.design
-        out = d.X @ self.fixef.to_numpy()
+        out = d.fixed_mean(self.fixef.to_numpy())
         for t, bm in zip(d.terms, self.b):
             out = out + np.einsum("rk,rk->r", t.X, bm[t.codes])
         return out
@@ -161,7 +161,7 @@ class LmmFit:
         if kind == "conditional":
             r = d.y - self.fitted
         elif kind == "marginal":
-            r = d.y - d.X @ self.fixef.to_numpy()
+            r = d.y - d.fixed_mean(self.fixef.to_numpy())
         else:
             from .errors import JaxLMMError
 
@@ -187,11 +187,14 @@ class LmmFit:
 
         return confint(self, method=method, level=level, n=n, seed=seed, which=which)
 
-    def predict(self, newdata=None, re: bool = True) -> np.ndarray:
-        """Predictions X beta + Z b for ``newdata`` (new levels at the population level)."""
+    def predict(self, newdata=None, re: bool = True, offset=None) -> np.ndarray:
+        """Predictions X beta + Z b + offset for ``newdata`` (new levels at the population level).
+
+        ``offset``: numbers for the new rows, needed when the fit's ``offset=`` was numbers.
+        """
         from .predict import predict
 
-        return predict(self, newdata, re=re)
+        return predict(self, newdata, re=re, offset=offset)
 
     def simulate(self, n: int = 1, seed: int = 0) -> np.ndarray:
         """``n`` responses simulated from the fitted model, shape (n, nobs)."""

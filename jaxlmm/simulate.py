@@ -1,6 +1,6 @@
 """New responses simulated from a fitted model (lme4's ``simulate.merMod``).
 
-y* = X beta + Z Lambda(theta) u* + sigma eps with u* ~ N(0, sigma^2 I) and
+y* = X beta + offset + Z Lambda(theta) u* + sigma eps with u* ~ N(0, sigma^2 I) and
 eps ~ N(0, I) (Bates et al., JSS 2015, eqs. 1-2), Z applied through the
 integer group codes of each term. The draw of one response is the
 bootstrap's :func:`jaxlmm.bootstrap.simulate`; here it is ``vmap``-ped over
@@ -26,4 +26,6 @@ def simulate(fit, n: int = 1, seed: int = 0) -> np.ndarray:
         raise JaxLMMError(f"n must be a positive integer, not {n!r}.")
     keys = jax.random.split(jax.random.key(int(seed)), int(n))
     draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
-    return np.asarray(draw(keys, rows_of(fit.model.design), fit_params(fit)))
+    design = fit.model.design
+    y = np.asarray(draw(keys, rows_of(design), fit_params(fit)))
+    return y if design.offset is None else y + design.offset

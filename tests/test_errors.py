@@ -98,8 +98,8 @@ def test_dotted_column_names_as_in_r():
 
 
 def test_columns_inside_stateful_transforms_are_used():
-    """formulaic does not list x in poly(x, 2) or center(x) as required; the design still
-    keeps the column, and drops the rows where it is missing."""
+    """x in poly(x, 2) or center(x) is a column the formula uses: the rows where it is
+    missing are dropped."""
     d = sleep(Days=SLEEP.Days.astype(float))
     d.loc[4, "Days"] = np.nan
     with pytest.warns(jaxlmm.MissingDataWarning, match="'Days' \\(1\\)"):

@@ -75,7 +75,7 @@ def groups_plot(fit, x=None, ncols: int = 6, group=None, data=None, max_panels: 
         raise JaxLMMError(f"ncols must be a positive integer, not {ncols!r}.")
     x = default_x(design, term) if x is None else x
     xv = x_values(design, term, x, data)
-    pop = design.X @ fit.fixef.to_numpy()
+    pop = design.fixed_mean(fit.fixef.to_numpy())
     ncols = min(ncols, term.nlevels)
     nrows = math.ceil(term.nlevels / ncols)
     fig, axes = new_figure(nrows, ncols, panel=(1.9, 1.7), sharex=True, sharey=True)
