@@ -1,0 +1,283 @@
+"""Formulas are data: R's meaning against lme4, code never executed, names that never change a model.
+
+lme4's values: tests/reference/formulas.json, written by tests/reference/formulas.R.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+from jaxlmm import DataError, FormulaError, JaxLMMError
+from jaxlmm.design import build_design
+
+REF = json.loads((Path(__file__).resolve().parent / "reference" / "formulas.json").read_text())
+SLEEP = jaxlmm.datasets.load("sleepstudy")
+
+
+def synthetic() -> pd.DataFrame:
+    d = pd.DataFrame(REF["synthetic"])
+    d["f"] = pd.Categorical(d["f"], categories=["lo", "mid", "hi"])  # R's level order, not sorted
+    return d
+
+
+SYN = synthetic()
+DATA = {"sleepstudy": SLEEP, "synthetic": SYN}
+
+
+def newdata(name: str) -> pd.DataFrame:
+    d = pd.DataFrame(REF["newdata"][name])
+    if name == "synthetic":
+        d["f"] = pd.Categorical(d["f"], categories=["lo", "mid", "hi"])
+    return d
+
+
+_fits: dict = {}
+
+
+def fit_case(case: str, data=None):
+    ref = REF["cases"][case]
+    key = (case, id(data))
+    if key not in _fits:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jaxlmm.JaxLMMWarning)
+            kw = {"offset": ref["offset"]} if ref.get("offset") else {}
+            _fits[key] = jaxlmm.lmm(ref["formula"], DATA[ref["data"]] if data is None else data, **kw)
+    return _fits[key]
+
+
+@pytest.mark.parametrize("case", sorted(REF["cases"]))
+def test_formula_matches_lme4(case):
+    ref = REF["cases"][case]
+    fit = fit_case(case)
+    assert fit.converged
+    assert list(fit.fixef.index) == ref["beta_names"]
+    np.testing.assert_allclose(fit.objective, ref["objective"], rtol=1e-6)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), ref["beta"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fit.sigma, ref["sigma"], rtol=1e-4)
+    np.testing.assert_allclose(fit.fitted[:5], ref["fitted_head"], rtol=1e-5)
+    nd = newdata(ref["newdata"])
+    np.testing.assert_allclose(fit.predict(nd), ref["predict"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fit.predict(nd, re=False), ref["predict_population"], rtol=1e-5, atol=1e-6)
+
+
+def test_square_of_an_integer_or_float_column_is_a_power():
+    """I(Days^2): R's power, whether Days is stored as integers or as floats (not Python's XOR)."""
+    ref = REF["cases"]["square_int"]
+    assert SLEEP["Days"].dtype.kind == "i"
+    as_float = SLEEP.assign(Days=SLEEP["Days"].astype(np.float64))
+    for data in (SLEEP, as_float):
+        design = build_design(ref["formula"], data)
+        np.testing.assert_array_equal(design.X[:, 2], SLEEP["Days"].to_numpy(np.float64) ** 2)
+    fit = fit_case("square_int", as_float)
+    np.testing.assert_allclose(fit.objective, ref["objective"], rtol=1e-6)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), ref["beta"], rtol=1e-4)
+
+
+def test_offset_in_formula_and_argument_agree_and_carry_through():
+    """offset(log(t)) and offset='log(t)' fit the same model; fitted, simulate, bootstrap include it."""
+    a, b = fit_case("offset_formula"), fit_case("offset_argument")
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-12)
+    np.testing.assert_allclose(a.fitted, b.fitted, rtol=1e-10)
+    off = np.log(SYN["t"].to_numpy())
+    np.testing.assert_allclose(a.model.design.offset, off)
+    # fitted = X beta + Z b + offset; residuals are y - fitted
+    np.testing.assert_allclose(a.residuals(), SYN["y"].to_numpy() - a.fitted, atol=1e-12)
+    # numbers for offset= (lme4's usual form) give the same fit, and predict needs them for new rows
+    c = jaxlmm.lmm("y ~ x1 + x2 + (1 | g)", SYN, offset=off)
+    np.testing.assert_allclose(c.objective, a.objective, rtol=1e-10)
+    nd = newdata("synthetic")
+    with pytest.raises(DataError, match="offset="):
+        c.predict(nd)
+    np.testing.assert_allclose(c.predict(nd, offset=np.log(nd["t"])), a.predict(nd), rtol=1e-10)
+    # simulated responses are centred on X beta + offset
+    sims = a.simulate(n=400, seed=3)
+    np.testing.assert_allclose(sims.mean(axis=0).mean(), (a.model.design.fixed_mean(a.fixef.to_numpy())).mean(), atol=0.1)
+    # the bootstrap refits the offset model: its replicates centre on the fit's estimates
+    boot = jaxlmm.bootstrap(a, n=64, seed=1, progress=False)
+    est = boot.table[["(Intercept)", "x1", "x2"]].mean().to_numpy()
+    np.testing.assert_allclose(est, a.fixef.to_numpy(), atol=4 * a.se.to_numpy().max())
+
+
+def test_wilkinson_operators_expand_as_r():
+    design = build_design("y ~ (x1 + x2 + h)^3 - x1:x2:h + (1 | g)", SYN)
+    assert design.fixed_names == ("(Intercept)", "x1", "x2", "hv", "x1:x2", "x1:hv", "x2:hv")
+    design = build_design("y ~ x1 * x2 - 1 + (1 | g)", SYN)
+    assert design.fixed_names == ("x1", "x2", "x1:x2")
+    design = build_design("y ~ x1 %in% h + (1 | g)", SYN)
+    assert design.fixed_names == ("(Intercept)", "x1:hu", "x1:hv")
+    np.testing.assert_array_equal(design.X[:, 1], SYN["x1"] * (SYN["h"] == "u"))
+
+
+def test_factor_levels_in_numeric_order():
+    """factor(k) with k in {1, 2, 10, 20}: levels in numeric order, as R (not '1', '10', '2', '20')."""
+    for k in (SYN["k"], SYN["k"].astype(np.int32)):
+        design = build_design("y ~ factor(k) + (1 | g)", SYN.assign(k=k))
+        assert design.fixed_names == ("(Intercept)", "factor(k)2", "factor(k)10", "factor(k)20")
+        np.testing.assert_array_equal(design.X[:, 2], (SYN["k"] == 10).astype(float))
+
+
+def test_integer_columns_become_float64_before_arithmetic():
+    a = np.full(len(SYN), 70_000, dtype=np.int32) + np.arange(len(SYN), dtype=np.int32)
+    d = SYN.assign(a=a, b=a)
+    design = build_design("y ~ I(a * b) + (1 | g)", d)
+    np.testing.assert_array_equal(design.X[:, 1], a.astype(np.float64) ** 2)
+    assert design.X[:, 1].min() > 2**32  # an int32 product would have wrapped around
+
+
+# ---- a formula is never executed ---------------------------------------------------
+
+PAYLOADS = [
+    "I(np.__builtins__['exec']('open(SENTINEL, \"w\")') is None)",
+    "__import__('os').system('touch SENTINEL')",
+    "I((lambda: open(SENTINEL, 'w'))())",
+    "exec('open(SENTINEL, \"w\")')",
+    "eval('open(SENTINEL, \"w\")')",
+    "I(x1.__class__.__bases__[0].__subclasses__())",
+    "I(open(SENTINEL, 'w'))",
+    "I([open(SENTINEL, 'w') for _ in x1])",
+    "I(getattr(x1, 'sum')())",
+    "log(x1).__globals__",
+    "I(x1); open(SENTINEL, 'w')",
+    "I(pd.read_csv(SENTINEL))",
+    "C(x1, open(SENTINEL, 'w'))",
+    "poly(x1, degree = open(SENTINEL, 'w'))",
+]
+
+
+def _placements(payload: str):
+    yield f"y ~ x1 + {payload} + (1 | g)"
+    yield f"{payload} ~ x1 + (1 | g)"
+    yield f"y ~ x1 + ({payload} | g)"
+    yield f"y ~ x1 + (1 | {payload})"
+    yield f"y ~ x1 + ({payload} || g)"
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_code_in_a_formula_is_refused_and_never_runs(payload, tmp_path):
+    sentinel = tmp_path / "ran"
+    text = payload.replace("SENTINEL", repr(str(sentinel))[1:-1])
+    for formula in _placements(text):
+        with pytest.raises(FormulaError):
+            jaxlmm.lmm(formula, SYN)
+        with pytest.raises(FormulaError):
+            jaxlmm.LinearMixedModel(formula, SYN)
+    with pytest.raises(FormulaError):
+        jaxlmm.lmm("y ~ x1 + (1 | g)", SYN, offset=text)
+    assert not sentinel.exists()
+
+
+def test_code_in_a_cli_formula_is_refused_and_never_runs(tmp_path):
+    sentinel = tmp_path / "ran"
+    formula = (
+        "Reaction ~ Days + (1|Subject) + "
+        f"I(np.__builtins__['exec']('open({str(sentinel)!r}, \"w\")') is None)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlmm.cli", "fit", formula, "--data", "sleepstudy"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Unknown operator '['" in proc.stderr
+    assert not sentinel.exists()
+
+
+def test_code_in_new_data_is_only_data(tmp_path):
+    """Text in predict's new data is a level, never code: an unseen fixed-effect level is refused."""
+    fit = fit_case("nested_fixed")
+    sentinel = tmp_path / "ran"
+    nd = newdata("synthetic").astype({"f": object})
+    nd.loc[0, "f"] = f"__import__('os').system('touch {sentinel}')"
+    with pytest.raises(DataError, match="not seen"):
+        fit.predict(nd)
+    assert not sentinel.exists()
+
+
+def test_refused_pieces_are_named_before_any_evaluation():
+    cases = {
+        "y ~ x1 + os.system(1) + (1 | g)": "'os.system'",
+        "y ~ x1[1] + (1 | g)": "Unknown operator '['",
+        "y ~ x1$a + (1 | g)": "Unknown operator '$'",
+        "y ~ x1 + {x2} + (1 | g)": "Unknown operator '{'",
+        "y ~ sum(x1) + (1 | g)": "'sum'",
+        "y ~ x1 + ordered(f) + (1 | g)": "'ordered'",
+        "y ~ I(x1, x2) + (1 | g)": "at most 1 argument",
+        "y ~ log(x1, bse = 2) + (1 | g)": "no argument 'bse'",
+        "y ~ poly(x1, x2) + (1 | g)": "must be a constant",
+        "y ~ x1 + 2 + (1 | g)": "not a term",
+        "y ~ x1^1.5 + (1 | g)": "positive integer",
+        "y ~ x1 + (offset(x2) | g)": "offsets belong in the fixed part",
+    }
+    for formula, text in cases.items():
+        with pytest.raises(FormulaError) as info:
+            jaxlmm.parse_formula(formula)
+        assert text in str(info.value), (formula, str(info.value))
+
+
+# ---- names never change a model ----------------------------------------------------
+
+
+def test_a_column_named_intercept_is_a_predictor():
+    z = np.linspace(-1, 1, len(SYN))
+    base = build_design("y ~ z + (1 | g)", SYN.assign(z=z))
+    for name, written in (("Intercept", "Intercept"), ("(Intercept)", "`(Intercept)`"), ("1", "`1`")):
+        design = build_design(f"y ~ {written} + (1 | g)", SYN.assign(**{name: z}))
+        assert design.fixed_names[0] == "(Intercept)" and len(design.fixed_names) == 2
+        assert design.fixed_names[1] == written
+        np.testing.assert_array_equal(design.X, base.X)
+
+
+def test_coefficient_names_are_unique_and_predict_maps_by_position():
+    """A factor f with level 'b' beside a column 'fb': two columns named fb in R; here fb and fb.1."""
+    rng = np.random.default_rng(0)
+    d = SYN.assign(ff=np.where(np.arange(len(SYN)) % 3 == 0, "a", np.where(np.arange(len(SYN)) % 3 == 1, "b", "c")),
+                   ffb=rng.normal(size=len(SYN)) * 50)
+    with pytest.warns(jaxlmm.JaxLMMWarning, match="'ffb' -> 'ffb.1'"):
+        fit = jaxlmm.lmm("y ~ ff + ffb + (1 | g)", d)
+    assert list(fit.fixef.index) == ["(Intercept)", "ffb", "ffc", "ffb.1"]
+    np.testing.assert_allclose(fit.predict(d), fit.fitted, rtol=1e-10)
+    assert len(set(fit.coef_table().index)) == 4
+
+
+def test_predict_refuses_what_it_cannot_encode():
+    fit = fit_case("nested_fixed")  # y ~ f/x1 + (1 | g), f a factor
+    nd = newdata("synthetic")
+    ok = fit.predict(nd)
+    unseen = nd.astype({"f": object})
+    unseen.loc[1, "f"] = "extreme"
+    with pytest.raises(DataError, match="'f'.*'extreme'"):
+        fit.predict(unseen)
+    with pytest.raises(DataError, match="'f'.*numeric"):
+        fit.predict(nd.assign(f=[1.0, 2.0, 3.0]))
+    with pytest.raises(DataError, match="'x1'"):
+        fit.predict(nd.assign(x1=[0.0, np.inf, 1.0]))
+    with pytest.raises(DataError, match="'x1'"):
+        fit.predict(nd.assign(x1=[0.0, np.nan, 1.0]))
+    num = fit_case("square_int")
+    with pytest.raises(DataError, match="'Days'.*factor"):
+        num.predict(newdata("sleepstudy").assign(Days=["a", "b", "c"]))
+    # an unseen grouping level goes to the population level
+    pop = fit.predict(nd, re=False)
+    assert nd["g"].iloc[2] not in set(SYN["g"])
+    np.testing.assert_allclose(ok[2], pop[2], rtol=1e-12)
+    assert not np.isclose(ok[0], pop[0])
+
+
+def test_unicode_and_spaced_column_names():
+    d = SYN.assign(**{"my x": SYN["x1"], "größe": SYN["x2"]})
+    design = build_design("y ~ `my x` + größe + (1 | g)", d)
+    assert design.fixed_names == ("(Intercept)", "`my x`", "größe")
+    np.testing.assert_array_equal(design.X[:, 1:], SYN[["x1", "x2"]].to_numpy())
+
+
+def test_formula_errors_are_jaxlmm_errors():
+    with pytest.raises(JaxLMMError):
+        jaxlmm.lmm("y ~ x1 + (1 | g)", SYN, offset=[1.0, 2.0])
