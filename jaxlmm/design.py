@@ -33,7 +33,9 @@ from .errors import (
     warn,
 )
 from .formula import ParsedFormula, RandomTerm, parse_formula
-from .terms import Encoding, Evaluator, TermList, encode, expand_terms, names_in, parse, unique_names, vet
+from .terms import (
+    Encoding, Evaluator, TermList, encode, expand_terms, level_text, names_in, parse, unique_names, vet,
+)
 from .validate import (
     as_frame,
     check_column_types,
@@ -122,12 +124,6 @@ def _as_factor(col: pd.Series) -> pd.Categorical:
     return pd.Categorical(values, categories=levels)
 
 
-def _level_label(v) -> str:
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
-
-
 def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes and labels of the interaction of ``factors``.
 
@@ -138,7 +134,7 @@ def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarra
     for name in factors:
         fac = _as_factor(data[name])
         c = np.asarray(fac.codes, dtype=np.int64)
-        lab = np.array([_level_label(v) for v in fac.categories], dtype=object)
+        lab = np.array([level_text(v) for v in fac.categories], dtype=object)
         if codes is None:
             codes, labels = c, lab
         else:
@@ -192,8 +188,6 @@ def _prepare(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.DataFra
             out[c] = col.cat.remove_unused_categories()
         elif pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col):
             out[c] = pd.Series(_as_factor(col.astype(str)), index=col.index)
-        elif pd.api.types.is_bool_dtype(col):
-            out[c] = col.astype(np.float64)
         else:
             out[c] = col
     return pd.DataFrame(out, index=frame.index), n_dropped, keep

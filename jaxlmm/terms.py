@@ -317,6 +317,8 @@ def _name_text(name: str) -> str:
 
 
 def _num_text(v: float) -> str:
+    if not math.isfinite(v):
+        return "NaN" if v != v else ("Inf" if v > 0 else "-Inf")
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return f"{v:.15g}"
@@ -524,7 +526,7 @@ class _Expander:
         op = node.op
         if op == "^":
             power = _constant(node.right)
-            if power is None or power != int(power) or power < 1:
+            if power is None or not math.isfinite(power) or power != int(power) or not 1 <= power <= 50:
                 raise FormulaError(
                     f"'{deparse(node)}' in {self.where}: the power of a term must be a positive "
                     "integer; write I(x^2) for the square of a column."
@@ -546,19 +548,25 @@ class _Expander:
             return _union([], [a | b for a in left for b in right]), None
         if op == "*":
             return _union(_union(left, right), [a | b for a in left for b in right]), (ri if ri is not None else li)
-        allvars = frozenset().union(*left) if left else frozenset()
-        if op == "/":
-            return _union(left, [allvars | b for b in right]), li
-        # b %in% a
-        return [a | allvars_r for a in left for allvars_r in [frozenset().union(*right) if right else frozenset()]], None
+        if op == "/":  # a/b: a + (all of a):b
+            outer = frozenset().union(*left)
+            return _union(left, [outer | b for b in right]), li
+        # b %in% a: each term of b within all of a
+        outer = frozenset().union(*right)
+        return _union([], [b | outer for b in left]), None
+
+
+MAX_MODEL_TERMS = 10_000
 
 
 def _union(a: list, b: list) -> list:
-    out = list(a)
+    """``a`` then the terms of ``b`` not in it (order kept); at most MAX_MODEL_TERMS terms."""
+    out = dict.fromkeys(a)
     for t in b:
-        if t not in out:
-            out.append(t)
-    return out
+        out.setdefault(t)
+        if len(out) > MAX_MODEL_TERMS:
+            raise FormulaError(f"The formula expands to more than {MAX_MODEL_TERMS:,} terms.")
+    return list(out)
 
 
 def expand_terms(node, where: str, text: str) -> TermList:
@@ -588,6 +596,16 @@ class Numeric:
 
 
 @dataclass(frozen=True)
+class Logical:
+    """R's logical: 0/1 in arithmetic, a factor with levels FALSE, TRUE as a model variable."""
+
+    values: np.ndarray  # bool (n,)
+
+    def as_factor(self) -> "Factor":
+        return Factor(self.values.astype(np.int64), ("FALSE", "TRUE"))
+
+
+@dataclass(frozen=True)
 class Factor:
     """A factor: integer codes into ``levels`` (labels), and its contrasts."""
 
@@ -597,10 +615,11 @@ class Factor:
 
 
 def _labels(values) -> tuple:
-    return tuple(_level_text(v) for v in values)
+    return tuple(level_text(v) for v in values)
 
 
-def _level_text(v) -> str:
+def level_text(v) -> str:
+    """R's label of a level: TRUE/FALSE, numbers to 15 digits without a trailing .0."""
     if isinstance(v, (bool, np.bool_)):
         return "TRUE" if v else "FALSE"
     if isinstance(v, (float, np.floating, int, np.integer)):
@@ -627,6 +646,8 @@ class Evaluator:
     def variable(self, node) -> Numeric | Factor:
         label = deparse(node)
         value = self.value(node)
+        if isinstance(value, Logical):
+            value = value.as_factor()
         if isinstance(value, Factor):
             return self._factor_levels(label, value)
         suffixes = None
@@ -645,11 +666,17 @@ class Evaluator:
         return Numeric(np.array(arr, dtype=np.float64).reshape(self.n, -1), suffixes)
 
     def numeric(self, node) -> np.ndarray:
-        """A numeric vector (n,), for the response and offsets."""
-        v = self.variable(node)
-        if isinstance(v, Factor) or v.values.shape[1] != 1:
+        """A numeric vector (n,), for the response and offsets (a logical counts as 0/1)."""
+        v = self.value(node)
+        if isinstance(v, Factor):
+            raise DataError(f"'{deparse(node)}' in {self.where} is a factor, not a numeric column.")
+        v = self._number(node) if isinstance(v, Logical) else v
+        v = v.values if isinstance(v, Numeric) else np.asarray(v, dtype=np.float64)
+        if v.ndim == 2 and v.shape[1] == 1:
+            v = v[:, 0]
+        if v.ndim > 1:
             raise DataError(f"'{deparse(node)}' in {self.where} is not a single numeric column.")
-        return v.values[:, 0]
+        return np.array(np.broadcast_to(v, (self.n,)), dtype=np.float64)
 
     def _factor_levels(self, label: str, f: Factor) -> Factor:
         key = ("levels", label)
@@ -704,7 +731,7 @@ class Evaluator:
             cats = col.cat.categories
             return Factor(np.asarray(col.cat.codes, dtype=np.int64), _labels(cats))
         if pd.api.types.is_bool_dtype(col):
-            return col.to_numpy(dtype=np.float64)
+            return Logical(col.to_numpy(dtype=bool))
         if pd.api.types.is_numeric_dtype(col):
             return col.to_numpy(dtype=np.float64)
         values = col.astype(str).to_numpy()
@@ -713,6 +740,8 @@ class Evaluator:
 
     def _number(self, node):
         v = self.value(node)
+        if isinstance(v, Logical):
+            return v.values.astype(np.float64)
         if isinstance(v, Factor):
             raise (FormulaError if self.learn else DataError)(
                 f"Arithmetic on the factor '{deparse(node)}' in {self.where}: a factor has levels, not values."
@@ -723,6 +752,8 @@ class Evaluator:
 
     def _binop(self, node: BinOp):
         op = node.op
+        if op in ("==", "!=") and (isinstance(node.left, Str) or isinstance(node.right, Str)):
+            return self._compare_labels(node)
         a, b = self._number(node.left), self._number(node.right)
         with np.errstate(all="ignore"):
             if op == "+":
@@ -742,10 +773,21 @@ class Evaluator:
             if op in ("==", "!=", "<", ">", "<=", ">="):
                 res = {"==": np.equal, "!=": np.not_equal, "<": np.less, ">": np.greater,
                        "<=": np.less_equal, ">=": np.greater_equal}[op](a, b)
-                res = np.broadcast_to(res, (self.n,))
-                return Factor(res.astype(np.int64), ("FALSE", "TRUE"))
+                return Logical(np.broadcast_to(res, (self.n,)))
         raise FormulaError(f"The operator '{op}' in {self.where} '{deparse(node)}' is not arithmetic; "
                            "formula operators belong outside I(...).")
+
+    def _compare_labels(self, node: BinOp) -> Logical:
+        """``f == "b"``: a factor's (or text column's) labels against a text."""
+        text, other = (node.right, node.left) if isinstance(node.right, Str) else (node.left, node.right)
+        v = self.value(other)
+        if isinstance(v, Logical):
+            v = v.as_factor()
+        if not isinstance(v, Factor):
+            raise FormulaError(f"'{deparse(node)}' in {self.where} compares numbers with the text \"{text.value}\".")
+        hit = np.array([lv == text.value for lv in v.levels], dtype=bool)
+        res = hit[v.codes] if len(hit) else np.zeros(self.n, dtype=bool)
+        return Logical(res if node.op == "==" else ~res)
 
     def _const(self, node, what: str):
         v = self.value(node)
@@ -816,7 +858,7 @@ class Evaluator:
     def _poly(self, args, label):
         x = self._vector(args["x"], label)
         degree = self._const(args["degree"], "The degree of poly()") if "degree" in args else 1
-        if degree != int(degree) or degree < 1:
+        if not math.isfinite(degree) or degree != int(degree) or not 1 <= degree <= 50:
             raise FormulaError(f"'{label}' in {self.where}: the degree must be a positive integer.")
         degree = int(degree)
         raw = self._flag(args, "raw", False)
@@ -853,7 +895,7 @@ class Evaluator:
             if "ref" not in args:
                 raise FormulaError(f"'{label}' in {self.where} needs ref = the reference level.")
             ref = args["ref"]
-            ref = _level_text(ref.value) if isinstance(ref, (Num, Str)) else deparse(ref)
+            ref = level_text(ref.value) if isinstance(ref, (Num, Str)) else deparse(ref)
             if ref not in f.levels:
                 if self.learn:
                     raise DataError(

@@ -154,13 +154,16 @@ def test_float32_and_integer_columns_are_fitted_in_float64():
 
 
 def test_boolean_predictor_and_integer_grouping_codes():
-    """bool is 0/1 (as R's logical in arithmetic); integer group codes are a factor."""
+    """bool is R's logical: a factor FALSE/TRUE as a term, 0/1 in arithmetic; integer group codes are a factor."""
     formula = "Reaction ~ late + (1 | g)"
     late = (SLEEP.Days > 4).to_numpy()
     codes = SLEEP.Subject.cat.codes.to_numpy() * 7 + 100
     fit, _ = fit_quietly(formula, SLEEP.assign(late=late, g=codes))
-    ref, _ = fit_quietly(formula, SLEEP.assign(late=late.astype(float), g=SLEEP.Subject))
+    ref, _ = fit_quietly(formula, SLEEP.assign(late=np.where(late, "TRUE", "FALSE"), g=SLEEP.Subject))
     assert_same_fit(fit, ref)
+    assert list(fit.fixef.index) == ["(Intercept)", "lateTRUE"]
+    arith, _ = fit_quietly("Reaction ~ I(1 * late) + (1 | g)", SLEEP.assign(late=late, g=codes))
+    np.testing.assert_allclose(arith.fixef.to_numpy(), fit.fixef.to_numpy(), rtol=1e-8)
     assert list(fit.ranef.level) == [str(c) for c in np.unique(codes)]
 
 

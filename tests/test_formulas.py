@@ -281,3 +281,39 @@ def test_unicode_and_spaced_column_names():
 def test_formula_errors_are_jaxlmm_errors():
     with pytest.raises(JaxLMMError):
         jaxlmm.lmm("y ~ x1 + (1 | g)", SYN, offset=[1.0, 2.0])
+
+
+def test_logical_values_and_text_comparisons_as_r():
+    """Comparisons are R's logicals: I(x > 0) is a factor column 'I(x1 > 0)TRUE', 0/1 in arithmetic;
+    f == "hi" compares a factor's labels."""
+    design = build_design('y ~ I(x1 > 0) + I((x1 > 0) * x2) + I(f == "hi") + (1 | g)', SYN)
+    assert design.fixed_names == ("(Intercept)", "I(x1 > 0)TRUE", "I((x1 > 0) * x2)", 'I(f == "hi")TRUE')
+    pos = (SYN["x1"] > 0).to_numpy()
+    np.testing.assert_array_equal(design.X[:, 1], pos.astype(float))
+    np.testing.assert_array_equal(design.X[:, 2], np.where(pos, SYN["x2"], 0.0))
+    np.testing.assert_array_equal(design.X[:, 3], (SYN["f"] == "hi").to_numpy().astype(float))
+
+
+def test_random_text_never_escapes_as_another_exception():
+    """Any text, formula-like or not, builds a design or raises a JaxLMMError: never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pieces = st.sampled_from(
+        ["y", "x1", "x2", "f", "g", "h", "k", "t", "1", "0", "2.5", "+", "-", "*", "/", ":", "^", "~", "|",
+         "||", "(", ")", ",", "I(", "log(", "poly(", "factor(", "offset(", "%in%", "==", ">", '"a"', "`x 1`",
+         "[", "]", ".", "$", "=", "__class__", "lambda", "\\", "'", "#", "\n", " "]
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(pieces, min_size=1, max_size=14), st.booleans())
+    def check(parts, prefix):
+        text = ("y ~ " if prefix else "") + " ".join(parts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                build_design(text, SYN)
+            except JaxLMMError:
+                pass
+
+    check()
