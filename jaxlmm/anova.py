@@ -51,6 +51,11 @@ def _check_comparable(fits) -> None:
                 f"response and rows ({ref.n} vs {d.n} observations of '{ref.response}' vs "
                 f"'{d.response}'); likelihood-ratio tests need the same data."
             )
+        if not np.array_equal(d.y_net, ref.y_net):
+            raise JaxLMMError(
+                f"Models '{fits[0].formula}' and '{f.formula}' have different offsets; "
+                "likelihood-ratio tests need the same known part of the mean."
+            )
 
 
 def _components(fit) -> set[tuple[str, str]]:

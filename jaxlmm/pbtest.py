@@ -44,6 +44,10 @@ def _check_pair(null_fit, alt_fit) -> None:
             "The two models must be fitted to the same rows and response "
             f"(null: {d0.n} rows of '{d0.response}', alternative: {d1.n} rows of '{d1.response}')."
         )
+    if not np.array_equal(d0.y_net, d1.y_net):
+        raise JaxLMMError(
+            "The two models have different offsets; the test needs the same known part of the mean."
+        )
     if null_fit.npar >= alt_fit.npar:
         raise JaxLMMError(
             f"The null model must have fewer parameters than the alternative "

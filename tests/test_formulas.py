@@ -107,6 +107,15 @@ def test_offset_in_formula_and_argument_agree_and_carry_through():
     np.testing.assert_allclose(est, a.fixef.to_numpy(), atol=4 * a.se.to_numpy().max())
 
 
+def test_tests_refuse_models_with_different_offsets():
+    with_offset = fit_case("offset_formula")
+    without = jaxlmm.lmm("y ~ x1 + (1 | g)", SYN, reml=False)
+    with pytest.raises(JaxLMMError, match="different offsets"):
+        jaxlmm.anova(without, with_offset)
+    with pytest.raises(JaxLMMError, match="different offsets"):
+        jaxlmm.pb_test(without, with_offset, n=8)
+
+
 def test_wilkinson_operators_expand_as_r():
     design = build_design("y ~ (x1 + x2 + h)^3 - x1:x2:h + (1 | g)", SYN)
     assert design.fixed_names == ("(Intercept)", "x1", "x2", "hv", "x1:x2", "x1:hv", "x2:hv")
