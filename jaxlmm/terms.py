@@ -51,7 +51,7 @@ _TOKEN = re.compile(
   | (?P<name>(?:[^\W\d]|\.(?![\d]))[\w.]*)
   | (?P<backtick>`(?:[^`\\]|\\.)*`)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-  | (?P<op>%in%|%%|%/%|\|\||==|!=|<=|>=|[-+*/^:(),=<>|~])
+  | (?P<op>%in%|%%|%/%|\*\*|\|\||==|!=|<=|>=|[-+*/^:(),=<>|~])
     """,
     re.VERBOSE,
 )
@@ -94,6 +94,8 @@ def tokenize(text: str, where: str) -> list[Token]:
                 out.append(Token("string", _unescape(tok[1:-1]), i))
             elif kind == "number":
                 out.append(Token("number", tok.rstrip("L"), i))
+            elif kind == "op" and tok == "**":  # R reads ** as ^
+                out.append(Token("op", "^", i))
             elif kind == "name" and tok in _RESERVED:
                 out.append(Token("reserved", tok, i))
             else:

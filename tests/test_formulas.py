@@ -77,6 +77,9 @@ def test_square_of_an_integer_or_float_column_is_a_power():
     for data in (SLEEP, as_float):
         design = build_design(ref["formula"], data)
         np.testing.assert_array_equal(design.X[:, 2], SLEEP["Days"].to_numpy(np.float64) ** 2)
+        # R reads ** as ^: the same column, under R's name
+        same = build_design("Reaction ~ Days + I(Days**2) + (Days | Subject)", data)
+        assert same.fixed_names == design.fixed_names and np.array_equal(same.X, design.X)
     fit = fit_case("square_int", as_float)
     np.testing.assert_allclose(fit.objective, ref["objective"], rtol=1e-6)
     np.testing.assert_allclose(fit.fixef.to_numpy(), ref["beta"], rtol=1e-4)
