@@ -132,7 +132,7 @@ def to_dict(fit) -> dict:
         "vcov": {"names": names, "matrix": [[_plain(v) for v in row] for row in fit.vcov.to_numpy()]},
         "varcorr": _records(fit.varcorr),
         "coefficients": _records(ct.reset_index(drop=True)),
-        "ran_pars": _records(tidy(fit).query("effect == 'ran_pars'")[["group", "term", "estimate"]]),
+        "ran_pars": [{"group": g, "term": t, "estimate": _plain(v)} for g, t, v in zip(*ran_pars(fit))],
         "converged": bool(fit.converged),
         "n_iter": int(fit.n_iter),
         "singular": bool(fit.singular),
