@@ -44,3 +44,5 @@ def test_reference_folder_is_inside_the_repository():
     script = (REF / "make_reference.R").read_text()
     for case in fits:
         assert f"{case} = list(" in script, case
+    for path in REF.rglob("*.json"):
+        assert path.name in script or f"{path.stem} = list(" in script, f"{path} is not written by make_reference.R"

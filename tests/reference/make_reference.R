@@ -12,6 +12,8 @@
 #   inference/inference.json   anova, confint, predict, fitted and residuals
 #   datasets.json              size, levels and sums of each dataset, to check
 #                              the datasets bundled with jaxlmm against
+#   formulas.json              by formulas.R beside this script (run from here):
+#                              lme4's reading of transforms, operators, offsets
 #
 # The InstEval fits take about a minute. Field meanings: README.md beside this
 # script.
@@ -278,3 +280,11 @@ for (name in names(DATASETS)) {
                            summary = lapply(d, column_summary))
 }
 write_json_file(list(lme4_version = LME4_VERSION, datasets = datasets), file.path(out, "datasets.json"))
+
+# ---- formulas.json ------------------------------------------------------------------------------
+# formulas.R (its own header describes the fields) runs in a separate R process.
+
+formulas_script <- file.path(dirname(normalizePath(script)), "formulas.R")
+status <- system2(file.path(R.home("bin"), "Rscript"),
+                  c(shQuote(formulas_script), shQuote(file.path(out, "formulas.json"))))
+if (status != 0) stop("formulas.R failed")
