@@ -11,6 +11,7 @@ so that the first term, whose block of Z'Z is block diagonal, is the largest.
 
 Rows with a missing value in a used column are dropped, counted
 (``Design.n_dropped``) and warned about (lme4's ``na.omit``, made visible);
+so are rows with a prior weight of zero (``weights=``);
 collinear fixed-effect columns are dropped with a warning naming them
 (lme4's ``check.rankX``); everything else that cannot be fitted raises,
 by the rules of :mod:`jaxlmm.validate`.
@@ -89,6 +90,8 @@ class Design:
     fixed_spec: Encoding | None = None  # how X is built (for new data)
     offset: np.ndarray | None = None  # known part of the mean (zeros without an offset)
     offset_arg: str | None = None  # the offset= argument: its text, "numbers", or None
+    weights: np.ndarray | None = None  # prior weights w_i > 0 (residual variance sigma^2 / w_i); None: all 1
+    weights_arg: str | None = None  # the weights= argument: its text, "numbers", or None
 
     def fixed_mean(self, beta) -> np.ndarray:
         """X beta plus the offset: the population-level mean of the rows."""
@@ -99,6 +102,16 @@ class Design:
     def y_net(self) -> np.ndarray:
         """The response less the offset: what X beta + Z b models."""
         return self.y if self.offset is None else self.y - self.offset
+
+    @property
+    def sqrt_weights(self) -> np.ndarray | None:
+        """sqrt(w_i): the factor each row of [Z X y] is scaled by in the cross-products (None: unweighted)."""
+        return None if self.weights is None else np.sqrt(self.weights)
+
+    @property
+    def log_det_weights(self) -> float:
+        """sum_i log w_i (lme4's ``ldW``), 0 without weights: the criteria subtract it."""
+        return 0.0 if self.weights is None else float(np.sum(np.log(self.weights)))
 
     @property
     def n(self) -> int:
@@ -149,7 +162,8 @@ def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarra
 def _drop_missing(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.DataFrame, int, np.ndarray]:
     """The columns in use, rows with a missing value dropped (counted, warned; lme4's na.omit).
 
-    ``extra``: numbers per row (a numeric offset=) whose missing values drop rows too.
+    ``extra``: ``{argument: numbers per row}`` (a numeric offset= or weights=) whose
+    missing values drop rows too.
     Returns the frame, the number of rows dropped and the mask of rows kept.
     """
     check_unique_columns(data, used)
@@ -159,9 +173,10 @@ def _drop_missing(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.Da
     missing = frame.isna()
     keep = ~missing.any(axis=1).to_numpy()
     bad = [f"'{c}' ({int(missing[c].sum())})" for c in cols if missing[c].any()]
-    if extra is not None and np.isnan(extra).any():
-        keep &= ~np.isnan(extra)
-        bad.append(f"offset= ({int(np.isnan(extra).sum())})")
+    for arg, values in (extra or {}).items():
+        if values is not None and np.isnan(values).any():
+            keep &= ~np.isnan(values)
+            bad.append(f"{arg} ({int(np.isnan(values).sum())})")
     n_dropped = int((~keep).sum())
     bad = ", ".join(bad)
     if n_dropped == len(frame):
@@ -197,23 +212,20 @@ def drop_collinear(X: np.ndarray, tol: float = 1e-7) -> tuple[list[int], list[in
     """Keep a maximal set of linearly independent columns, in order.
 
     A column is dropped when its residual after projection on the columns
-    kept before it is below ``tol`` relative to its norm (lme4 drops
-    columns by a pivoted QR; on ties both keep the earlier columns).
+    before it is below ``tol`` relative to its norm: |R_jj| of the QR
+    decomposition of the columns scaled to unit norm (one LAPACK call; lme4
+    drops columns by a pivoted QR; on ties both keep the earlier columns).
     Returns the indices of the columns kept and of those dropped.
     """
-    scale = np.sqrt((X**2).sum(axis=0))
-    scale[scale == 0] = 1.0
-    Xs = X / scale
-    keep: list[int] = []
-    Q = np.zeros((X.shape[0], 0))
-    for j in range(X.shape[1]):
-        v = Xs[:, j] - Q @ (Q.T @ Xs[:, j])
-        v = v - Q @ (Q.T @ v)
-        nv = np.linalg.norm(v)
-        if nv > tol and np.linalg.norm(X[:, j]) > 0:
-            keep.append(j)
-            Q = np.column_stack([Q, v / nv])
-    return keep, [j for j in range(X.shape[1]) if j not in keep]
+    norms = np.sqrt((X**2).sum(axis=0))
+    p = X.shape[1]
+    if p == 0:
+        return [], []
+    R = np.linalg.qr(X / np.where(norms > 0, norms, 1.0), mode="r")
+    resid = np.zeros(p)
+    resid[: min(R.shape)] = np.abs(np.diagonal(R))
+    keep = [j for j in range(p) if resid[j] > tol and norms[j] > 0]
+    return keep, [j for j in range(p) if j not in keep]
 
 
 def _response(data: pd.DataFrame, response: str) -> np.ndarray:
@@ -288,14 +300,16 @@ def _term_design(term: RandomTerm, data: pd.DataFrame, n: int) -> TermDesign:
     )
 
 
-def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, offset) -> set[str]:
-    """The data columns the formula (and a text offset=) needs; an unknown name is a FormulaError."""
+def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, offset, weights=None) -> set[str]:
+    """The data columns the formula (and a text offset= or weights=) needs; an unknown name is a FormulaError."""
     columns = set(data.columns)
     used: set[str] = set()
     parts = [(parsed.response, "the response"), (parsed.fixed, "the fixed-effect formula")]
     parts += [(t.expr, f"the random-effect term ({t.expr} | {t.name})") for t in parsed.random]
     if isinstance(offset, str):
         parts.append((offset, "offset="))
+    if isinstance(weights, str):
+        parts.append((weights, "weights="))
     for text, what in parts:
         node = parse(text, what)
         vet(node, what, columns)
@@ -321,30 +335,99 @@ def _offset_argument(offset, n: int):
     return arr
 
 
-def build_design(formula, data, offset=None) -> Design:
+def _weights_argument(weights, n: int):
+    """``weights=`` as given: None, the text of an expression in the columns, or n numbers.
+
+    Numbers must be finite and non-negative (NaN marks a missing weight: the row is dropped).
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        parse(weights, "weights=")
+        return weights
+    try:
+        arr = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("weights= must be numbers (one per row of the data) or the text of an expression.") from None
+    if arr.shape != (n,):
+        raise DataError(f"weights= has shape {arr.shape}; it needs one number per row of the data ({n}).")
+    _check_weights(arr[~np.isnan(arr)])
+    return arr
+
+
+def _check_weights(w: np.ndarray) -> None:
+    """Prior weights are finite and non-negative (lme4: ``all(weights >= 0)``)."""
+    if np.isinf(w).any() or np.isnan(w).any():
+        raise DataError(f"weights= has {int((~np.isfinite(w)).sum())} non-finite value(s); prior weights are finite.")
+    if (w < 0).any():
+        raise DataError(
+            f"weights= has {int((w < 0).sum())} negative value(s) (the smallest {w.min():.6g}); "
+            "prior weights are non-negative."
+        )
+    if len(w) and w.max() > 1e150:
+        raise DataError(f"weights= has values up to {w.max():.3g}, too large for float64 cross-products.")
+
+
+def _weights(frame: pd.DataFrame, arg, kept: np.ndarray) -> np.ndarray | None:
+    """The prior weights of the rows of ``frame``: the numbers given (rows kept) or the expression's values."""
+    if arg is None:
+        return None
+    if isinstance(arg, str):
+        w = Evaluator(frame, "weights=").numeric(parse(arg, "weights="))
+        w = np.broadcast_to(np.asarray(w, dtype=np.float64), (len(frame),)).copy()
+        _check_weights(w)
+        return w
+    return arg[kept]
+
+
+def build_design(formula, data, offset=None, weights=None) -> Design:
     """Parse ``formula`` and build the model matrices from ``data``.
 
     ``offset``: a known term added with coefficient 1 (lme4's ``offset=``),
     as one number per row or the text of an expression in the columns; the
     formula's own ``offset(...)`` terms are added to it.
+    ``weights``: prior weights w_i (lme4's ``weights=``), residual variance
+    sigma^2 / w_i: one non-negative number per row or the text of an
+    expression in the columns. Rows of weight zero are dropped (they carry
+    no information; lme4 keeps them and reports an infinite criterion).
     Raises FormulaError for unknown columns or bad terms, DataError for
     unusable data (see :mod:`jaxlmm.validate`); rows with missing values in
-    used columns (or in a numeric offset) are dropped and counted.
+    used columns (or in a numeric offset or weights) are dropped and counted.
     """
     try:
-        return _build_design(formula, data, offset)
+        return _build_design(formula, data, offset, weights)
     except RecursionError:
         raise FormulaError("The formula is too deeply nested to evaluate; build some columns in the data.") from None
 
 
-def _build_design(formula, data, offset) -> Design:
+def _drop_zero_weights(data: pd.DataFrame, used: set[str], kept: np.ndarray, w: np.ndarray):
+    """The rows kept less those of weight zero (warned): the frame prepared again, the mask, the weights."""
+    zero = w == 0
+    if zero.all():
+        raise DataError("weights= is zero for every row that is left; there is nothing to fit.")
+    warn(f"{int(zero.sum())} row(s) with weight zero were dropped.", MissingDataWarning)
+    kept = kept.copy()
+    kept[np.flatnonzero(kept)[zero]] = False
+    frame, _, _ = _prepare(data.iloc[np.flatnonzero(kept)], used)
+    return frame, kept, w[~zero]
+
+
+def _build_design(formula, data, offset, weights=None) -> Design:
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     data = as_frame(data)
-    used = _used_columns(parsed, data, offset)
+    used = _used_columns(parsed, data, offset, weights)
     check_response_type(data, parsed.response)
     extra = _offset_argument(offset, len(data))
     numbers = extra is not None and not isinstance(extra, str)
-    frame, n_dropped, kept = _prepare(data, used, extra if numbers else None)
+    warg = _weights_argument(weights, len(data))
+    wnumbers = warg is not None and not isinstance(warg, str)
+    frame, n_dropped, kept = _prepare(
+        data, used, {"offset=": extra if numbers else None, "weights=": warg if wnumbers else None}
+    )
+    w = _weights(frame, warg, kept)
+    if w is not None and (w == 0).any():
+        n_dropped += int((w == 0).sum())
+        frame, kept, w = _drop_zero_weights(data, used, kept, w)
     n = len(frame)
     y = _response(frame, parsed.response)
     X, names, dropped, fixed_spec = _fixed_matrix(parsed, frame)
@@ -365,6 +448,8 @@ def _build_design(formula, data, offset) -> Design:
         fixed_spec=fixed_spec,
         offset=off,
         offset_arg=offset if isinstance(offset, str) else (None if offset is None else "numbers"),
+        weights=w,
+        weights_arg=weights if isinstance(weights, str) else (None if weights is None else "numbers"),
     )
 
 
