@@ -44,5 +44,7 @@ def test_reference_folder_is_inside_the_repository():
     script = (REF / "make_reference.R").read_text()
     for case in fits:
         assert f"{case} = list(" in script, case
+    assert 'list.files(here, pattern = "[.]R$")' in script  # it runs the other X.R scripts
     for path in REF.rglob("*.json"):
-        assert path.name in script or f"{path.stem} = list(" in script, f"{path} is not written by make_reference.R"
+        written = path.name in script or f"{path.stem} = list(" in script or (REF / f"{path.stem}.R").is_file()
+        assert written, f"{path.relative_to(REF)} is written neither by make_reference.R nor by an R script beside it"

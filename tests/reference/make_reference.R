@@ -12,8 +12,8 @@
 #   inference/inference.json   anova, confint, predict, fitted and residuals
 #   datasets.json              size, levels and sums of each dataset, to check
 #                              the datasets bundled with jaxlmm against
-#   formulas.json              by formulas.R beside this script (run from here):
-#                              lme4's reading of transforms, operators, offsets
+#   X.json                     by each other script X.R beside this one (run
+#                              from here), e.g. formulas.R -> formulas.json
 #
 # The InstEval fits take about a minute. Field meanings: README.md beside this
 # script.
@@ -281,10 +281,17 @@ for (name in names(DATASETS)) {
 }
 write_json_file(list(lme4_version = LME4_VERSION, datasets = datasets), file.path(out, "datasets.json"))
 
-# ---- formulas.json ------------------------------------------------------------------------------
-# formulas.R (its own header describes the fields) runs in a separate R process.
+# ---- the other scripts of this folder ----------------------------------------------------------
+# Each X.R beside this script writes X.json (to the file given as its
+# argument) and describes its fields in its header: formulas.R (lme4's
+# reading of formulas), weights.R (prior weights), ... Each runs in its own R
+# process.
 
-formulas_script <- file.path(dirname(normalizePath(script)), "formulas.R")
-status <- system2(file.path(R.home("bin"), "Rscript"),
-                  c(shQuote(formulas_script), shQuote(file.path(out, "formulas.json"))))
-if (status != 0) stop("formulas.R failed")
+here <- dirname(normalizePath(script))
+failed <- character(0)
+for (other in setdiff(sort(list.files(here, pattern = "[.]R$")), basename(script))) {
+  target <- file.path(out, sub("[.]R$", ".json", other))
+  status <- system2(file.path(R.home("bin"), "Rscript"), c(shQuote(file.path(here, other)), shQuote(target)))
+  if (status != 0) failed <- c(failed, other)
+}
+if (length(failed) > 0) stop("failed: ", paste(failed, collapse = ", "))
