@@ -33,12 +33,15 @@ from .formula import parse_formula  # noqa: E402
 from .model import LinearMixedModel, lmm  # noqa: E402
 from .oneway import oneway_anova  # noqa: E402
 from .pbtest import PBTest, pb_test  # noqa: E402
+from .ranova import ranova  # noqa: E402
+from .rlrt import ExactTest, exact_lrt, exact_rlrt  # noqa: E402
 from .results import LmmFit  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BootstrapResult",
+    "ExactTest",
     "PBTest",
     "bootstrap",
     "pb_test",
@@ -54,7 +57,10 @@ __all__ = [
     "SingularFitWarning",
     "anova",
     "datasets",
+    "exact_lrt",
+    "exact_rlrt",
     "lmm",
     "oneway_anova",
     "parse_formula",
+    "ranova",
 ]

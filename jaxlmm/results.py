@@ -202,6 +202,24 @@ class LmmFit:
 
         return simulate(self, n=n, seed=seed)
 
+    # ---- shares of variance (jaxlmm.icc) ------------------------------------
+    def icc(self, conf_int: bool = False, conf_level: float = 0.95, n: int = 1000, seed: int = 0, boot=None):
+        """Adjusted and conditional intraclass correlation (performance's ``icc``).
+
+        A Series; with ``conf_int`` (or a :func:`jaxlmm.bootstrap` result as
+        ``boot``) a frame of estimate, lower, upper: percentile intervals over
+        ``n`` parametric-bootstrap refits.
+        """
+        from .icc import shares
+
+        return shares(self, "icc", conf_int=conf_int, conf_level=conf_level, n=n, seed=seed, boot=boot)
+
+    def r2(self, conf_int: bool = False, conf_level: float = 0.95, n: int = 1000, seed: int = 0, boot=None):
+        """Marginal and conditional R^2 of Nakagawa & Schielzeth (performance's ``r2_nakagawa``); as :meth:`icc`."""
+        from .icc import shares
+
+        return shares(self, "r2", conf_int=conf_int, conf_level=conf_level, n=n, seed=seed, boot=boot)
+
     # ---- text -----------------------------------------------------------
     def summary(self, correlation: bool | None = None) -> str:
         """lmerTest's summary as text; ``correlation``: show the fixed effects' correlations (default p <= 12)."""
