@@ -133,21 +133,26 @@ def lambda_grid(length: int = GRID_LENGTH, log_range=LOG_GRID) -> np.ndarray:
 # ---- the simulation -----------------------------------------------------------------------
 
 
-def _profile(w, w0, fN, fD, sumlog, n0):
-    """The (R)LR along the grid for one draw, and its first local maximum (RLRsim's stopping rule)."""
-    N = fN @ w
-    D = fD @ w + w0
-    lr = n0 * jnp.log1p(N / D) - sumlog
-    down = lr[1:] < lr[:-1]
-    first = jnp.argmax(down)
-    return jnp.where(jnp.any(down), lr[first], lr[-1])
+def _profile(w, w0, fN, ratio, sumlog, n0):
+    """The first local maximum of the (R)LR along the grid for one draw (RLRsim's stopping rule).
+
+    With T = sum_s w_s + w_0 and D_g = T - N_g (fD = 1 - fN), 1 + N_g / D_g = T / D_g, so
+    LR_g = n0 log(T / D_g) - sumlog_g, and LR_{g+1} < LR_g exactly when
+    D_g < D_{g+1} ratio_g, ratio_g = exp((sumlog_{g+1} - sumlog_g) / n0): the descent is
+    found without a logarithm; one is taken, at the maximum.
+    """
+    T = jnp.sum(w) + w0
+    D = T - fN @ w
+    down = D[:-1] < D[1:] * ratio
+    first = jnp.where(jnp.any(down), jnp.argmax(down), D.shape[0] - 1)
+    return n0 * jnp.log(T / D[first]) - sumlog[first]
 
 
 class Law(NamedTuple):
     """What a draw needs: the grid's coefficients, the eigenvalues' mask and the chi-square dfs."""
 
     fN: jax.Array  # (grid, K') lambda mu / (1 + lambda mu)
-    fD: jax.Array  # (grid, K') 1 / (1 + lambda mu)
+    ratio: jax.Array  # (grid - 1,) exp((sumlog_{g+1} - sumlog_g) / n0)
     sumlog: jax.Array  # (grid,) sum_s log(1 + lambda xi_s)
     mask: jax.Array  # (K',) 1 for the K eigenvalues, 0 for padding
     n0: jax.Array  # n - p (RLRT) or n (LRT)
@@ -156,26 +161,25 @@ class Law(NamedTuple):
     ml: jax.Array  # 1.0 for the LRT's extra term, else 0.0
 
 
-def _draw(key, law: Law):
-    k1, k2 = jax.random.split(key)
-    w = law.mask * jax.random.normal(k1, law.mask.shape, dtype=jnp.float64) ** 2
-    # chi2_d = 2 Gamma(d/2); a df of 0 is the point mass at 0
-    g = 2.0 * jax.random.gamma(k2, jnp.maximum(law.dfs, 1.0) / 2.0, dtype=jnp.float64)
-    w0, wq = jnp.where(law.dfs > 0, g, 0.0)
-    stat = _profile(w, w0, law.fN, law.fD, law.sumlog, law.n0)
-    return stat + law.ml * law.n * jnp.log1p(wq / (jnp.sum(w) + w0))
+def _chi2(key, dfs, shape):
+    """chi2 draws of the given dfs (a df of 0 is the point mass at 0): 2 Gamma(df / 2)."""
+    g = 2.0 * jax.random.gamma(key, jnp.maximum(dfs, 1.0) / 2.0, shape=shape + dfs.shape, dtype=jnp.float64)
+    return jnp.where(dfs > 0, g, 0.0)
 
 
 @jax.jit
-def _draw_batch(key, start, law: Law):
-    """Draws ``start .. start + BATCH - 1``; draw i uses ``jax.random.fold_in(key, i)``."""
-    idx = start + jnp.arange(BATCH)
-    return jax.vmap(lambda i: _draw(jax.random.fold_in(key, i), law))(idx)
+def _draw_batch(key, batch, law: Law):
+    """The ``BATCH`` draws of batch number ``batch``, from ``jax.random.fold_in(key, batch)``."""
+    k1, k2 = jax.random.split(jax.random.fold_in(key, batch))
+    w = law.mask * jax.random.normal(k1, (BATCH,) + law.mask.shape, dtype=jnp.float64) ** 2
+    w0, wq = _chi2(k2, law.dfs, (BATCH,)).T
+    stat = jax.vmap(_profile, in_axes=(0, 0, None, None, None, None))(w, w0, law.fN, law.ratio, law.sumlog, law.n0)
+    return stat + law.ml * law.n * jnp.log1p(wq / (jnp.sum(w, axis=1) + w0))
 
 
 def padded_size(K: int) -> int:
-    """Eigenvalues are padded (masked) to 32 or the next power of two: one compiled program for most models."""
-    return max(32, 1 << (K - 1).bit_length())
+    """Eigenvalues are padded (masked) to a multiple of 8: few compiled programs, little wasted work."""
+    return max(8, -(-K // 8) * 8)
 
 
 def make_law(mu, xi, n: int, p: int, q: int, ml: bool, grid) -> Law:
@@ -186,13 +190,15 @@ def make_law(mu, xi, n: int, p: int, q: int, ml: bool, grid) -> Law:
     xi_p = np.zeros(Kp)
     xi_p[:K] = xi
     lm = grid[:, None] * mu_p[None, :]
+    sumlog = np.sum(np.log1p(grid[:, None] * xi_p[None, :]), axis=1)
+    n0 = n if ml else n - p
     f64 = partial(jnp.asarray, dtype=jnp.float64)
     return Law(
         fN=f64(lm / (1.0 + lm)),
-        fD=f64(1.0 / (1.0 + lm)),
-        sumlog=f64(np.sum(np.log1p(grid[:, None] * xi_p[None, :]), axis=1)),
+        ratio=f64(np.exp(np.diff(sumlog) / n0)),
+        sumlog=f64(sumlog),
         mask=f64(np.arange(Kp) < K),
-        n0=f64(n if ml else n - p),
+        n0=f64(n0),
         n=f64(n),
         dfs=f64([max(n - p - K, 0), q if ml else 0]),
         ml=f64(1.0 if ml else 0.0),
@@ -203,14 +209,14 @@ def null_sample(mu, xi, n: int, p: int, q: int = 0, nsim: int = 10_000, seed: in
                 grid_length: int = GRID_LENGTH, log_range=LOG_GRID) -> np.ndarray:
     """``nsim`` draws of the null law of the RLRT (``ml=False``) or LRT (``ml=True``), as numpy.
 
-    ``mu``, ``xi``: the eigenvalues, already scaled. Draw i uses
-    ``jax.random.fold_in(jax.random.key(seed), i)``: the first draws of a
-    larger sample are the same numbers.
+    ``mu``, ``xi``: the eigenvalues, already scaled. Draws come in batches
+    of ``BATCH``, batch b from ``jax.random.fold_in(jax.random.key(seed), b)``:
+    the first draws of a larger sample are the same numbers.
     """
     ensure_x64()
     law = make_law(np.asarray(mu, float), np.asarray(xi, float), n, p, q, ml, lambda_grid(grid_length, log_range))
     key = jax.random.key(seed)
-    parts = [_draw_batch(key, jnp.asarray(s, dtype=jnp.int64), law) for s in range(0, nsim, BATCH)]
+    parts = [_draw_batch(key, jnp.asarray(b, dtype=jnp.int64), law) for b in range(-(-nsim // BATCH))]
     return np.concatenate([np.asarray(x) for x in parts])[:nsim]
 
 
