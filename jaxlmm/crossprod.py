@@ -10,6 +10,11 @@ Layout (terms sorted largest first; term 1's block of Z'Z is block diagonal):
   further terms r = 2..M together (order: term, level, column);
 - ``xtx``, ``xty``, ``yty``.
 
+With prior weights w (``Design.weights``) every row of [Z X y] is scaled by
+sqrt(w_i) first, so that A = [Z X y]'W[Z X y]: the weighted least-squares
+form of lme4's ``lmerResp`` (its ``sqrtXwt``); ``ldw`` = sum log w_i enters
+the criteria (:func:`jaxlmm.objective.deviance`).
+
 The only pieces that change with y are ``z1y``, ``zy``, ``xty`` and ``yty``
 (``with_response`` swaps them), so a refit for a new response never touches
 the rows again. Nothing of size n x q or n x n is ever formed.
@@ -86,6 +91,7 @@ class CrossProducts:
     xty: jax.Array
     yty: jax.Array
     n: jax.Array
+    ldw: jax.Array  # sum_i log w_i of the prior weights (lme4's ldW; 0 without weights)
     term_dims: tuple = field(metadata=dict(static=True))
 
     @property
@@ -105,7 +111,7 @@ register_dataclass(
     CrossProducts,
     data_fields=[
         "d1", "z1x", "z1y", "c_j1", "c_jm", "c_val", "e_j1", "e_col", "pair_j", "pair_flat",
-        "pair_prod", "zz", "zx", "zy", "xtx", "xty", "yty", "n",
+        "pair_prod", "zz", "zx", "zy", "xtx", "xty", "yty", "n", "ldw",
     ],
     meta_fields=["term_dims"],
 )
@@ -203,7 +209,11 @@ def _blocks_of(c1: np.ndarray, c2: np.ndarray, l2: int):
 
 
 def row_plan(design: Design) -> RowPlan:
-    """The integer work of the accumulation, in numpy: block-COO patterns and per-row segments."""
+    """The integer work of the accumulation, in numpy: block-COO patterns and per-row segments.
+
+    The rows of X, y and the terms' columns are those of the design scaled by sqrt(w_i)
+    (prior weights; unscaled without).
+    """
     terms = design.terms
     coo, coo_idx, pair_blocks, pair_idx = [], [], [], []
     if terms:
@@ -225,10 +235,12 @@ def row_plan(design: Design) -> RowPlan:
     )
     size = _families(layout, tuple(t.k for t in terms), design.X.shape[1])[1]  # of the flat sums
     index = np.int32 if size < 2**31 else np.int64
+    sw = design.sqrt_weights
+    scaled = (lambda a: a) if sw is None else (lambda a: a * (sw if a.ndim == 1 else sw[:, None]))  # noqa: E731
     rows = {
-        "X": np.asarray(design.X, dtype=np.float64),
-        "y": np.asarray(design.y_net, dtype=np.float64),
-        "z": tuple(np.asarray(t.X, dtype=np.float64) for t in terms),
+        "X": scaled(np.asarray(design.X, dtype=np.float64)),
+        "y": scaled(np.asarray(design.y_net, dtype=np.float64)),
+        "z": tuple(scaled(np.asarray(t.X, dtype=np.float64)) for t in terms),
         "g": tuple(t.codes.astype(index) for t in terms),
         "coo": tuple(i.astype(index) for i in coo_idx),
         "pair": tuple(i.astype(index) for i in pair_idx),
@@ -498,22 +510,27 @@ def cross_products(
         xty=f64(sums["xty"]),
         yty=f64(sums["yty"]),
         n=f64(float(design.n)),
+        ldw=f64(design.log_det_weights),
         term_dims=term_dims,
     )
 
 
 def response_products(design: Design, y) -> dict:
-    """The y-dependent cross-products (Z1'y, Zr'y, X'y, y'y) for a new response ``y``.
+    """The y-dependent cross-products (Z1'Wy, Zr'Wy, X'Wy, y'Wy) for a new response ``y``.
 
     ``y`` may carry leading batch dimensions (..., n); computed as dense
     products with the group indicator structure through segment sums.
+    ``design`` is a :class:`~jaxlmm.design.Design` or anything with its
+    ``X``, ``terms`` and ``weights`` (W = diag(weights), the identity when None).
     """
     y = jnp.asarray(y, dtype=jnp.float64)
     terms = design.terms
-    out = {"xty": y @ jnp.asarray(design.X), "yty": jnp.sum(y * y, axis=-1)}
+    weights = getattr(design, "weights", None)
+    wy = y if weights is None else y * jnp.asarray(weights, dtype=jnp.float64)
+    out = {"xty": wy @ jnp.asarray(design.X), "yty": jnp.sum(wy * y, axis=-1)}
 
     def zty(t):
-        w = y[..., :, None] * jnp.asarray(t.X)  # (..., n, k)
+        w = wy[..., :, None] * jnp.asarray(t.X)  # (..., n, k)
         w = jnp.moveaxis(w, -2, 0)
         s = jax.ops.segment_sum(w, jnp.asarray(t.codes), num_segments=t.nlevels)
         return jnp.moveaxis(s, 0, -2)  # (..., l, k)

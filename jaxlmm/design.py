@@ -104,6 +104,11 @@ class Design:
         return self.y if self.offset is None else self.y - self.offset
 
     @property
+    def prior_weights(self) -> np.ndarray:
+        """The prior weights of the rows (ones without weights=)."""
+        return np.ones(len(self.y)) if self.weights is None else self.weights
+
+    @property
     def sqrt_weights(self) -> np.ndarray | None:
         """sqrt(w_i): the factor each row of [Z X y] is scaled by in the cross-products (None: unweighted)."""
         return None if self.weights is None else np.sqrt(self.weights)

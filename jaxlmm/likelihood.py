@@ -17,6 +17,7 @@ the -2 log-likelihoods are
     REML: D_R(theta, sigma)     = log|L|^2 + log|R_X|^2 + r^2(theta)/sigma^2
                                   + (n - p) log(2 pi sigma^2),
 
+less sum_i log w_i (``data.ldw``) with prior weights w (lme4's ``ldW``);
 the functions lmerTest's ``devfun_vp`` evaluates (Kuznetsova, Brockhoff &
 Christensen, J. Stat. Softw. 2017) and lme4's ``devfun2`` profiles.
 Minimizing over sigma (and beta) gives back the profiled criteria.
@@ -70,14 +71,14 @@ def deviance_ml(theta, sigma, beta, data: CrossProducts):
     fp = factor_parts(theta, data)
     r2 = fp.r2 + jnp.sum((fp.RXt.T @ beta - fp.rX) ** 2)
     s2 = sigma**2
-    return fp.logdet_L + r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
+    return fp.logdet_L - data.ldw + r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
 
 
 def deviance_reml(theta, sigma, data: CrossProducts):
     """-2 restricted log-likelihood at (theta, sigma), lme4's scale."""
     fp = factor_parts(theta, data)
     s2 = sigma**2
-    return fp.logdet_L + fp.logdet_RX + fp.r2 / s2 + (data.n - data.p) * (LOG2PI + jnp.log(s2))
+    return fp.logdet_L - data.ldw + fp.logdet_RX + fp.r2 / s2 + (data.n - data.p) * (LOG2PI + jnp.log(s2))
 
 
 def deviance_varpar(varpar, data: CrossProducts, reml):
@@ -92,7 +93,7 @@ def deviance_varpar(varpar, data: CrossProducts, reml):
         return deviance_reml(theta, sigma, data)
     fp = factor_parts(theta, data)
     s2 = sigma**2
-    return fp.logdet_L + fp.r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
+    return fp.logdet_L - data.ldw + fp.r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
 
 
 def vcov_beta_varpar(varpar, data: CrossProducts):

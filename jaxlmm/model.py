@@ -111,13 +111,19 @@ class LinearMixedModel:
     the cross-products; fitting does not touch the rows again.
     """
 
-    def __init__(self, formula: str, data, *, offset=None, design: Design | None = None):
+    def __init__(self, formula: str, data, *, offset=None, weights=None, design: Design | None = None):
         """``offset``: a known term of the mean with coefficient 1 (lme4's ``offset=``): one number
         per row of ``data``, or the text of an expression in its columns such as ``"log(hours)"``;
-        added to the formula's own ``offset(...)`` terms."""
+        added to the formula's own ``offset(...)`` terms.
+
+        ``weights``: prior weights w_i (lme4's ``weights=``): row i has residual variance
+        sigma^2 / w_i. One non-negative number per row of ``data`` or the text of an expression
+        in its columns such as ``"w"``; rows of weight zero are dropped."""
         ensure_x64()
         self.formula = formula
-        self.design = design if design is not None else build_design(formula, data, offset=offset)
+        self.design = (
+            design if design is not None else build_design(formula, data, offset=offset, weights=weights)
+        )
         self.data: CrossProducts = cross_products(self.design)
         self.lower = theta_lower_bounds(self.data.term_dims)
         self.theta0 = theta_start(self.data.term_dims)
@@ -187,10 +193,6 @@ def _split_lmm_keywords(reml, kwargs: dict) -> tuple[bool, dict, dict]:
         if reml is not None:
             raise JaxLMMError("Give reml= or lme4's REML=, not both.")
         reml = kwargs.pop("REML")
-    if "weights" in kwargs:
-        raise JaxLMMError(
-            "Prior weights (lme4's weights=) are not supported yet: every observation has weight 1."
-        )
     reml = check_reml(True if reml is None else reml)
     model_kw, fit_kw = _keywords(LinearMixedModel.__init__), _keywords(LinearMixedModel.fit)
     fit_kw = [k for k in fit_kw if k not in ("reml", "method")]
@@ -215,7 +217,7 @@ def lmm(formula: str, data, reml: bool | None = None, method: str = "newton", **
     ``reml``: True (REML, the default when not given) or False (ML); lme4's
     spelling ``REML=`` is accepted too. Further keywords go to
     :class:`LinearMixedModel` and its :meth:`~LinearMixedModel.fit`
-    (``theta0``, ``max_iter``); any other keyword is an error naming the
+    (``offset``, ``weights``, ``theta0``, ``max_iter``); any other keyword is an error naming the
     accepted ones.
     """
     reml, model_kw, fit_kw = _split_lmm_keywords(reml, kwargs)

@@ -15,6 +15,10 @@ root of the penalized residual sum of squares), and (eqs. 34 and 42)
     ML:   -2 l(theta)   = log|L|^2 + n (1 + log(2 pi r^2 / n))
     REML: -2 l_R(theta) = log|L|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi r^2/(n-p))).
 
+With prior weights w (residual variance sigma^2/w_i) the cross-products are
+those of the rows scaled by sqrt(w_i) and both criteria gain -sum_i log w_i
+(-log|W|, lme4's ``ldW`` in ``lmerResp::Laplace``).
+
 Structure (as MixedModels.jl): the first term's block is block diagonal, so
 its factor is a batch of l1 small k1 x k1 Cholesky factors; its off-diagonal
 blocks are sparse (block-COO); the Schur complement of the further terms, X
@@ -210,14 +214,15 @@ def deviance(theta, data: CrossProducts, reml=True):
     """Profiled criterion on lme4's -2 log-likelihood scale (REML criterion or ML deviance).
 
     ``reml`` may be a Python or traced boolean, so one compiled function
-    serves both criteria.
+    serves both criteria. With prior weights, less sum log w_i (``data.ldw``).
     """
     pc = pieces(theta, data)
     n = data.n
     p = data.p
-    ml = pc.logdet_L + n * (1.0 + LOG2PI + jnp.log(pc.r2 / n))
+    ld = pc.logdet_L - data.ldw
+    ml = ld + n * (1.0 + LOG2PI + jnp.log(pc.r2 / n))
     nmp = n - p
-    rl = pc.logdet_L + pc.logdet_RX + nmp * (1.0 + LOG2PI + jnp.log(pc.r2 / nmp))
+    rl = ld + pc.logdet_RX + nmp * (1.0 + LOG2PI + jnp.log(pc.r2 / nmp))
     return jnp.where(reml, rl, ml)
 
 

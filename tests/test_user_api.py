@@ -108,8 +108,8 @@ def test_lmm_keywords_reml_alias_weights_and_unknown():
     assert alias.reml is False and alias.objective == pytest.approx(ml.objective, rel=1e-12)
     with pytest.raises(jaxlmm.JaxLMMError, match="not both"):
         jaxlmm.lmm(DYE1, dye, reml=False, REML=False)
-    with pytest.raises(jaxlmm.JaxLMMError, match="weights.*not supported"):
-        jaxlmm.lmm(DYE1, dye, weights=np.ones(30))
+    ones = jaxlmm.lmm(DYE1, dye, REML=False, weights=np.ones(30))  # lme4's weights=: all 1 is no weighting
+    assert ones.objective == pytest.approx(ml.objective, rel=1e-10)
     with pytest.raises(jaxlmm.JaxLMMError, match="'methd'") as err:
         jaxlmm.lmm(DYE1, dye, methd="lbfgs")
     message = str(err.value)
