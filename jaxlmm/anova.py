@@ -56,6 +56,11 @@ def _check_comparable(fits) -> None:
                 f"Models '{fits[0].formula}' and '{f.formula}' have different offsets; "
                 "likelihood-ratio tests need the same known part of the mean."
             )
+        if not np.array_equal(d.prior_weights, ref.prior_weights):
+            raise JaxLMMError(
+                f"Models '{fits[0].formula}' and '{f.formula}' have different prior weights (weights=); "
+                "likelihood-ratio tests need the same likelihood for the same data."
+            )
 
 
 def _components(fit) -> set[tuple[str, str]]:

@@ -4,9 +4,10 @@ lme4's ``bootMer`` (and pbkrtest's ``PBmodcomp``) refit one simulated
 response at a time. Here the whole refit is one batched computation:
 
 1. simulate (Bates et al., JSS 2015, eq. 2 with b = Lambda u):
-   y* = X beta + Z Lambda(theta) u* + sigma eps,  u* ~ N(0, sigma^2 I_q),
-   eps ~ N(0, I_n), with Z applied through the integer group codes of each
-   term (never a dense n x q matrix);
+   y* = X beta + Z Lambda(theta) u* + sigma W^{-1/2} eps,  u* ~ N(0, sigma^2 I_q),
+   eps ~ N(0, I_n), W the prior weights (the identity without), with Z
+   applied through the integer group codes of each term (never a dense
+   n x q matrix);
 2. compute only the response-dependent cross-products Z'y*, X'y*, y*'y*
    (:func:`jaxlmm.crossprod.response_products`) for the batch;
 3. ``vmap`` the whole fit (projected Newton in a ``lax.while_loop``, started
@@ -61,10 +62,14 @@ class TermRows:
 
 @dataclass(frozen=True)
 class Rows:
-    """What simulation and :func:`response_products` need of a design: X and the terms."""
+    """What simulation and :func:`response_products` need of a design: X, the terms, the prior weights.
+
+    ``weights`` is None without prior weights.
+    """
 
     X: jax.Array
     terms: tuple
+    weights: jax.Array | None = None
 
     @property
     def term_dims(self) -> tuple:
@@ -72,14 +77,15 @@ class Rows:
 
 
 register_dataclass(TermRows, data_fields=["codes", "X"], meta_fields=["nlevels"])
-register_dataclass(Rows, data_fields=["X", "terms"], meta_fields=[])
+register_dataclass(Rows, data_fields=["X", "terms", "weights"], meta_fields=[])
 
 
 def rows_of(design) -> Rows:
     """The arrays of a :class:`~jaxlmm.design.Design` that depend on rows, as JAX arrays."""
     f64 = partial(jnp.asarray, dtype=jnp.float64)
     terms = tuple(TermRows(jnp.asarray(t.codes), f64(t.X), t.nlevels) for t in design.terms)
-    return Rows(f64(design.X), terms)
+    weights = None if design.weights is None else f64(design.weights)
+    return Rows(f64(design.X), terms, weights)
 
 
 # ---- simulation ------------------------------------------------------------------
@@ -94,13 +100,17 @@ class SimParams(NamedTuple):
 
 
 def simulate(key, rows: Rows, params: SimParams) -> jax.Array:
-    """One response y* = X beta + sum_m Z_m b_m + sigma eps, b_m = sigma u_m T_m'.
+    """One response y* = X beta + sum_m Z_m b_m + sigma eps / sqrt(w), b_m = sigma u_m T_m'.
 
     Row r of term m contributes X_m[r] . b_m[codes_m[r]]; u_m (l_m, k_m) and
-    eps (n,) are standard normal draws from independent sub-keys of ``key``.
+    eps (n,) are standard normal draws from independent sub-keys of ``key``;
+    w are the prior weights (residual variance sigma^2 / w_r; 1 without).
     """
     keys = jax.random.split(key, len(rows.terms) + 1)
-    y = rows.X @ params.beta + params.sigma * jax.random.normal(keys[0], (rows.X.shape[0],))
+    eps = jax.random.normal(keys[0], (rows.X.shape[0],))
+    if rows.weights is not None:
+        eps = eps / jnp.sqrt(rows.weights)
+    y = rows.X @ params.beta + params.sigma * eps
     Ts = relative_factors(params.theta, rows.term_dims)
     for k, t, T in zip(keys[1:], rows.terms, Ts):
         u = jax.random.normal(k, (t.nlevels, t.X.shape[1]))

@@ -48,6 +48,11 @@ def _check_pair(null_fit, alt_fit) -> None:
         raise JaxLMMError(
             "The two models have different offsets; the test needs the same known part of the mean."
         )
+    if not np.array_equal(d0.prior_weights, d1.prior_weights):
+        raise JaxLMMError(
+            "The two models have different prior weights (weights=); the test simulates from the "
+            "null model and needs the same weights in both."
+        )
     if null_fit.npar >= alt_fit.npar:
         raise JaxLMMError(
             f"The null model must have fewer parameters than the alternative "

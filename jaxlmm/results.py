@@ -1,8 +1,8 @@
 """The fitted model: a frozen record of estimates computed once at the optimum.
 
 Formulas (Bates et al., JSS 2015, section 3): sigma^2 = r^2/(n-p) (REML) or
-r^2/n (ML); Var(beta) = sigma^2 (R_X'R_X)^{-1}; Sigma_m = sigma^2 T_m T_m'
-for each term; the conditional modes b = Lambda u of the penalized least
+r^2/n (ML), r^2 the (prior-)weighted penalized residual sum of squares;
+Var(beta) = sigma^2 (R_X'R_X)^{-1}; Sigma_m = sigma^2 T_m T_m' for each term; the conditional modes b = Lambda u of the penalized least
 squares solution; conditional variances sigma^2 Lambda (L L')^{-1} Lambda'
 (blocks), as lme4's ``ranef(condVar = TRUE)``.
 """
@@ -155,17 +155,28 @@ class LmmFit:
             out = out + np.einsum("rk,rk->r", t.X, bm[t.codes])
         return out
 
-    def residuals(self, kind: str = "conditional", scaled: bool = False) -> np.ndarray:
-        """Response residuals: ``conditional`` y - X beta - Z b, or ``marginal`` y - X beta."""
+    def residuals(self, kind: str = "conditional", scaled: bool = False, type: str = "response") -> np.ndarray:
+        """Residuals: ``conditional`` y - X beta - Z b, or ``marginal`` y - X beta.
+
+        ``type``: ``"response"`` (the differences themselves) or ``"pearson"``:
+        sqrt(w_i) (y_i - fitted_i) with the prior weights w (lme4's
+        ``resid(fit, type = "pearson")``; the same as ``"response"`` without
+        weights). ``scaled``: divided by sigma, so that the Pearson residuals
+        have variance about 1 whatever the weights.
+        """
+        from .errors import JaxLMMError
+
         d = self.model.design
+        if type not in ("response", "pearson"):
+            raise JaxLMMError(f"type must be 'response' or 'pearson', not {type!r}.")
         if kind == "conditional":
             r = d.y - self.fitted
         elif kind == "marginal":
             r = d.y - d.fixed_mean(self.fixef.to_numpy())
         else:
-            from .errors import JaxLMMError
-
             raise JaxLMMError(f"kind must be 'conditional' or 'marginal', not {kind!r}.")
+        if type == "pearson" and d.weights is not None:
+            r = d.sqrt_weights * r
         return r / self.sigma if scaled else r
 
     # ---- inference (jaxlmm.satterthwaite, confint, predict, simulate) --------

@@ -1,8 +1,8 @@
 """New responses simulated from a fitted model (lme4's ``simulate.merMod``).
 
-y* = X beta + offset + Z Lambda(theta) u* + sigma eps with u* ~ N(0, sigma^2 I) and
-eps ~ N(0, I) (Bates et al., JSS 2015, eqs. 1-2), Z applied through the
-integer group codes of each term. The draw of one response is the
+y* = X beta + offset + Z Lambda(theta) u* + sigma W^{-1/2} eps with
+u* ~ N(0, sigma^2 I), eps ~ N(0, I) and W the prior weights (Bates et al.,
+JSS 2015, eqs. 1-2), Z applied through the integer group codes of each term. The draw of one response is the
 bootstrap's :func:`jaxlmm.bootstrap.simulate`; here it is ``vmap``-ped over
 ``jax.random.split(jax.random.key(seed), n)``, the same keys the bootstrap
 uses for its replicates, so ``fit.simulate(n, seed)`` are the responses

@@ -50,6 +50,9 @@ def format_summary(fit, correlation: bool | None = None) -> str:
     name = getattr(fit.model, "data_name", None)
     if name:
         lines.append(f"   Data: {name}")
+    weights = fit.model.design.weights_arg
+    if weights is not None:
+        lines.append(f"Weights: {weights if weights != 'numbers' else '(one number per row)'}")
     lines.append("")
     if fit.reml:
         lines.append(f"REML criterion at convergence: {fit.objective:.4f}")
@@ -60,7 +63,7 @@ def format_summary(fit, correlation: bool | None = None) -> str:
         )
         lines.append(stats.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     lines.append("")
-    res = fit.residuals(scaled=True)
+    res = fit.residuals(type="pearson", scaled=True)  # as lme4's summary
     q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1])
     lines.append("Scaled residuals:")
     lines.append(
