@@ -2,9 +2,10 @@
 
 Formulas (Bates et al., JSS 2015, section 3): sigma^2 = r^2/(n-p) (REML) or
 r^2/n (ML), r^2 the (prior-)weighted penalized residual sum of squares;
-Var(beta) = sigma^2 (R_X'R_X)^{-1}; Sigma_m = sigma^2 T_m T_m' for each term; the conditional modes b = Lambda u of the penalized least
-squares solution; conditional variances sigma^2 Lambda (L L')^{-1} Lambda'
-(blocks), as lme4's ``ranef(condVar = TRUE)``.
+Var(beta) = sigma^2 (R_X'R_X)^{-1}; Sigma_m = sigma^2 T_m T_m' for each term;
+the conditional modes b = Lambda u of the penalized least squares solution;
+conditional variances sigma^2 Lambda (L L')^{-1} Lambda' (blocks), as lme4's
+``ranef(condVar = TRUE)``.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ class LmmFit:
             out = out + np.einsum("rk,rk->r", t.X, bm[t.codes])
         return out
 
-    def residuals(self, kind: str = "conditional", scaled: bool = False, type: str = "response") -> np.ndarray:
+    def residuals(
+        self, kind: str = "conditional", scaled: bool = False, type: str = "response"
+    ) -> np.ndarray:
         """Residuals: ``conditional`` y - X beta - Z b, or ``marginal`` y - X beta.
 
         ``type``: ``"response"`` (the differences themselves) or ``"pearson"``:
