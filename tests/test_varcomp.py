@@ -203,3 +203,21 @@ def test_icc_of_a_singular_fit_is_nan_with_a_warning():
     with pytest.warns(jaxlmm.JaxLMMWarning, match="singular"):
         icc = fit.icc()
     assert icc.isna().all()
+
+
+def test_icc_and_r2_intervals_are_percentiles_of_the_bootstrap_replicates():
+    fit = get_fit(SHARES["sleepstudy_intercept"]["formula"], "sleepstudy")
+    boot = jaxlmm.bootstrap(fit, n=40, seed=5, progress=False)
+    icc = fit.icc(boot=boot, conf_level=0.9)
+    r2 = fit.r2(conf_int=True, boot=boot, conf_level=0.9)
+    assert list(icc.columns) == ["estimate", "lower", "upper"]
+    assert icc["estimate"].to_dict() == pytest.approx(fit.icc().to_dict())
+    ok = boot.table[boot.table["converged"]]
+    beta = ok[list(fit.fixef.index)].to_numpy()
+    parts = variance_parts(beta, ok[["theta_Subject.(Intercept)"]].to_numpy(), ok["sigma"].to_numpy(),
+                           fit.model.design)
+    adjusted = parts["random"] / (parts["random"] + parts["residual"])
+    marginal = parts["fixed"] / parts.sum(axis=1)
+    assert icc.loc["adjusted", ["lower", "upper"]].tolist() == pytest.approx(np.quantile(adjusted, [0.05, 0.95]))
+    assert r2.loc["marginal", ["lower", "upper"]].tolist() == pytest.approx(np.quantile(marginal, [0.05, 0.95]))
+    assert (icc["lower"] < icc["estimate"]).all() and (icc["estimate"] < icc["upper"]).all()
