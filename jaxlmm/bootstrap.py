@@ -38,7 +38,7 @@ from jax.tree_util import register_dataclass
 from ._config import ensure_x64
 from .crossprod import CrossProducts, response_products, row_sharding, with_response
 from .errors import ConvergenceWarning, JaxLMMError, warn
-from .model import minimize_theta, newton_hessian, optimize_theta
+from .model import fit_theta, minimize_theta, newton_hessian
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
 
@@ -183,8 +183,9 @@ _solve = jax.jit(solve)
 
 
 def refit_one(data: CrossProducts, theta0, lower, reml: bool) -> Refit:
-    """``refit`` of one response, through the compiled fit of the model itself (no new compilation)."""
-    opt = optimize_theta(
+    """``refit`` of one response, through the compiled fit of the model itself (no new compilation),
+    with its restarts and fallback (:func:`jaxlmm.model.fit_theta`)."""
+    opt = fit_theta(
         jnp.asarray(theta0), lower, data, bool(reml), method="newton", max_iter=MAX_ITER, scale=None,
         hessian=newton_hessian(data),
     )
@@ -199,11 +200,14 @@ def _first_pass_restarts(res: Refit, max_iter: int) -> tuple[np.ndarray, np.ndar
       diagonal theta entry whose column holds nothing else below it
       (flipping the sign of a column of T leaves Lambda Lambda' unchanged),
       so its gradient vanishes at 0 and Newton can stop there although the
-      criterion curves downward; the entry restarts at ``ESCAPE``.
+      criterion curves downward; the entry restarts at ``ESCAPE``;
+    - not converged otherwise (a failed line search, or negative curvature
+      away from the bound): from where it stopped, through the fit's restarts
+      and fallback (:func:`refit_one`).
     """
     stuck = np.asarray(res.stuck, dtype=bool).reshape(len(res.objective), -1)
     theta = np.asarray(res.theta).reshape(stuck.shape)
-    redo = stuck.any(axis=1) | (np.asarray(res.n_iter) >= max_iter)
+    redo = stuck.any(axis=1) | (np.asarray(res.n_iter) >= max_iter) | ~np.asarray(res.converged, dtype=bool)
     return np.flatnonzero(redo), np.where(stuck, ESCAPE, theta)
 
 

@@ -80,7 +80,8 @@ def minimize_theta(
     :func:`optimize_theta` is this function jit-compiled, once per data shape.
     """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
-        return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True, jnp.zeros(jnp.shape(theta0), dtype=bool))
+        z = jnp.zeros(jnp.shape(theta0))
+        return OptResult(theta0, _deviance(theta0, data, reml), theta0, 0, True, z.astype(bool), z)
     if scale is None:
         fun, w, args = _deviance, 1.0, (data, reml)
     else:
@@ -95,10 +96,81 @@ def minimize_theta(
         opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5)
     else:  # pragma: no cover (checked by fit)
         raise ValueError(method)
-    return opt._replace(theta=opt.theta / w, grad=opt.grad * w)
+    return opt._replace(theta=opt.theta / w, grad=opt.grad * w, descent=opt.descent / w)
 
 
 optimize_theta = jax.jit(minimize_theta, static_argnames=("method", "max_iter", "hessian"))
+
+RESTART_STEP = 0.1
+"""Length (largest entry, on the optimizer's scale phi, relative to max(1, |phi|)) of the move
+along a direction of negative curvature from which :func:`fit_theta` restarts."""
+MAX_RESTARTS = 3
+
+
+def _better(a: OptResult, b: OptResult) -> OptResult:
+    """The lower optimum of two; a converged one wins a tie at the criterion's rounding level."""
+    fa, fb = float(a.fun), float(b.fun)
+    if not np.isfinite(fb):
+        return a
+    if not np.isfinite(fa):
+        return b
+    tie = 1e-10 * (1.0 + abs(fa))
+    if abs(fa - fb) <= tie and bool(a.converged) != bool(b.converged):
+        return a if bool(a.converged) else b
+    return a if fa <= fb else b
+
+
+def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None,
+              hessian: str = "exact") -> OptResult:
+    """:func:`optimize_theta`, with the rules that make a reported optimum a minimum.
+
+    A Newton fit is ``converged`` only where the first-order conditions of
+    the bound-constrained problem hold and the Hessian restricted to the free
+    and degenerate-bound coordinates has no negative eigenvalue
+    (:func:`jaxlmm.optimize.second_order`). Otherwise:
+
+    - at negative curvature (a saddle: the criterion is even in a zero
+      diagonal theta entry, so its gradient vanishes there whatever the
+      curvature), Newton restarts from the point moved along the direction
+      of negative curvature (the entries at their bound become small positive
+      values), up to ``MAX_RESTARTS`` times;
+    - where Newton stalls (its line search fails, or the iteration cap), L-BFGS
+      continues from the best point so far and Newton finishes from there
+      (its end carries the second-order check).
+
+    The lowest criterion wins. Each further pass reuses the compiled fit
+    (L-BFGS compiles once, when first needed); a fit that converges at once
+    costs nothing more.
+    """
+    kw = dict(max_iter=max_iter, scale=scale, hessian=hessian)
+    start = jnp.asarray(start)
+    best = optimize_theta(start, lower, data, reml, method=method, **kw)
+    if method != "newton" or data.n_theta == 0 or bool(best.converged):
+        return best
+    w = np.ones(np.shape(start)) if scale is None else np.asarray(scale)
+    low = np.asarray(lower) * w
+    n_iter = int(best.n_iter)
+    for _ in range(MAX_RESTARTS):
+        v = np.asarray(best.descent) * w
+        if bool(best.converged) or not np.any(v) or not np.all(np.isfinite(v)):
+            break
+        phi = np.asarray(best.theta) * w
+        step = RESTART_STEP * max(1.0, float(np.max(np.abs(phi))))
+        new = np.maximum(phi + step * v / np.max(np.abs(v)), low) / w
+        again = optimize_theta(jnp.asarray(new), lower, data, reml, method="newton", **kw)
+        n_iter += int(again.n_iter)
+        if float(again.fun) >= float(best.fun) - 1e-10 * (1.0 + abs(float(best.fun))) and not bool(again.converged):
+            best = _better(best, again)
+            break
+        best = _better(best, again)
+    if not bool(best.converged):
+        lb = optimize_theta(best.theta, lower, data, reml, method="lbfgs", **kw)
+        n_iter += int(lb.n_iter)
+        if np.all(np.isfinite(np.asarray(lb.theta))):
+            again = optimize_theta(lb.theta, lower, data, reml, method="newton", **kw)
+            n_iter += int(again.n_iter)
+            best = _better(best, _better(again, lb._replace(converged=jnp.asarray(False))))
+    return best._replace(n_iter=jnp.asarray(n_iter))
 
 
 _deviance_jit = jax.jit(_deviance)
@@ -154,7 +226,7 @@ class LinearMixedModel:
         max_iter = check_max_iter(max_iter)
         scale = theta_scales(self.design.terms)
         start = self.theta0 / scale if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
-        opt: OptResult = optimize_theta(
+        opt: OptResult = fit_theta(
             jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method,
             max_iter=max_iter, scale=None if np.all(scale == 1) else jnp.asarray(scale),
             hessian=newton_hessian(self.data),

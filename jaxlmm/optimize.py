@@ -38,8 +38,9 @@ class OptResult(NamedTuple):
     fun: jax.Array
     grad: jax.Array  # projected gradient at theta
     n_iter: jax.Array
-    converged: jax.Array
+    converged: jax.Array  # first-order conditions and non-negative curvature (second_order)
     stuck: jax.Array  # per entry: at its bound with negative curvature there (a saddle)
+    descent: jax.Array  # a direction of negative curvature at theta (zeros where there is none)
 
 
 def projected_gradient(theta, g, lower):
@@ -83,6 +84,41 @@ def boundary_saddle(theta, f, g, H, lower, gtol):
     lowers the criterion.
     """
     return (theta <= lower) & (g <= gtol * (1.0 + jnp.abs(f))) & (jnp.diagonal(H) < 0)
+
+
+CURVATURE_TOL = 1e-7
+"""Eigenvalues of the restricted Hessian below -CURVATURE_TOL * max(1, max|eigenvalue|) count as negative."""
+
+
+def second_order(theta, f, g, H, lower, tol):
+    """The second-order condition of the bound-constrained minimum: (holds, direction).
+
+    The Hessian is restricted to the coordinates that are free (above their
+    bound) or degenerate (at the bound with a gradient below ``tol`` (1 +
+    |f|): moving off the bound changes the criterion only at second order).
+    Only coordinates at the bound with a clearly positive gradient are held.
+    At a minimum the restricted Hessian is positive semi-definite; otherwise
+    its eigenvector of the most negative eigenvalue, restricted to those
+    coordinates with its degenerate bound entries made non-negative, is a
+    feasible direction along which the criterion decreases. The whole matrix,
+    not only its diagonal, is checked: two degenerate entries (or one and a
+    free one) can curve downward together while each alone curves upward.
+    """
+    gt = tol * (1.0 + jnp.abs(f))
+    at = theta <= lower
+    keep = ~at | (jnp.abs(g) <= gt)
+    both = keep[:, None] & keep[None, :]
+    Hs = jnp.where(both, H, 0.0) + jnp.diag(jnp.where(keep, 0.0, 1.0))
+    Hs = (Hs + Hs.T) / 2
+    lam, Q = jnp.linalg.eigh(Hs)
+    scale = jnp.maximum(jnp.max(jnp.abs(lam), initial=0.0), 1.0)
+    ok = ~(lam[0] < -CURVATURE_TOL * scale) | ~jnp.all(jnp.isfinite(lam))
+    v = jnp.where(keep, Q[:, 0], 0.0)
+    # orient it into the feasible set: the entries at the bound move up
+    sgn = jnp.where(jnp.sum(jnp.where(at, v, 0.0)) < 0, -1.0, 1.0)
+    v = sgn * v
+    v = jnp.where(at, jnp.abs(v), v)
+    return ok, jnp.where(ok, 0.0, v)
 
 
 def column_flip(theta, g, H, lower, column):
@@ -232,10 +268,10 @@ def newton(
     # The loop evaluates value, gradient and Hessian once per pass, at the point
     # the previous pass accepted (so they appear once in the compiled program).
     def cond(state):
-        return ~state[-2]
+        return ~state[6]  # done
 
     def body(state):
-        x, theta_prev, f_prev, g_prev, H_prev, it, _, mode = state
+        x, theta_prev, f_prev, g_prev, H_prev, it, _, mode, _ = state
         f, g, H = evaluate(x, mode, theta_prev, g_prev, H_prev)
         exact = mode == EXACT
         x, g, H = flip(x, g, H)
@@ -256,16 +292,29 @@ def newton(
         moved = accept & ~stop & ~confirm
         x_next = jnp.where(moved, x_next, x)
         mode_next = EXACT if hessian == "exact" else jnp.where(confirm, EXACT, QUASI)
-        return x_next, x, f, g, H, it + moved, ~moved & ~confirm, mode_next
+        return x_next, x, f, g, H, it + moved, ~moved & ~confirm, mode_next, mode
 
     n = theta0.shape[0]
     mode0 = EXACT if hessian == "exact" else START
-    init = (theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False), jnp.asarray(mode0))
-    _, theta, f, g, H, it, _, _ = lax.while_loop(cond, body, init)
+    init = (
+        theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False),
+        jnp.asarray(mode0), jnp.asarray(mode0),
+    )
+    _, theta, f, g, H, it, _, _, used = lax.while_loop(cond, body, init)
+    if hessian == "bfgs":  # the check at the end needs the true curvature: one exact Hessian
+
+        def exact_at(x):
+            fx, gx, Hx = fgh(x, *args)
+            x, gx, Hx = flip(x, gx, Hx)
+            return x, fx, gx, Hx
+
+        theta, f, g, H = lax.cond(used == EXACT, lambda x: (x, f, g, H), exact_at, theta)
     pg = projected_gradient(theta, g, lower)
-    conv = jnp.max(jnp.abs(pg), initial=0.0) < conv_tol * (1.0 + jnp.abs(f))
-    stuck = (theta <= lower) & (jnp.diagonal(H) < 0)
-    return OptResult(theta, f, pg, it, conv, stuck)
+    first = jnp.max(jnp.abs(pg), initial=0.0) < conv_tol * (1.0 + jnp.abs(f))
+    curv_ok, v = second_order(theta, f, g, H, lower, conv_tol)
+    at = theta <= lower
+    stuck = at & ((jnp.diagonal(H) < 0) | (jnp.abs(v) >= 0.1 * jnp.max(jnp.abs(v), initial=0.0)) & (v != 0))
+    return OptResult(theta, f, pg, it, first & curv_ok, stuck, v)
 
 
 def lbfgs(
@@ -304,4 +353,4 @@ def lbfgs(
     theta = canonical(x)
     fval = fun(theta, *args)
     conv = jnp.max(jnp.abs(g), initial=0.0) < conv_tol * (1.0 + jnp.abs(fval))
-    return OptResult(theta, fval, g, it, conv, jnp.zeros(theta.shape, dtype=bool))
+    return OptResult(theta, fval, g, it, conv, jnp.zeros(theta.shape, dtype=bool), jnp.zeros(theta.shape))
