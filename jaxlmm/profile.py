@@ -29,6 +29,15 @@ constrained to a positive-definite matrix: a Newton step that leaves it has
 a non-finite deviance and is cut back by the line search. An SD profile that
 stays above -z down to SD = 0 gives the lower limit 0; a correlation
 profile that never reaches +-z gives the limit +-1.
+
+Singular fits: a relative factor of rank below its size has a singular
+correlation matrix (its Cholesky factor, and the deviance through it, is not
+finite there), and a correlation with an SD of 0 is undefined. The profiles
+then start from the estimate with its correlations moved toward 0 by the
+least amount that makes every correlation matrix positive definite (an
+undefined one at 0); the deviance there exceeds the minimum by a rounding
+amount. Each parameter is profiled on its own: one whose profile cannot be
+computed gets NaN limits and a warning naming it, and the others keep theirs.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .errors import JaxLMMError
+from .errors import JaxLMMError, JaxLMMWarning, warn
 from .likelihood import deviance_ml
 from .objective import theta_layout
 from .optimize import newton
@@ -97,6 +106,52 @@ def _constrained_min(w0, lower, data, kinds: tuple, j, wj):
     return res.fun, res.theta.at[j].set(wj)
 
 
+@partial(jax.jit, static_argnames=("column",))
+def _constrained_min_theta(v0, lower, data, column: tuple, j, vj):
+    """As :func:`_constrained_min` over v = (theta, sigma, beta), the engine's parameters.
+
+    For the profiles of sigma and of the fixed effects: theta reaches the
+    singular fits (a zero diagonal entry) that the SD and correlation scale
+    approaches only in the limit of a correlation of +-1.
+    """
+    nt = len(column) - 1 - data.p
+
+    def dev(v, data, j, vj):
+        v = v.at[j].set(vj)
+        return deviance_ml(v[:nt], v[nt], v[nt + 1 :], data)
+
+    res = newton(dev, v0, lower, args=(data, j, vj), gtol=1e-10, max_iter=100, column=np.array(column))
+    return res.fun, res.theta.at[j].set(vj)
+
+
+@partial(jax.jit, static_argnames=("kinds",))
+def _deviance_at(w, data, kinds: tuple):
+    """The ML deviance at w (no minimization)."""
+    theta, sigma, beta = _unpack(w, np.array(kinds, dtype=np.int64), data.term_dims)
+    return deviance_ml(theta, sigma, beta, data)
+
+
+def _feasible_start(w, kinds: np.ndarray, dev) -> np.ndarray:
+    """``w`` with its atanh-correlations shrunk toward 0 until the deviance there is finite.
+
+    Undefined correlations (NaN: an SD of 0) become 0. The shrinkage factor
+    grows from 1e-10 in steps of 100; at a factor of 1 every correlation is 0.
+    """
+    w = np.where((kinds == 1) & ~np.isfinite(w), 0.0, w)
+    if np.isfinite(dev(w)):
+        return w
+    r = np.tanh(w)
+    for eps in [1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0]:
+        trial = np.where(kinds == 1, np.arctanh(r * (1.0 - eps)), w)
+        if np.isfinite(dev(trial)):
+            return trial
+    return w
+
+
+class ProfileWarning(JaxLMMWarning):
+    """A parameter's profile could not be computed; its limits are NaN."""
+
+
 class Profiler:
     """Evaluates zeta_j(v) for one fit; caches the ML fit and warm starts."""
 
@@ -111,15 +166,31 @@ class Profiler:
         self.names = names + list(ml.fixef.index)
         psi = np.concatenate([values, ml.fixef.to_numpy()])
         self.psi_hat = psi
-        self.w_hat = np.where(kinds == 1, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi)
+        w_hat = np.where(kinds == 1, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi)
+        self.w_hat = _feasible_start(
+            w_hat, kinds, lambda w: float(_deviance_at(jnp.asarray(w), data, self.kinds))
+        )
         self.lower = np.where((kinds == 0) | (kinds == 2), 0.0, -np.inf)
         self.dmin = float(ml.objective)
         self.kind = kinds
+        # sigma and the fixed effects are profiled over the engine's theta (_constrained_min_theta)
+        from .model import theta_columns
+
+        nt = int(np.sum(kinds < 2))
+        self.v_hat = np.concatenate([np.asarray(ml.theta), [ml.sigma], ml.fixef.to_numpy()])
+        self.v_lower = np.concatenate([np.asarray(fit.model.lower), [0.0], np.full(len(ml.fixef), -np.inf)])
+        self.column = tuple(int(c) for c in theta_columns(data.term_dims)) + tuple(range(nt, len(kinds)))
 
     def to_value(self, j: int, w: float) -> float:
         return float(np.tanh(w)) if self.kind[j] == 1 else float(w)
 
     def deviance(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
+        if self.kind[j] >= 2:
+            v0 = self.v_hat if start is None else start
+            f, v = _constrained_min_theta(
+                jnp.asarray(v0), jnp.asarray(self.v_lower), self.data, self.column, j, jnp.asarray(float(wj))
+            )
+            return float(f), np.asarray(v)
         w0 = self.w_hat if start is None else start
         f, w = _constrained_min(
             jnp.asarray(w0), jnp.asarray(self.lower), self.data, self.kinds, j, jnp.asarray(float(wj))
@@ -128,13 +199,17 @@ class Profiler:
 
     def zeta(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
         f, w = self.deviance(j, wj, start)
+        if not np.isfinite(f):
+            raise JaxLMMError(
+                f"The profile of '{self.names[j]}' has a non-finite deviance at {self.to_value(j, wj):.6g}."
+            )
         d = max(f - self.dmin, 0.0)
         return float(np.sign(wj - self.w_hat[j]) * np.sqrt(d)), w
 
     def limit(self, j: int, target: float, tol: float = 1e-9, max_eval: int = 60) -> float:
         """The value (lme4's scale) where zeta_j crosses ``target`` (!= 0)."""
         side = np.sign(target)
-        x0, z0, w0 = self.w_hat[j], 0.0, self.w_hat
+        x0, z0, w0 = self.w_hat[j], 0.0, None
         scale = abs(x0) if abs(x0) > 0 else 1.0
         x1 = x0 + side * 0.05 * scale
         x1 = max(x1, self.lower[j])
@@ -205,8 +280,23 @@ def profile_limits(fit, level: float = 0.95, which=None) -> pd.DataFrame:
         raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
     z = norm_quantile((1 + level) / 2)
     pr = Profiler(fit)
-    rows = {pr.names[j]: (pr.limit(j, -z), pr.limit(j, z)) for j in pr.select(which)}
+    rows = {pr.names[j]: (_safe_limit(pr, j, -z), _safe_limit(pr, j, z)) for j in pr.select(which)}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
+
+
+def _safe_limit(pr: Profiler, j: int, target: float) -> float:
+    """``pr.limit(j, target)``, or NaN with a :class:`ProfileWarning` naming the parameter."""
+    side = "lower" if target < 0 else "upper"
+    try:
+        value = pr.limit(j, target)
+    except (JaxLMMError, FloatingPointError, ValueError, ZeroDivisionError) as exc:
+        warn(f"The {side} profile limit of '{pr.names[j]}' could not be computed ({exc}); it is NaN.",
+             ProfileWarning)
+        return float("nan")
+    if not np.isfinite(value):
+        warn(f"The {side} profile limit of '{pr.names[j]}' could not be computed; it is NaN.", ProfileWarning)
+        return float("nan")
+    return value
 
 
 def profile(fit, which=None, level: float = 0.99, n_points: int = 8) -> pd.DataFrame:
@@ -226,7 +316,7 @@ def profile(fit, which=None, level: float = 0.99, n_points: int = 8) -> pd.DataF
         for side in (-1.0, 1.0):
             end = pr.limit(j, side * z)
             wend = np.arctanh(np.clip(end, -1 + 1e-12, 1 - 1e-12)) if pr.kind[j] == 1 else end
-            start = pr.w_hat
+            start = None
             for x in np.linspace(pr.w_hat[j], wend, n_points + 1)[1:]:
                 zeta, start = pr.zeta(j, x, start)
                 out.append((pr.names[j], pr.to_value(j, x), zeta))

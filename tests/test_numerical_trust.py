@@ -1,0 +1,153 @@
+"""A reported optimum is a minimum; profiles of singular fits are finite where lme4's are.
+
+- the second-order check of the bound-constrained problem (the whole Hessian on
+  the free and degenerate-bound coordinates), and Newton's report of a saddle;
+- fit_theta's restarts along negative curvature and its L-BFGS fallback where
+  Newton stalls (iteration cap);
+- profile intervals of a singular fit, against lme4 (tests/reference/profile_singular.R).
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+from jaxlmm.datasets import load
+from jaxlmm.model import LinearMixedModel
+from jaxlmm.optimize import newton, second_order
+from jaxlmm.profile import ProfileWarning, sdcor_estimates
+
+REF = json.loads((Path(__file__).parent / "reference" / "profile_singular.json").read_text())
+
+
+def test_second_order_sees_joint_negative_curvature():
+    """Two entries at their bound with zero gradient: each curves upward, together downward."""
+    H = jnp.array([[2.0, -3.0], [-3.0, 2.0]])
+    ok, v = second_order(jnp.zeros(2), 1.0, jnp.zeros(2), H, jnp.zeros(2), 1e-6)
+    assert not bool(ok)
+    np.testing.assert_allclose(np.asarray(v), [np.sqrt(0.5)] * 2, rtol=1e-10)
+    # a clearly positive gradient holds an entry at its bound: not part of the check
+    ok, v = second_order(jnp.zeros(2), 1.0, jnp.array([1.0, 0.0]), H, jnp.zeros(2), 1e-6)
+    assert bool(ok) and not np.any(np.asarray(v))
+    ok, _ = second_order(jnp.ones(2), 1.0, jnp.zeros(2), jnp.eye(2), jnp.zeros(2), 1e-6)
+    assert bool(ok)
+
+
+def even(x):
+    """Even in x0 (as the criterion in a zero diagonal theta entry): a saddle at x0 = 0."""
+    return -x[0] ** 2 + x[0] ** 4 + (x[1] - 1.0) ** 2
+
+
+def test_newton_reports_a_saddle_as_not_converged():
+    # without the escape step Newton stays at x0 = 0, where the gradient vanishes by symmetry
+    res = newton(even, jnp.zeros(2), jnp.zeros(2), escape=0.0)
+    assert float(res.theta[0]) == 0.0 and abs(float(res.theta[1]) - 1.0) < 1e-8
+    assert not bool(res.converged)
+    assert bool(res.stuck[0]) and float(res.descent[0]) > 0
+    res = newton(even, jnp.zeros(2), jnp.zeros(2))
+    assert bool(res.converged)
+    np.testing.assert_allclose(np.asarray(res.theta), [np.sqrt(0.5), 1.0], atol=1e-8)
+
+
+def two_slopes(seed=0, groups=12, per=6):
+    r = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), per)
+    n = len(g)
+    d = pd.DataFrame({f"x{i}": r.normal(size=n) for i in range(3)})
+    d["z0"], d["z1"] = r.normal(size=n), r.normal(size=n)
+    b0, b1 = r.normal(size=groups) * 0.8, r.normal(size=groups) * 2.0
+    d["y"] = d.x0 + d.x1 - d.x2 + b0[g] * d.z0 + b1[g] * d.z1 + r.normal(size=n)
+    d["g"] = [f"L{i:02d}" for i in g]
+    return d
+
+
+TWO_SLOPES = "y ~ 0 + x0 + x1 + x2 + (0 + z0 | g) + (0 + z1 | g)"
+
+
+def best_lbfgs(model, reml, starts=4, seed=1):
+    r = np.random.default_rng(seed)
+    out = []
+    for k in range(starts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(model.fit(reml=reml, method="lbfgs", theta0=None if k == 0 else r.uniform(0.05, 3, 2)).objective)
+    return min(out)
+
+
+def test_fit_from_a_saddle_reaches_the_minimum():
+    """Started at theta = (0, t), where the criterion is stationary in theta_0 by symmetry."""
+    m = LinearMixedModel(TWO_SLOPES, two_slopes())
+    fit = m.fit(reml=True, theta0=[0.0, 1.9])
+    assert fit.converged and fit.theta[0] > 0.1
+    assert fit.objective <= best_lbfgs(m, True) + 1e-6 * abs(fit.objective)
+
+
+def test_stalled_newton_falls_back_to_lbfgs():
+    """At the iteration cap Newton is continued by L-BFGS and finished by Newton, not reported as failed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxlmm.ConvergenceWarning)
+        fit = jaxlmm.lmm("Reaction ~ Days + (Days | Subject)", load("sleepstudy"), max_iter=2)
+    assert fit.converged
+    assert abs(fit.objective - 1743.6282719585) < 1e-6
+
+
+def sleep_z():
+    d = load("sleepstudy").copy()
+    d["z"] = ((np.arange(1, len(d) + 1) * 7919) % 97) / 97 - 0.5  # the rule of profile_singular.R
+    return d
+
+
+@pytest.mark.parametrize("case", range(len(REF["cases"])))
+def test_singular_fit_matches_lme4(case):
+    ref = REF["cases"][case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jaxlmm.lmm(ref["formula"], sleep_z(), reml=ref["reml"])
+    assert abs(fit.objective - ref["objective"]) < 1e-5
+    np.testing.assert_allclose(fit.theta, ref["theta"], atol=2e-4)
+
+
+def test_profile_of_a_singular_fit_is_finite():
+    """Reaction ~ Days + (Days + z | Subject), z noise: the correlation matrix is singular.
+
+    Every SD, sigma and fixed effect gets finite limits; the SD at the boundary
+    has lower limit 0; sigma and the fixed effects agree with lme4. (lme4's own
+    profile of sd_Days here excludes the estimate, so the SDs are checked
+    against the estimate instead.) A correlation whose profile cannot be
+    computed is NaN with a warning naming it, never every parameter.
+    """
+    ref = REF["cases"][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jaxlmm.lmm(ref["formula"], sleep_z(), reml=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ci = fit.confint(method="profile")
+    lme4 = pd.DataFrame({"lower": ref["lower"], "upper": ref["upper"]}, index=ref["names"])
+    sds = [n for n in ci.index if n.startswith("sd_")]
+    finite = sds + ["sigma", "(Intercept)", "Days"]
+    assert np.all(np.isfinite(ci.loc[finite].to_numpy()))
+    assert ci.loc["sd_z|Subject", "lower"] == 0.0
+    for name in ["sigma", "(Intercept)", "Days"]:
+        np.testing.assert_allclose(ci.loc[name].to_numpy(), lme4.loc[name].to_numpy(dtype=float), rtol=5e-4)
+    varcorr = dict(zip(*sdcor_estimates(fit)))
+    for name in sds:
+        assert ci.loc[name, "lower"] <= varcorr[name] <= ci.loc[name, "upper"]
+    nan = ci.index[ci.isna().any(axis=1)]
+    named = " ".join(str(w.message) for w in caught if issubclass(w.category, ProfileWarning))
+    assert all(n.startswith("cor_") and n in named for n in nan)
+
+
+def test_profile_of_a_scalar_singular_term_matches_lme4():
+    ref = REF["cases"][2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jaxlmm.lmm(ref["formula"], sleep_z(), reml=ref["reml"])
+        ci = fit.confint(method="profile")
+    np.testing.assert_allclose(ci["lower"].to_numpy(), np.array(ref["lower"], dtype=float), rtol=2e-4, atol=1e-8)
+    np.testing.assert_allclose(ci["upper"].to_numpy(), np.array(ref["upper"], dtype=float), rtol=2e-4)
