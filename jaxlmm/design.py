@@ -249,7 +249,7 @@ def _offset(frame: pd.DataFrame, parsed: ParsedFormula, extra) -> np.ndarray:
         out = out + Evaluator(frame, "the offset").numeric(node)
     if extra is not None and not isinstance(extra, str):
         out = out + extra
-    check_values(out, ["offset"], "The")
+    check_values(out, ["offset"], "The", small_ok=True)
     return out
 
 

@@ -9,6 +9,7 @@ pure objective at any theta, and ``.fit(reml, method)`` optimizes it
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from functools import partial
 
@@ -176,6 +177,40 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
 _deviance_jit = jax.jit(_deviance)
 
 
+RESPONSE_RANGE = 2.0**10
+"""Responses whose standard deviation lies outside [1/RESPONSE_RANGE, RESPONSE_RANGE] are optimized rescaled."""
+
+
+def response_scale(design: Design) -> float:
+    """A power of two c that brings the response's standard deviation near 1, or 1 if it is near already.
+
+    theta does not depend on the response's units: multiplying y by c
+    multiplies r^2 by c^2, so the profiled criterion changes by the constant
+    m log(c^2) (m = n - p for REML, n for ML) and its minimizer does not.
+    The criterion's size does: at y ~ 1e-80 it is about -n 368, and the
+    optimizer's tolerances, relative to 1 + |criterion|, would stop it near
+    its start. A power of two scales the cross-products exactly.
+    """
+    y = np.asarray(design.y_net, dtype=np.float64)
+    s = float(np.std(y)) if y.size else 0.0
+    if not np.isfinite(s) or s == 0 or 1 / RESPONSE_RANGE <= s <= RESPONSE_RANGE:
+        return 1.0
+    return float(2.0 ** -np.round(np.log2(s)))
+
+
+def scale_response(data: CrossProducts, c: float) -> CrossProducts:
+    """The cross-products of the response c y (``c`` a power of two: exact)."""
+    if c == 1.0:
+        return data
+    return dataclasses.replace(data, z1y=data.z1y * c, zy=data.zy * c, xty=data.xty * c, yty=data.yty * (c * c))
+
+
+def criterion_shift(data: CrossProducts, c: float, reml: bool) -> float:
+    """The profiled criterion of c y less that of y: m log(c^2), m = n - p (REML) or n (ML)."""
+    m = float(data.n) - (data.p if reml else 0)
+    return m * 2.0 * float(np.log(c))
+
+
 class LinearMixedModel:
     """A linear mixed model y = X beta + Z b + e specified by an lme4 formula.
 
@@ -226,11 +261,14 @@ class LinearMixedModel:
         max_iter = check_max_iter(max_iter)
         scale = theta_scales(self.design.terms)
         start = self.theta0 / scale if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
+        c = response_scale(self.design)  # theta is optimized on the response c y (response_scale)
         opt: OptResult = fit_theta(
-            jnp.asarray(start), jnp.asarray(self.lower), self.data, bool(reml), method=method,
+            jnp.asarray(start), jnp.asarray(self.lower), scale_response(self.data, c), bool(reml), method=method,
             max_iter=max_iter, scale=None if np.all(scale == 1) else jnp.asarray(scale),
             hessian=newton_hessian(self.data),
         )
+        if c != 1.0:
+            opt = opt._replace(fun=opt.fun - criterion_shift(self.data, c, bool(reml)))
         fit = make_fit(self, opt, reml=bool(reml), method=method)
         if not fit.converged:
             warn(

@@ -94,11 +94,14 @@ def check_response_type(data: pd.DataFrame, response: str) -> None:
         )
 
 
-def check_values(values: np.ndarray, names, what: str) -> None:
+def check_values(values: np.ndarray, names, what: str, small_ok: bool = False) -> None:
     """The columns of ``values`` (after evaluating the formula) are finite and of usable size.
 
     A transform such as ``log(x)`` of a zero or negative value gives -inf or
-    NaN; values beyond 1e150 overflow the cross-products.
+    NaN; values beyond 1e150 overflow the cross-products, and a column whose
+    values are all below 1e-150 (not all zero) underflows them (its squares
+    are below float64's smallest normal number). ``small_ok``: tiny values
+    are harmless (an offset is subtracted, never squared).
     """
     values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     for j, name in enumerate(names):
@@ -115,6 +118,11 @@ def check_values(values: np.ndarray, names, what: str) -> None:
             raise DataError(
                 f"{what} '{name}' has values up to {big:.3g}, too large for float64 "
                 "cross-products; rescale it (e.g. divide by a power of ten)."
+            )
+        if not small_ok and 0 < big < 1 / _HUGE:
+            raise DataError(
+                f"{what} '{name}' has values of at most {big:.3g} in size, too small for float64 "
+                "cross-products (their squares underflow); rescale it (e.g. multiply by a power of ten)."
             )
 
 
@@ -218,12 +226,39 @@ def between_level_columns(X: np.ndarray, codes: np.ndarray, nlevels: int, names)
     return out
 
 
+def collinear_columns(X: np.ndarray, names, tol: float = 1e-6) -> list[str]:
+    """The columns (scaled to unit size) in the near-null space of X: those of a linear dependence.
+
+    Names the columns with a weight above 1e-3 in the right singular vector
+    of the smallest singular value, when that value is below ``tol`` times
+    the largest; [] otherwise.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    size = np.max(np.abs(X), axis=0)
+    if X.shape[1] < 2 or np.any(size == 0):
+        return []
+    _, s, Vt = np.linalg.svd(X / size, full_matrices=False)
+    if s[-1] > tol * s[0]:
+        return []
+    v = np.abs(Vt[-1])
+    return [n for n, a in zip(names, v) if a > 1e-3 * v.max()]
+
+
 def check_identifiable(X, codes, nlevels, colnames, expr: str, name: str) -> None:
     """Raise when the covariance matrix of the term ``(expr | name)`` is not identifiable."""
     if identifiable(X, codes, nlevels):
         return
     between = between_level_columns(X, codes, nlevels, colnames)
-    slopes = [c for c in between if c != "(Intercept)"] or list(colnames)
+    slopes = [c for c in between if c != "(Intercept)"]
+    if not slopes:
+        collinear = collinear_columns(X, colnames)
+        cols = ", ".join(f"'{c}'" for c in collinear or colnames)
+        raise DataError(
+            f"The covariance matrix of the random-effect term ({expr} | {name}) cannot be estimated: "
+            f"the columns {cols} of the term are collinear (or nearly: linearly dependent up to "
+            f"rounding) within the levels of '{name}', so their variances and covariances cannot be "
+            f"told apart. Drop one of them from the term, or give them separate terms."
+        )
     cols = ", ".join(f"'{c}'" for c in slopes)
     raise DataError(
         f"The covariance matrix of the random-effect term ({expr} | {name}) cannot be estimated: "

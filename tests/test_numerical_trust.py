@@ -151,3 +151,35 @@ def test_profile_of_a_scalar_singular_term_matches_lme4():
         ci = fit.confint(method="profile")
     np.testing.assert_allclose(ci["lower"].to_numpy(), np.array(ref["lower"], dtype=float), rtol=2e-4, atol=1e-8)
     np.testing.assert_allclose(ci["upper"].to_numpy(), np.array(ref["upper"], dtype=float), rtol=2e-4)
+
+
+@pytest.mark.parametrize("c", [1e-80, 1e80])
+def test_response_scale_does_not_change_the_fit(c):
+    """y and c y: the same theta; sigma, fixef, se times c; the criterion shifted by m log(c^2)."""
+    d = load("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    m0, m1 = LinearMixedModel(f, d), LinearMixedModel(f, d.assign(Reaction=d.Reaction * c))
+    for reml in (True, False):
+        a, b = m0.fit(reml=reml), m1.fit(reml=reml)
+        assert b.converged
+        np.testing.assert_allclose(b.theta, a.theta, rtol=1e-7)
+        np.testing.assert_allclose(b.sigma / c, a.sigma, rtol=1e-7)
+        np.testing.assert_allclose(b.fixef.to_numpy() / c, a.fixef.to_numpy(), rtol=1e-7)
+        np.testing.assert_allclose(b.se.to_numpy() / c, a.se.to_numpy(), rtol=1e-6)
+        mult = len(d) - (2 if reml else 0)  # n - p (REML) or n (ML)
+        assert abs(b.objective - (a.objective + mult * np.log(c**2))) < 1e-6
+        assert abs(b.objective - m1.deviance(b.theta, reml=reml)) < 1e-6
+
+
+def test_tiny_predictor_is_refused_as_too_small():
+    d = load("sleepstudy")
+    with pytest.raises(jaxlmm.JaxLMMError, match="'Days' has values of at most .* too small"):
+        jaxlmm.lmm("Reaction ~ Days + (Days | Subject)", d.assign(Days=d.Days * 1e-170))
+
+
+def test_collinear_slopes_are_refused_as_collinear():
+    d = load("sleepstudy")
+    d = d.assign(D2=d.Days + 1e-7 * np.sin(np.arange(len(d))))
+    with pytest.raises(jaxlmm.JaxLMMError, match="columns 'Days', 'D2' of the term are collinear") as err:
+        jaxlmm.lmm("Reaction ~ Days + (Days + D2 | Subject)", d)
+    assert "not vary" not in str(err.value)
