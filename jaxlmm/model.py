@@ -274,7 +274,8 @@ class LinearMixedModel:
             warn(
                 f"The {method} optimizer did not converge in {fit.n_iter} iterations "
                 f"(largest projected gradient {np.max(np.abs(fit.gradient), initial=0):.3g}); "
-                "treat the estimates with care or try method='lbfgs'.",
+                + ("after its restarts and L-BFGS fallback; " if method == "newton" else "")
+                + "treat the estimates with care, or refit from fit.theta (theta0=) with a larger max_iter.",
                 ConvergenceWarning,
             )
         if fit.singular:

@@ -191,22 +191,33 @@ def test_float64_mode_switched_off_by_the_user():
 
 # ---- optimizer outcomes --------------------------------------------------------
 DYE = "Yield ~ 1 + (1 | Batch)"
+SLEEP_SLOPES = "Reaction ~ Days + (Days | Subject)"
 
 
 def test_fit_that_does_not_converge_is_reported_and_warned():
-    model = get_model(DYE, "dyestuff")
+    model = get_model(SLEEP_SLOPES, "sleepstudy")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = model.fit(max_iter=1)
+        fit = model.fit(method="lbfgs", max_iter=1)  # L-BFGS: 5 iterations, no fallback
     (w,) = of_type(caught, ConvergenceWarning)
-    assert "did not converge in 1 iterations" in str(w.message)
-    assert fit.converged is False and fit.n_iter == 1
-    ref = load_fit_reference("dyestuff")["REML"]
+    assert "did not converge in 5 iterations" in str(w.message)
+    assert fit.converged is False and fit.n_iter == 5
+    ref = load_fit_reference("sleepstudy_slope")["REML"]
     assert fit.objective > ref["objective"] + 1e-6
     assert np.max(np.abs(fit.gradient)) > 1e-6 * (1 + abs(fit.objective))
     # restarting from where it stopped reaches lme4's optimum
     again = model.fit(theta0=fit.theta)
     assert again.converged and again.objective == pytest.approx(ref["objective"], rel=1e-9)
+
+
+def test_newton_at_its_iteration_cap_falls_back_and_converges():
+    """Newton stopped by max_iter is continued by L-BFGS and finished by Newton (model.fit_theta)."""
+    model = get_model(DYE, "dyestuff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fit = model.fit(max_iter=1)
+    ref = load_fit_reference("dyestuff")["REML"]
+    assert fit.converged and fit.objective == pytest.approx(ref["objective"], rel=1e-9)
 
 
 def test_singular_fit_is_flagged_and_warned_once():
