@@ -60,7 +60,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import register_dataclass
 
 from .design import Design
-from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_count
+from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_count, rows_bytes
 
 CHUNK_ROWS = 2**20
 """Rows summed per call of :func:`chunk_sums` (the last chunk is padded to this size)."""
@@ -478,6 +478,7 @@ def cross_products(
     per_row = sum(ka * kb for _, _, _, ka, kb, _ in _families(plan.layout, ks, p)[0])
     chunk = chunk_bytes(chunk_length(design.n, chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
     needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1)) + chunk
+    needed += rows_bytes(design.n, p + 1 + sum(ks))
     names = ", ".join(f"({t.name})" for t in terms)
     check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
     sums = accumulate(plan, chunk_rows)

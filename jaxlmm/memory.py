@@ -1,35 +1,49 @@
-"""How much memory a fit needs, estimated before any large array is built.
+"""How much memory a fit, a bootstrap, ``simulate`` and a profile need, checked before allocating.
 
-The working set of one Newton iteration (criterion, gradient and
-Hessian-vector products, see :mod:`jaxlmm.objective`) is dominated by
+Every estimate is of the peak resident memory the operation adds to the
+process (on the CPU backend the device's buffers are host memory), and is
+compared with the memory *available* (:func:`available_memory_bytes`): the
+least of the cgroup's limit less its usage, the kernel's MemAvailable, the
+address-space limit (RLIMIT_AS) less the address space in use, and, on an
+accelerator, its allocator's free bytes (``Device.memory_stats``). A fit
+that does not fit raises :class:`~jaxlmm.errors.JaxLMMError` before the
+rows are summed.
 
-- the pairs of off-diagonal entries that share a level of the first term
-  (the update of the Schur complement, ``CrossProducts.pair_*``): per
-  pair two integer indices and k1^2 float64 products, stored, and a few
-  float64 values (its term, tangents, cotangents) while differentiating;
-- the dense Schur complement of the further terms, X and y,
-  ``s = q_2 + p + 1`` on a side: the blocked Cholesky keeps its trailing
-  matrices for the reverse pass (about ``s^3 / (3 b)`` numbers for block
-  ``b``) besides a handful of s x s work arrays;
-- the first term's blocks and the block-COO entries (small).
+The fit (:func:`estimate_fit_bytes`). The compiled fit's arguments are the
+cross-products (:mod:`jaxlmm.crossprod`): per pair of off-diagonal entries
+sharing a level of the first term (``CrossProducts.pair_*``) two integer
+indices and k1^2 products; per entry its indices and k1 values; the dense
+``zz`` of the further terms, X and y, ``s = q_2 + p + 1`` on a side. Its
+temporaries (XLA's ``memory_analysis`` of the compiled Newton fit agrees
+within a few percent on the shapes of ``benchmarks/memory_peak.py``) are
+about 24 + 8 k1^2 bytes per pair (their terms, tangents and cotangents),
+``TEMP_COPIES`` s x s float64 work arrays and the blocked Cholesky's
+trailing matrices kept for the reverse pass (``s^3 / (3 b)`` numbers for
+block ``b``). Before the fit, the host builds the pairs
+(:func:`jaxlmm.crossprod.schur_pairs`, at most ``PAIR_CHUNK`` at a time, with
+about ``PAIR_BUILD_BYTES`` of index work per pair) and copies them to the
+device; the rows are summed in chunks (:func:`chunk_bytes`). The peak is the
+design's rows, the arguments, and the larger of the build's transients and
+the fit's temporaries, plus ``RUNTIME_BYTES`` for XLA's compilation of the
+fit (measured at 300 to 450 MiB on the CPU). On an accelerator the device
+holds the arguments and the temporaries only, and XLA fuses the pairs' terms
+there: ``GPU_TEMP_COPIES`` s x s arrays and the Cholesky's trailing
+matrices (an H200's ``peak_bytes_in_use`` equals XLA's arguments plus
+temporaries). ``benchmarks/memory_peak.py`` (CPU) and
+``benchmarks/memory_device.py`` (accelerator) compare the estimates with the
+measured peaks (``benchmarks/RESULTS.md``).
 
-The rows themselves do not count: the cross-products are summed on the
-device in chunks of a fixed number of rows (``jaxlmm.crossprod.CHUNK_ROWS``,
-sharded across the devices when there are several), before the fit and
-with the check made before they start. Their working set is one chunk
-(:func:`chunk_bytes`): per row, its columns and segment indices, and its
-products (sum over the blocks of k_a k_b; float64 values and their int32
-targets, about 12 bytes each), besides the block sums themselves; it is
-added to the estimate.
-
-The estimate is deliberately generous (a factor for the tangents of the
-forward-over-reverse Hessian products); it serves to refuse, with a clear
-message, a fit that cannot fit the device instead of crashing out of memory.
+A bootstrap (:func:`bootstrap_bytes`) holds its keys and the replicates'
+results for all ``n`` replicates and, per replicate of a chunk, a simulated
+response and a batched refit; ``simulate`` (:func:`simulate_bytes`) the
+``n`` responses and their draws; a profile (:func:`profile_bytes`) one fit's
+working set of the ML deviance in (theta, sigma, beta).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 
 import jax
 import numpy as np
@@ -40,6 +54,23 @@ from .linalg import BLOCK
 F64 = 8
 ENTRY_BYTES = 2 * 8  # level of term 1 and column of an off-diagonal entry
 WORK_COPIES = 8  # s x s arrays alive at once (matrix, factor, cotangents, tangents)
+TEMP_COPIES = 13  # s x s float64 temporaries of the compiled fit (XLA's memory_analysis: 12.5)
+PAIR_TEMP = 24  # bytes of temporaries per pair in the compiled fit (besides its k1^2 products)
+PAIR_CHUNK = 2**24  # pairs built per step on the host (jaxlmm.crossprod.PAIR_CHUNK)
+PAIR_BUILD_BYTES = 40  # host index work per pair while building them
+ROW_OVERHEAD = 64  # bytes per row of the design beyond its columns (codes, masks, frame copies)
+RUNTIME_BYTES = 448 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers
+GPU_TEMP_COPIES = 8.5  # s x s float64 temporaries of the fit compiled for a GPU (pairs' terms fused)
+
+
+def platform() -> str:
+    """JAX's default backend: ``"cpu"``, ``"gpu"``, ``"tpu"``, ..."""
+    return jax.default_backend()
+
+
+def _runtime() -> int:
+    """Compilation and runtime bytes counted against the memory checked: host memory, so on the CPU only."""
+    return RUNTIME_BYTES if platform() == "cpu" else 0
 
 
 def pair_count(e_j1: np.ndarray, e_col: np.ndarray | None = None) -> int:
@@ -60,17 +91,192 @@ def chunk_bytes(rows: int, products_per_row: int, columns_per_row: int) -> int:
     return int(rows * (12 * products_per_row + F64 * columns_per_row))
 
 
-def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int) -> int:
-    """Estimated peak bytes of the device working set of a fit (see the module docstring)."""
+def fit_parts(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None) -> dict:
+    """The compiled fit's ``arguments`` and ``temporaries`` and the host's ``build`` transients, in bytes.
+
+    ``on``: the platform (default JAX's backend). On an accelerator XLA fuses
+    the pairs' terms (no temporaries per pair) and keeps fewer s x s arrays;
+    the build is host memory, not the device's.
+    """
+    on = platform() if on is None else on
     if not term_dims:
-        return int(WORK_COPIES * (p + 1) ** 2 * F64)
+        s = p + 1
+        return {"arguments": F64 * s * s, "temporaries": WORK_COPIES * F64 * s * s, "build": 0}
     l1, k1 = term_dims[0]
     q2 = sum(l * k for l, k in term_dims[1:])
     s = q2 + p + 1
-    dense = WORK_COPIES * s * s + s**3 / (3 * BLOCK) + 4 * s * s
-    first = 6 * l1 * k1 * (k1 + p + 1)
-    entries = n_entries * (ENTRY_BYTES / F64 + 4 * k1)
-    return int(F64 * (dense + first + entries) + pair_bytes(k1) * n_pairs)
+    first = F64 * l1 * k1 * (k1 + p + 1)
+    per_pair = 4 + 8 + F64 * k1 * k1
+    arguments = n_pairs * per_pair + n_entries * (ENTRY_BYTES + F64 * k1) + F64 * s * s + first
+    temporaries = (
+        n_pairs * (PAIR_TEMP + F64 * k1 * k1)
+        + F64 * (TEMP_COPIES * s * s + s**3 / (3 * BLOCK))
+        + 6 * first
+        + n_entries * F64 * 4 * k1
+    )
+    build = n_pairs * per_pair + min(n_pairs, PAIR_CHUNK) * (PAIR_BUILD_BYTES + F64 * k1 * k1) + F64 * s * s
+    if on != "cpu":
+        temporaries = F64 * (GPU_TEMP_COPIES * s * s + s**3 / (3 * BLOCK)) + 6 * first + n_entries * F64 * 4 * k1
+        build = 0
+    return {"arguments": int(arguments), "temporaries": int(temporaries), "build": int(build)}
+
+
+def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None) -> int:
+    """Estimated peak bytes a fit adds, besides its rows and chunks (see the module docstring).
+
+    On the CPU: arguments, the larger of the build's transients and the
+    temporaries, and ``RUNTIME_BYTES``; on an accelerator, its memory only:
+    arguments and temporaries.
+    """
+    on = platform() if on is None else on
+    parts = fit_parts(term_dims, p, n_entries, n_pairs, on)
+    if on != "cpu":
+        return int(parts["arguments"] + parts["temporaries"])
+    return int(parts["arguments"] + max(parts["build"], parts["temporaries"]) + RUNTIME_BYTES)
+
+
+def rows_bytes(n: int, columns: int) -> int:
+    """The design's rows on the host (and their copy for the summation): float64 columns and overhead."""
+    return int(n * (2 * F64 * columns + ROW_OVERHEAD))
+
+
+def fit_bytes_of(data) -> int:
+    """:func:`estimate_fit_bytes` for a model's :class:`~jaxlmm.crossprod.CrossProducts`."""
+    return estimate_fit_bytes(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
+
+
+def simulate_bytes(n: int, design) -> int:
+    """Peak bytes of ``simulate(n)``: the keys, and per response its draws, terms and result (host copy too)."""
+    rows = int(design.n)
+    kmax = max([t.k for t in design.terms] or [1])
+    levels = sum(t.nlevels * t.k for t in design.terms)
+    per = F64 * (rows * (kmax + 5) + 2 * levels)
+    return int(n * (per + 16) + _runtime() // 4)
+
+
+def replicate_bytes(data, rows: int) -> int:
+    """Working bytes of one replicate in a batched refit: its response, products and one fit's temporaries."""
+    parts = fit_parts(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
+    kmax = max([k for _, k in data.term_dims] or [1])
+    q = sum(l * k for l, k in data.term_dims)
+    return int(F64 * (rows * (kmax + 3) + 2 * (q + data.p + 1)) + parts["temporaries"])
+
+
+RESULT_BYTES = 8  # per number kept per replicate (objective, theta, beta, sigma, counts, table)
+
+
+def bootstrap_bytes(datas, rows: int, n: int, chunk: int) -> int:
+    """Peak bytes of a bootstrap of ``n`` replicates of ``rows`` rows in chunks of ``chunk``.
+
+    ``datas``: the cross-products of each model refitted per replicate. The
+    keys (16 bytes per replicate), the results of every replicate (objective,
+    theta, beta, sigma, convergence; twice: arrays and table), and one
+    chunk's batched refits.
+    """
+    per_result = sum(2 * RESULT_BYTES * (2 * d.n_theta + d.p + 6) for d in datas)
+    per_chunk = sum(replicate_bytes(d, rows) for d in datas)
+    return int(16 * n + per_result * n + chunk * per_chunk + _runtime())
+
+
+def profile_bytes(fit) -> int:
+    """Peak bytes of profiling ``fit``: one fit's working set (the ML deviance in theta, sigma, beta)."""
+    data = fit.model.data
+    parts = fit_parts(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
+    return int(parts["temporaries"] + _runtime())
+
+
+# ---- what is available -------------------------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_free() -> int | None:
+    """The cgroup's memory limit less its usage (cgroup v2, else v1); None without a limit."""
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        lim, use = _read(limit), _read(usage)
+        if lim is None or lim == "max":
+            continue
+        try:
+            lim_b, use_b = int(lim), int(use or 0)
+        except ValueError:
+            continue
+        if lim_b >= 2**60:  # v1's "no limit"
+            continue
+        return max(lim_b - use_b, 0)
+    return None
+
+
+def _meminfo_available() -> int | None:
+    text = _read("/proc/meminfo")
+    if text:
+        for line in text.splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _address_space_free() -> int | None:
+    """RLIMIT_AS less the address space in use (VmSize); None without a limit."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ValueError, OSError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    used = 0
+    text = _read("/proc/self/status")
+    if text:
+        for line in text.splitlines():
+            if line.startswith("VmSize:"):
+                used = int(line.split()[1]) * 1024
+    return max(soft - used, 0)
+
+
+def _device_free(device) -> int | None:
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # backends without memory statistics (CPU)
+        return None
+    if stats.get("bytes_limit"):
+        return max(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), 0)
+    return None
+
+
+def available_memory_bytes(device=None) -> tuple[int, str]:
+    """The memory available to an operation, and where the bound comes from.
+
+    On an accelerator with memory statistics, its allocator's free bytes;
+    otherwise (the CPU) the least of the cgroup's free memory, the kernel's
+    MemAvailable and RLIMIT_AS's free address space.
+    """
+    device = device or jax.devices()[0]
+    free = _device_free(device)
+    if free is not None:
+        return free, f"free memory of {device.platform.upper()} device {device.id}"
+    bounds = [
+        (v, what)
+        for v, what in (
+            (_cgroup_free(), "the cgroup's memory limit less its usage"),
+            (_meminfo_available(), "available memory (MemAvailable)"),
+            (_address_space_free(), "the address-space limit (RLIMIT_AS) less the space in use"),
+        )
+        if v is not None
+    ]
+    if not bounds:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "total memory"
+    return min(bounds)
 
 
 def device_memory_bytes(device=None) -> int:
@@ -86,10 +292,14 @@ def device_memory_bytes(device=None) -> int:
 
 
 def check_fits(needed: int, what: str, available: int | None = None) -> None:
-    """Raise :class:`JaxLMMError` when ``needed`` bytes exceed the device's memory."""
-    available = device_memory_bytes() if available is None else available
+    """Raise :class:`JaxLMMError` when ``needed`` bytes exceed the memory available (or ``available``)."""
+    if available is None:
+        available, source = available_memory_bytes()
+    else:
+        source = "the given limit"
     if needed > available:
         raise JaxLMMError(
-            f"{what} needs about {needed / 2**30:.1f} GiB, but the device has "
-            f"{available / 2**30:.1f} GiB: too large to fit on this device."
+            f"{what} needs about {needed / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB "
+            f"are available ({source}): too large to run here. Use fewer levels, rows or "
+            "replicates (a bootstrap: smaller n, or several runs with different seeds)."
         )
