@@ -1,9 +1,19 @@
 """float64 everywhere, and compiled programs kept on disk.
 
 jaxlmm turns on JAX's 64-bit mode when it is imported (``jax_enable_x64``), so
-that every array it creates is float64 whatever the user's configuration; the
-fitting entry points call :func:`ensure_x64` again, so a user who switches the
-flag off after importing still gets float64 fits (with a warning).
+that every array it creates is float64 whatever the user's configuration.
+Every public entry point (``lmm``, the model's ``fit`` and ``deviance``, the
+fit's methods, ``bootstrap``, ``pb_test``, ``anova``, ...) runs inside
+:func:`float64`, so it computes in float64 whatever the JAX context:
+
+- the global flag switched off after importing jaxlmm: it is switched on
+  again, with a warning saying so;
+- a thread-local ``with jax.enable_x64(False):`` block (which the global
+  flag cannot override): the call runs inside its own
+  ``jax.enable_x64(True)`` block, with a warning saying so; the user's block
+  still applies to the user's own code;
+- a JAX without ``jax.enable_x64`` and the flag held off: a
+  :class:`~jaxlmm.errors.JaxLMMError`, never a float32 fit.
 
 Compilation is most of the time of a first fit or bootstrap in a new Python
 process (seconds; the fit itself takes milliseconds on small data). Unless
@@ -26,25 +36,96 @@ numpy's) to ``$JAXLMM_LAPACK_THREADS``, 1 by default, with threadpoolctl;
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
 
 import jax
 
-from .errors import JaxLMMWarning
+from .errors import JaxLMMError, JaxLMMWarning
 from .errors import warn as _warn
 
 
+def x64_enabled() -> bool:
+    """Whether JAX computes in float64 here and now (the global flag or a thread-local context)."""
+    return bool(jax.config.jax_enable_x64)
+
+
+def _refuse() -> JaxLMMError:
+    return JaxLMMError(
+        "JAX's float64 mode is held off here (a jax.enable_x64(False) block or the "
+        "jax_enable_x64 flag) and this JAX offers no way to switch it on for jaxlmm's own "
+        "computations; mixed-model fits need float64: call jaxlmm outside that block."
+    )
+
+
 def ensure_x64(warn: bool = True) -> None:
-    """Enable JAX's float64 mode if it is off; warn when it had been switched off."""
-    if not jax.config.jax_enable_x64:
-        if warn:
-            _warn(
-                "JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, "
-                "since mixed-model fits need float64.",
-                JaxLMMWarning,
-            )
-        jax.config.update("jax_enable_x64", True)
+    """Enable JAX's global float64 mode if it is off (warning that it did so).
+
+    Raises :class:`JaxLMMError` when float64 is still off afterwards (a
+    ``jax.enable_x64(False)`` block holds it off in this thread): computing
+    in float32 is never an option. Entry points use :func:`float64`, which
+    computes in float64 inside such a block too.
+    """
+    if x64_enabled():
+        return
+    jax.config.update("jax_enable_x64", True)
+    if not x64_enabled():
+        raise _refuse()
+    if warn:
+        _warn(
+            "JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, "
+            "since mixed-model fits need float64.",
+            JaxLMMWarning,
+        )
+
+
+def float64():
+    """A context manager under which JAX computes in float64; see the module docstring.
+
+    Float64 on already: a no-op context. The global flag off: it is switched
+    on (with a warning). Held off by a ``jax.enable_x64(False)`` block:
+    ``jax.enable_x64(True)`` for the call (with a warning). Neither possible:
+    :class:`JaxLMMError`.
+    """
+    if x64_enabled():
+        return contextlib.nullcontext()
+    jax.config.update("jax_enable_x64", True)
+    if x64_enabled():
+        _warn(
+            "JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, "
+            "since mixed-model fits need float64.",
+            JaxLMMWarning,
+        )
+        return contextlib.nullcontext()
+    enable = getattr(jax, "enable_x64", None)  # a State, usable as a context manager (no truth value)
+    if enable is None:
+        enable = getattr(getattr(jax, "experimental", None), "enable_x64", None)
+    if enable is None:
+        raise _refuse()
+    _warn(
+        "JAX's float64 mode is off in this block (jax.enable_x64(False)); jaxlmm computes "
+        "in float64 all the same, inside its own jax.enable_x64(True) for this call, since "
+        "mixed-model fits need float64. The block still applies to your own JAX code.",
+        JaxLMMWarning,
+    )
+    return enable(True)
+
+
+def uses_float64(func):
+    """Decorator: ``func`` runs in float64 (inside :func:`float64`), or raises JaxLMMError."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if x64_enabled():  # the common case: no context to enter
+            return func(*args, **kwargs)
+        with float64():
+            if not x64_enabled():  # pragma: no cover (a JAX whose context does not nest)
+                raise _refuse()
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def enable_compilation_cache() -> str | None:

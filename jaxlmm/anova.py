@@ -32,8 +32,10 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from ._config import uses_float64
 from .distributions import chi2_mixture_sf, chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, warn
+from .validate import check_bool, check_fit
 
 BOUNDARY_NOTE = (
     "p-values of variance components tested on the boundary (sigma^2 = 0) are conservative "
@@ -72,6 +74,20 @@ def _nested(small, big) -> bool:
     return set(small.fixef.index) <= set(big.fixef.index) and _components(small) <= _components(big)
 
 
+def require_nested(small, big) -> None:
+    """Raise unless ``small`` is nested in ``big`` (the rule of :func:`anova` and :func:`~jaxlmm.pb_test`).
+
+    Nested: every fixed effect (by name) and every random-effect variance
+    (grouping factor and column) of the smaller model is in the larger one.
+    """
+    if not _nested(small, big):
+        raise JaxLMMError(
+            f"Model '{small.formula}' is not nested in '{big.formula}': the larger model must "
+            "contain every fixed effect and random-effect variance of the smaller one "
+            "(check_nested=False compares them anyway)."
+        )
+
+
 def _refit_ml(fits) -> list:
     reml = [f for f in fits if f.reml]
     if not reml:
@@ -91,9 +107,13 @@ SIGNIF_CODES = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
 def _labels(fits, named: dict, names) -> tuple[list, list[str]]:
     """The fits (positional, then keyword) and their row labels."""
     allfits = list(fits) + list(named.values())
+    for i, f in enumerate(fits):
+        check_fit(f, f"model {i + 1} (argument {i + 1})", "anova")
     if names is not None:
         if named:
             raise JaxLMMError("Give names= or models as keywords (anova(m0=fit0, m1=fit1)), not both.")
+        if not isinstance(names, (str, list, tuple, np.ndarray, pd.Index)):
+            raise JaxLMMError(f"names must be a list of labels, not {names!r} ({type(names).__name__}).")
         names = [names] if isinstance(names, str) else list(names)
         if len(names) != len(allfits):
             raise JaxLMMError(f"names= has {len(names)} label(s) for {len(allfits)} models.")
@@ -171,6 +191,7 @@ class AnovaTable(pd.DataFrame):
         return self.to_text()
 
 
+@uses_float64
 def anova(*fits, names=None, refit: bool = True, check_nested: bool = True, **named_fits) -> AnovaTable:
     """Compare nested fits by likelihood-ratio tests; one row per model, sorted by npar.
 
@@ -184,6 +205,7 @@ def anova(*fits, names=None, refit: bool = True, check_nested: bool = True, **na
                 f"anova() got an unexpected keyword argument '{key}'; models passed by keyword "
                 "must be fits, and the options are names=, refit=, check_nested=."
             )
+    refit, nested = check_bool(refit, "refit"), check_bool(check_nested, "check_nested")
     fits, labels = _labels(fits, named_fits, names)
     if len(fits) < 2:
         raise JaxLMMError("anova needs at least two fitted models to compare.")
@@ -196,12 +218,8 @@ def anova(*fits, names=None, refit: bool = True, check_nested: bool = True, **na
     fits = [fits[i] for i in order]
     labels = [labels[i] for i in order]
     for small, big in zip(fits, fits[1:]):
-        if check_nested and not _nested(small, big):
-            raise JaxLMMError(
-                f"Model '{small.formula}' is not nested in '{big.formula}': the larger model must "
-                "contain every fixed effect and random-effect variance of the smaller one "
-                "(check_nested=False compares them anyway)."
-            )
+        if nested:
+            require_nested(small, big)
     npar = np.array([f.npar for f in fits], dtype=np.int64)
     loglik = np.array([f.loglik for f in fits])
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(loglik))])

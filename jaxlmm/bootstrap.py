@@ -35,12 +35,14 @@ import numpy as np
 import pandas as pd
 from jax.tree_util import register_dataclass
 
-from ._config import ensure_x64
+from ._config import ensure_x64, uses_float64
+from .memory import bootstrap_bytes, check_fits, replicate_bytes
 from .crossprod import CrossProducts, response_products, row_sharding, with_response
 from .errors import ConvergenceWarning, JaxLMMError, warn
 from .model import fit_theta, minimize_theta, newton_hessian
 from .objective import relative_factors, solve, theta_layout
 from .results import term_group_names
+from .validate import check_bool, check_count, check_fit, check_level, check_seed
 
 MEMORY_BUDGET = 2**26  # float64 entries per chunk of replicates (512 MB) when chunk_size is None
 # On the CPU backend, vmapped Newton loops over batches of 512 and more were seen
@@ -248,16 +250,8 @@ class _Pending:
 
 
 def _per_replicate_size(targets) -> int:
-    """Rough float64 entries one replicate needs (response, Hessian of the factorization)."""
-    size = 0
-    for tg in targets:
-        d = tg.data
-        n = int(d.n)
-        kmax = max([k for _, k in d.term_dims] or [1])
-        l1, k1 = d.term_dims[0] if d.term_dims else (0, 0)
-        fac = l1 * k1 * (k1 + d.p + 1) + (d.q_rest + d.p + 1) ** 2 + len(d.e_j1) * max(k1, 1)
-        size += n * (kmax + 2) + 8 * (d.n_theta + 1) * fac
-    return max(size, 1)
+    """Float64 entries one replicate of a batched refit needs (:func:`jaxlmm.memory.replicate_bytes`)."""
+    return max(1, sum(replicate_bytes(tg.data, int(tg.rows.X.shape[0])) for tg in targets) // 8)
 
 
 
@@ -281,19 +275,22 @@ def run_replicates(
     from tqdm.auto import tqdm
 
     ensure_x64()
-    if not isinstance(n, (int, np.integer, float)) or int(n) != n or n < 1:
-        raise JaxLMMError(f"n (the number of bootstrap replicates) must be a positive integer, not {n!r}.")
-    n = int(n)
+    n = check_count(n, "n (the number of bootstrap replicates)")
+    seed = check_seed(seed)
     sharding = row_sharding()  # the replicate axis of a chunk, split across devices (None: one)
     ndev = 1 if sharding is None else sharding.mesh.size
     if chunk_size is None:
         chunk_size = max(1, MEMORY_BUDGET // _per_replicate_size(targets))
         if jax.default_backend() == "cpu":
             chunk_size = min(chunk_size, CPU_CHUNK)
-    elif not isinstance(chunk_size, (int, np.integer, float)) or int(chunk_size) != chunk_size or chunk_size < 1:
-        raise JaxLMMError(f"chunk_size must be a positive integer or None, not {chunk_size!r}.")
+    else:
+        chunk_size = check_count(chunk_size, "chunk_size (None, or a positive integer)")
     chunk = min(int(chunk_size), n)
     chunk = ndev * math.ceil(chunk / ndev)
+    check_fits(
+        bootstrap_bytes([tg.data for tg in targets], int(sim_rows.X.shape[0]), n, chunk),
+        f"{desc}(n={n}) in chunks of {chunk} replicates",
+    )
     keys = jax.random.split(jax.random.key(int(seed)), n)
     nchunks = math.ceil(n / chunk)
     pieces, pending = [], [_Pending() for _ in targets]
@@ -440,8 +437,7 @@ class BootstrapResult:
         """
         if method not in INTERVALS:
             raise JaxLMMError(f"method must be one of {tuple(INTERVALS)}, not {method!r}.")
-        if not 0 < level < 1:
-            raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
+        level = check_level(level)
         ok = self.table[self.table["converged"]]
         rows = [INTERVALS[method](ok[p].to_numpy(dtype=np.float64), level) for p in self.parameters]
         return pd.DataFrame(rows, index=list(self.parameters), columns=["lower", "upper"])
@@ -463,12 +459,20 @@ def target_of(model, theta0) -> Target:
     return Target(rows_of(model.design), model.data, jnp.asarray(theta0, dtype=jnp.float64), jnp.asarray(model.lower))
 
 
-def bootstrap(fit, n: int = 10_000, seed: int = 0, chunk_size: int | None = None, progress: bool = True) -> BootstrapResult:
+@uses_float64
+def bootstrap(fit, n: int = 10_000, seed: int | None = 0, chunk_size: int | None = None, progress: bool = True) -> BootstrapResult:
     """Parametric bootstrap of ``fit`` (lme4's ``bootMer`` with ``use.u = FALSE``).
 
     Simulates ``n`` responses from the fitted beta, theta, sigma and refits
     each by the fit's criterion (REML or ML), starting at the fitted theta.
+    ``seed``: an integer in 0 .. 2**63 - 1, or None for a random one; either
+    way recorded as ``result.seed``. The memory of the keys, the results and
+    one chunk is checked before anything is allocated
+    (:func:`jaxlmm.memory.bootstrap_bytes`).
     """
+    check_fit(fit, func="bootstrap")
+    n = check_count(n, "n (the number of bootstrap replicates)")
+    seed, progress = check_seed(seed), check_bool(progress, "progress")
     model = fit.model
     tg = target_of(model, fit.theta)
     (res,) = run_replicates(

@@ -16,9 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._config import uses_float64
 from .distributions import norm_quantile
 from .errors import JaxLMMError
+from .memory import check_fits, profile_bytes
 from .profile import profile_limits, sdcor_estimates
+from .validate import check_count, check_fit, check_level, check_names, check_seed
 
 METHODS = ("profile", "wald", "bootstrap")
 ALIASES = {"boot": "bootstrap"}  # lme4's confint(method = "boot")
@@ -45,21 +48,34 @@ def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame({"lower": lower, "upper": upper}, index=names + list(fit.fixef.index))
 
 
-def confint(fit, method: str = "profile", level: float = 0.95, n: int = 1000, seed: int = 0, which=None):
+def parameter_names(fit) -> list[str]:
+    """The names of the rows of :func:`confint`: SDs, correlations, sigma, fixed effects."""
+    return sdcor_estimates(fit)[0] + list(fit.fixef.index)
+
+
+@uses_float64
+def confint(fit, method: str = "profile", level: float = 0.95, n: int = 1000, seed: int | None = 0, which=None):
     """Intervals (columns lower, upper) by ``profile``, ``wald`` or ``bootstrap``.
 
     ``method`` is case-insensitive and takes lme4's spellings too: ``"Wald"``,
-    ``"boot"``.
+    ``"boot"``. ``which``: a parameter name or a list of names (default all).
+    ``n``, ``seed``: the bootstrap's replicates and seed (``None``: a random
+    seed, recorded as ``result.attrs["seed"]``).
     """
+    check_fit(fit, func="confint")
     method = confint_method(method)
-    if not 0 < level < 1:
-        raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
+    level = check_level(level)
+    if which is not None:
+        which = check_names(which, parameter_names(fit))
     if method == "profile":
+        check_fits(profile_bytes(fit), f"The profile of {fit.formula!r}")
         return profile_limits(fit, level=level, which=which)
     if method == "wald":
         out = wald_limits(fit, level)
     else:
         from .bootstrap import bootstrap
 
+        n, seed = check_count(n, "n (the number of bootstrap replicates)"), check_seed(seed)
         out = bootstrap(fit, n=n, seed=seed).confint(level=level, method="percentile")
-    return out if which is None else out.loc[[which] if isinstance(which, str) else list(which)]
+        out.attrs["seed"] = seed
+    return out if which is None else out.loc[which]

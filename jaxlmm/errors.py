@@ -9,11 +9,13 @@ no convergence, dropped columns) are warnings, also reported on the result.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import sys
 import warnings
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_FUNCTOOLS = functools.__file__  # cached_property's frame between a fit's property and the user
 
 
 class JaxLMMError(ValueError):
@@ -61,7 +63,7 @@ def _in_package(filename: str) -> bool:
 def user_stacklevel() -> int:
     """The ``stacklevel`` (for a ``warnings.warn`` call in the caller) of the first frame outside jaxlmm."""
     frame, level = sys._getframe(2), 2
-    while frame is not None and _in_package(frame.f_code.co_filename):
+    while frame is not None and (_in_package(frame.f_code.co_filename) or frame.f_code.co_filename == _FUNCTOOLS):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._config import ensure_x64
+from ._config import ensure_x64, uses_float64
 from .crossprod import CrossProducts, cross_products
 from .design import Design, build_design, theta_scales
 from .validate import as_theta, check_max_iter
@@ -218,6 +218,7 @@ class LinearMixedModel:
     the cross-products; fitting does not touch the rows again.
     """
 
+    @uses_float64
     def __init__(self, formula: str, data, *, offset=None, weights=None, design: Design | None = None):
         """``offset``: a known term of the mean with coefficient 1 (lme4's ``offset=``): one number
         per row of ``data``, or the text of an expression in its columns such as ``"log(hours)"``;
@@ -244,12 +245,15 @@ class LinearMixedModel:
     def nobs(self) -> int:
         return self.design.n
 
+    @uses_float64
     def deviance(self, theta, reml: bool = True) -> float:
         """The profiled REML criterion (or ML deviance) at ``theta``, lme4's scale."""
         ensure_x64()
+        reml = check_reml(reml)
         theta = jnp.asarray(as_theta(theta, self.theta0.size))
-        return float(_deviance_jit(theta, self.data, bool(reml)))
+        return float(_deviance_jit(theta, self.data, reml))
 
+    @uses_float64
     def fit(self, reml: bool = True, method: str = "newton", theta0=None, max_iter: int = 200):
         """Estimate the model by REML (default) or ML; returns a frozen LmmFit."""
         from .results import make_fit
@@ -261,6 +265,8 @@ class LinearMixedModel:
         max_iter = check_max_iter(max_iter)
         scale = theta_scales(self.design.terms)
         start = self.theta0 / scale if theta0 is None else as_theta(theta0, self.theta0.size, "theta0")
+        if theta0 is not None:
+            _check_start(self, start, bool(reml))
         c = response_scale(self.design)  # theta is optimized on the response c y (response_scale)
         opt: OptResult = fit_theta(
             jnp.asarray(start), jnp.asarray(self.lower), scale_response(self.data, c), bool(reml), method=method,
@@ -269,7 +275,16 @@ class LinearMixedModel:
         )
         if c != 1.0:
             opt = opt._replace(fun=opt.fun - criterion_shift(self.data, c, bool(reml)))
-        fit = make_fit(self, opt, reml=bool(reml), method=method)
+        try:
+            fit = make_fit(self, opt, reml=bool(reml), method=method)
+        except np.linalg.LinAlgError:
+            given = "" if theta0 is None else f" from theta0={np.asarray(start).tolist()}"
+            raise JaxLMMError(
+                f"The fit{given} ended at theta = {np.asarray(opt.theta).tolist()}, where the "
+                "fixed-effect system is numerically singular; "
+                + ("start nearer the default theta0 (ones on the diagonal, lme4's start)." if theta0 is not None
+                   else "the random effects absorb the fixed effects there (rescale the predictors).")
+            ) from None
         if not fit.converged:
             warn(
                 f"The {method} optimizer did not converge in {fit.n_iter} iterations "
@@ -281,6 +296,17 @@ class LinearMixedModel:
         if fit.singular:
             warn("boundary (singular) fit: see fit.varcorr.", SingularFitWarning)
         return fit
+
+
+def _check_start(model, start, reml: bool) -> None:
+    """``theta0`` gives a finite criterion (an overflowing start would end in a singular system)."""
+    value = float(_deviance_jit(jnp.asarray(start), model.data, reml))
+    if not np.isfinite(value):
+        raise JaxLMMError(
+            f"theta0={np.asarray(start).tolist()} is outside the range where the criterion can be "
+            f"computed (it is {value} there; the relative factors overflow the float64 cross-products); "
+            f"start nearer lme4's default theta0={np.asarray(model.theta0).tolist()}."
+        )
 
 
 def check_reml(reml) -> bool:
@@ -322,6 +348,7 @@ def _split_lmm_keywords(reml, kwargs: dict) -> tuple[bool, dict, dict]:
     )
 
 
+@uses_float64
 def lmm(formula: str, data, reml: bool | None = None, method: str = "newton", **kwargs):
     """Fit ``formula`` to ``data`` by REML (default) or ML, like lme4's ``lmer``.
 

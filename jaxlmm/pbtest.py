@@ -23,9 +23,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
+from ._config import uses_float64
+from .anova import require_nested
 from .bootstrap import Refit, fit_params, run_replicates, target_of, warn_failed
 from .distributions import chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning, warn
+from .validate import check_bool, check_count, check_fit, check_seed
 
 
 def _ml(fit):
@@ -37,7 +40,9 @@ def _ml(fit):
         return fit.model.fit(reml=False, method=fit.method)
 
 
-def _check_pair(null_fit, alt_fit) -> None:
+def _check_pair(null_fit, alt_fit, nested: bool = True) -> None:
+    check_fit(null_fit, "null_fit", "pb_test")
+    check_fit(alt_fit, "alt_fit", "pb_test")
     d0, d1 = null_fit.model.design, alt_fit.model.design
     if d0.n != d1.n or not np.array_equal(d0.rows, d1.rows) or not np.array_equal(d0.y, d1.y):
         raise JaxLMMError(
@@ -58,6 +63,8 @@ def _check_pair(null_fit, alt_fit) -> None:
             f"The null model must have fewer parameters than the alternative "
             f"({null_fit.npar} >= {alt_fit.npar}); pass the smaller model first."
         )
+    if nested:  # anova's rule: the null's fixed effects and variances are all in the alternative
+        require_nested(null_fit, alt_fit)
 
 
 def _same_random_effects(f0, f1) -> bool:
@@ -94,6 +101,7 @@ class PBTest:
     n_used: int
     n_failed: int
     table: pd.DataFrame
+    seed: int | None = None  # the seed of the simulated responses (drawn at random for seed=None)
 
     def __repr__(self) -> str:
         return (
@@ -102,9 +110,20 @@ class PBTest:
         )
 
 
-def pb_test(null_fit, alt_fit, n: int = 10_000, seed: int = 0, chunk_size: int | None = None, progress: bool = True) -> PBTest:
-    """Parametric bootstrap LRT of ``null_fit`` (H0) against ``alt_fit`` (pbkrtest's PBmodcomp)."""
-    _check_pair(null_fit, alt_fit)
+@uses_float64
+def pb_test(
+    null_fit, alt_fit, n: int = 10_000, seed: int | None = 0, chunk_size: int | None = None,
+    progress: bool = True, check_nested: bool = True,
+) -> PBTest:
+    """Parametric bootstrap LRT of ``null_fit`` (H0) against ``alt_fit`` (pbkrtest's PBmodcomp).
+
+    The models must be nested as :func:`~jaxlmm.anova` requires
+    (``check_nested=False`` tests them anyway). ``seed``: an integer in
+    0 .. 2**63 - 1, or None for a random one, recorded as ``result.seed``.
+    """
+    _check_pair(null_fit, alt_fit, check_bool(check_nested, "check_nested"))
+    n = check_count(n, "n (the number of bootstrap replicates)")
+    seed, progress = check_seed(seed), check_bool(progress, "progress")
     if null_fit.reml or alt_fit.reml:
         warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning)
     f0, f1 = _ml(null_fit), _ml(alt_fit)
@@ -126,4 +145,4 @@ def pb_test(null_fit, alt_fit, n: int = 10_000, seed: int = 0, chunk_size: int |
     warn_failed(len(ok) - n_used, len(ok), "pb_test")
     df = int(f1.npar - f0.npar)
     p = (1.0 + np.sum(lrt_star[ok] >= lrt)) / (1.0 + n_used)
-    return PBTest(lrt, df, float(p), float(chi2_sf(lrt, df)), n_used, len(ok) - n_used, table)
+    return PBTest(lrt, df, float(p), float(chi2_sf(lrt, df)), n_used, len(ok) - n_used, table, seed)

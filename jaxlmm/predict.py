@@ -21,7 +21,7 @@ import pandas as pd
 from .design import group_codes
 from .errors import DataError
 from .terms import Evaluator, names_in, parse
-from .validate import as_frame
+from .validate import as_frame, check_bool, check_fit
 
 
 def _check_columns(data: pd.DataFrame, cols) -> None:
@@ -82,6 +82,8 @@ def _offset(design, data: pd.DataFrame, offset) -> np.ndarray:
 
 def predict(fit, newdata=None, re: bool = True, offset=None) -> np.ndarray:
     """Predicted responses for ``newdata`` (the fitted rows when None)."""
+    check_fit(fit, func="predict")
+    re = check_bool(re, "re")
     design = fit.model.design
     beta = fit.fixef.to_numpy()
     if newdata is None:

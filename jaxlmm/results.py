@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._config import uses_float64
 from .design import theta_scales
 from .objective import conditional_variances, relative_factors, solve
 
@@ -180,7 +181,9 @@ class LmmFit:
             raise JaxLMMError(f"kind must be 'conditional' or 'marginal', not {kind!r}.")
         if type == "pearson" and d.weights is not None:
             r = d.sqrt_weights * r
-        return r / self.sigma if scaled else r
+        from .validate import check_bool
+
+        return r / self.sigma if check_bool(scaled, "scaled") else r
 
     # ---- inference (jaxlmm.satterthwaite, confint, predict, simulate) --------
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
@@ -275,6 +278,23 @@ class LmmFit:
         from .plotting import FitPlots
 
         return FitPlots(self)
+
+
+def _float64_methods(cls):
+    """Every public method and cached property of ``cls`` runs in float64 (:func:`jaxlmm._config.float64`)."""
+    for name, attr in list(vars(cls).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(attr, cached_property):
+            wrapped = cached_property(uses_float64(attr.func))
+            wrapped.__set_name__(cls, name)
+            setattr(cls, name, wrapped)
+        elif callable(attr):
+            setattr(cls, name, uses_float64(attr))
+    return cls
+
+
+_float64_methods(LmmFit)
 
 
 def make_fit(model, opt, reml: bool, method: str) -> LmmFit:

@@ -118,7 +118,12 @@ def _as_contrast(fit, L) -> np.ndarray:
         if missing:
             raise JaxLMMError(f"Contrast column '{missing[0]}' is not a fixed effect; they are {names}.")
         L = L.reindex(columns=names, fill_value=0.0).to_numpy()
-    L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+    try:
+        L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise JaxLMMError(
+            f"The contrast matrix L must be numbers, one column per fixed effect {names}, not {L!r}."
+        ) from None
     if L.ndim != 2 or L.shape[1] != len(names):
         raise JaxLMMError(
             f"The contrast matrix L needs {len(names)} columns (one per fixed effect {names}), "
@@ -155,7 +160,14 @@ def f_test(fit, L, rhs=0.0, eps: float = np.sqrt(np.finfo(float).eps)) -> pd.Dat
     if q < 1:
         raise JaxLMMError("The contrast matrix L has rank zero: nothing to test.")
     PtL = P[:, :q].T @ L
-    rhs = np.broadcast_to(np.asarray(rhs, dtype=np.float64), (L.shape[0],))
+    try:
+        rhs = np.broadcast_to(np.asarray(rhs, dtype=np.float64), (L.shape[0],))
+    except (TypeError, ValueError):
+        raise JaxLMMError(
+            f"rhs must be a number or {L.shape[0]} numbers (one per row of L), not {rhs!r}."
+        ) from None
+    if not np.all(np.isfinite(rhs)):
+        raise JaxLMMError(f"rhs must be finite, not {rhs.tolist()}.")
     t2 = (PtL @ beta - P[:, :q].T @ rhs) ** 2 / d[:q]
     F = float(np.sum(t2) / q)
     nu = np.array([contrast_df(der, row) for row in PtL])

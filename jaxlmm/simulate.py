@@ -15,18 +15,38 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from .errors import JaxLMMError
+from ._config import uses_float64
+from .memory import check_fits, simulate_bytes
+from .validate import check_count, check_fit, check_seed
 
 
-def simulate(fit, n: int = 1, seed: int = 0) -> np.ndarray:
-    """``n`` responses simulated from ``fit``: an array of shape (n, nobs)."""
+class Simulated(np.ndarray):
+    """The simulated responses (a numpy array, shape (n, nobs)) and the ``seed`` they were drawn with."""
+
+    seed: int | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.seed = getattr(obj, "seed", None)
+
+
+@uses_float64
+def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
+    """``n`` responses simulated from ``fit``: an array of shape (n, nobs).
+
+    ``seed``: an integer in 0 .. 2**63 - 1, or None for a random one; either
+    way it is recorded as the result's ``.seed``. The memory the draw needs
+    is checked first (:func:`jaxlmm.memory.simulate_bytes`).
+    """
     from .bootstrap import fit_params, rows_of
     from .bootstrap import simulate as simulate_one
 
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise JaxLMMError(f"n must be a positive integer, not {n!r}.")
-    keys = jax.random.split(jax.random.key(int(seed)), int(n))
+    check_fit(fit, func="simulate")
+    n, seed = check_count(n, "n (the number of simulated responses)"), check_seed(seed)
+    check_fits(simulate_bytes(n, fit.model.design), f"simulate(n={n}) of {fit.nobs} rows")
+    keys = jax.random.split(jax.random.key(seed), n)
     draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
     design = fit.model.design
     y = np.asarray(draw(keys, rows_of(design), fit_params(fit)))
-    return y if design.offset is None else y + design.offset
+    y = (y if design.offset is None else y + design.offset).view(Simulated)
+    y.seed = seed
+    return y

@@ -43,6 +43,10 @@ def format_summary(fit, correlation: bool | None = None) -> str:
     ``correlation``: print the correlation of the fixed effects (lme4's
     default: when there are at most 12 of them).
     """
+    if correlation is not None and not isinstance(correlation, (bool, np.bool_)):
+        from .errors import JaxLMMError
+
+        raise JaxLMMError(f"correlation must be True, False or None, not {correlation!r}.")
     kind = "REML" if fit.reml else "maximum likelihood"
     lines = [f"Linear mixed model fit by {kind}. t-tests use Satterthwaite's method [lmerModLmerTest]"]
     lines.append(f"Fitted by jaxlmm ({fit.method} optimizer)")

@@ -287,3 +287,87 @@ def check_max_iter(max_iter) -> int:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise JaxLMMError(f"max_iter must be a positive integer, not {max_iter!r}.")
     return int(max_iter)
+
+
+# ---- arguments of the public functions ----------------------------------------------
+
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """A random seed: an integer in 0 .. 2**63 - 1; ``None`` draws one at random (from the OS).
+
+    The seed drawn for ``None`` is returned, so that callers record it on
+    their result and the draw can be repeated.
+    """
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (SEED_MAX + 1))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise JaxLMMError(
+            f"{what} must be an integer in 0 .. 2**63 - 1 (or None for a random seed), "
+            f"not {seed!r} ({type(seed).__name__})."
+        )
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise JaxLMMError(
+            f"{what} must be an integer in 0 .. 2**63 - 1 (or None for a random seed), not {int(seed)}."
+        )
+    return int(seed)
+
+
+def check_level(level, what: str = "level") -> float:
+    """A confidence level: a real number strictly between 0 and 1."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.integer, np.floating)):
+        raise JaxLMMError(f"{what} must be a number strictly between 0 and 1, not {level!r} ({type(level).__name__}).")
+    if not 0 < float(level) < 1:  # NaN fails too
+        raise JaxLMMError(f"{what} must lie strictly between 0 and 1, not {level!r}.")
+    return float(level)
+
+
+def check_bool(value, what: str) -> bool:
+    """``value`` as a bool; anything else (the string "False", 0.5, None) is an error."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise JaxLMMError(f"{what} must be True or False, not {value!r} ({type(value).__name__}).")
+
+
+def check_count(value, what: str) -> int:
+    """A positive whole number (an int, or a float with an integral value)."""
+    ok = isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not np.isfinite(value) or int(value) != value or value < 1:
+        raise JaxLMMError(f"{what} must be a positive integer, not {value!r}.")
+    return int(value)
+
+
+def check_fit(fit, what: str = "fit", func: str = "") -> None:
+    """``fit`` is an :class:`~jaxlmm.results.LmmFit` (what ``jaxlmm.lmm`` returns)."""
+    from .results import LmmFit
+
+    if not isinstance(fit, LmmFit):
+        where = f"{func}: " if func else ""
+        raise JaxLMMError(
+            f"{where}{what} must be a fitted model (the LmmFit that jaxlmm.lmm or "
+            f"LinearMixedModel.fit returns), not {type(fit).__name__}."
+        )
+
+
+def check_names(which, names, what: str = "which") -> list[str]:
+    """``which`` (a name or a list of names) as a list of names among ``names``; None: all."""
+    from .errors import closest_name
+
+    names = list(names)
+    if which is None:
+        return names
+    if isinstance(which, str):
+        which = [which]
+    elif isinstance(which, (list, tuple, np.ndarray, pd.Index)):
+        which = list(which)
+    else:
+        raise JaxLMMError(
+            f"{what} must be a parameter name or a list of names, not {which!r} ({type(which).__name__})."
+        )
+    bad = [w for w in which if not isinstance(w, str) or w not in names]
+    if bad:
+        raise JaxLMMError(
+            f"No parameter {bad[0]!r} ({what}=);{closest_name(bad[0], names)} the parameters are {names}."
+        )
+    return which
