@@ -8,9 +8,12 @@
     jaxlmm pbtest "Yield ~ 1" "Yield ~ 1 + (1 | Batch)" --data dyestuff --n 1000 --seed 1
     jaxlmm confint "Reaction ~ Days + (Days | Subject)" --data sleepstudy --method profile --level 0.95
 
-``--data`` is a bundled dataset's name or a data file: Parquet, or text
-whose separator (comma, tab, semicolon, ...) is sniffed unless ``--sep``
-gives it. ``--format json`` prints plain JSON (``fit``: ``LmmFit.to_dict``),
+``--data`` is a data file or a bundled dataset's name; a file on disk wins
+over a bundled dataset of the same name, and ``bundled:NAME`` always names
+the bundled one. A file is Parquet (needs the optional extra
+``jaxlmm[parquet]``), or text whose separator (comma, tab, semicolon, ...)
+is sniffed unless ``--sep`` gives it; a file that cannot be read (binary,
+empty, not UTF-8, no rows) is an error, status 2. ``--format json`` prints plain JSON (``fit``: ``LmmFit.to_dict``),
 ``--format csv`` a table (``fit``: ``LmmFit.tidy``). Bad input prints
 ``jaxlmm: error: ...`` and exits with status 2; each warning is printed as
 one line, ``jaxlmm: warning: <Category>: message``.
@@ -35,28 +38,78 @@ def _separator(sep: str | None) -> str | None:
     return {"tab": "\t", "\\t": "\t", "TAB": "\t"}.get(sep, sep)
 
 
-def _read_data(spec: str, sep: str | None = None):
-    import pandas as pd
+BUNDLED_PREFIX = "bundled:"
+PARQUET_MAGIC = b"PAR1"
 
+
+def _read_data(spec: str, sep: str | None = None):
+    """``--data``: a file on disk (it wins over a bundled dataset of the same name), else a bundled
+    dataset's name; ``bundled:NAME`` always names the bundled dataset. Every failure is a DataError."""
     from . import datasets
     from .errors import DataError
 
+    if spec.lower().startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX):]
+        if name.lower() not in datasets.NAMES:
+            raise DataError(f"--data '{spec}': no bundled dataset '{name}'; they are {', '.join(datasets.NAMES)}.")
+        return datasets.load(name)
+    path = Path(spec)
+    if path.is_file():
+        return _read_file(path, spec, sep)
     if spec.lower() in datasets.NAMES:
         return datasets.load(spec)
-    path = Path(spec)
-    if not path.is_file():
+    what = "a folder, not a file" if path.is_dir() else "neither a file nor a bundled dataset"
+    raise DataError(f"--data '{spec}' is {what} (bundled datasets: {', '.join(datasets.NAMES)}).")
+
+
+def _read_file(path: Path, spec: str, sep: str | None):
+    """A data file as a frame: Parquet (by suffix or content) or delimited text; else a DataError."""
+    import csv
+
+    import pandas as pd
+
+    from .errors import DataError
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise DataError(f"Cannot read --data '{spec}': {exc.strerror or exc}.") from None
+    if not head:
+        raise DataError(f"--data '{spec}' is an empty file.")
+    parquet = path.suffix.lower() in (".parquet", ".pq") or head.startswith(PARQUET_MAGIC)
+    if parquet:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise DataError(
+                f"--data '{spec}' is a Parquet file; reading Parquet needs pyarrow, an optional "
+                "dependency: pip install 'jaxlmm[parquet]' (or convert the file to CSV)."
+            ) from None
+    elif b"\x00" in head:
         raise DataError(
-            f"--data '{spec}' is neither a bundled dataset ({', '.join(datasets.NAMES)}) nor a file."
+            f"--data '{spec}' is not a text data file (it holds binary bytes); give a CSV/TSV "
+            "text file with a header row, or a Parquet file."
         )
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if parquet:
             df = pd.read_parquet(path)
         elif sep is not None:
             df = pd.read_csv(path, sep=_separator(sep))
         else:  # the separator sniffed from the file (csv.Sniffer): comma, tab, semicolon, ...
             df = pd.read_csv(path, sep=None, engine="python")
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"Cannot read --data '{spec}': {exc}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"--data '{spec}' is not UTF-8 text; save it as UTF-8 CSV.") from None
+    except csv.Error as exc:
+        raise DataError(
+            f"Cannot read --data '{spec}': {exc} (give the separator with --sep, e.g. --sep ',')."
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"--data '{spec}' holds no data (no header row).") from None
+    except Exception as exc:  # any other parser failure: pandas', pyarrow's
+        raise DataError(f"Cannot read --data '{spec}': {type(exc).__name__}: {exc}") from None
+    if len(df) == 0:
+        raise DataError(f"--data '{spec}' has a header but no rows of data.")
     df.attrs["name"] = path.name
     return df
 
@@ -217,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,bootstrap,pbtest,confint}")
 
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", required=True, help="bundled dataset name or a CSV/TSV/Parquet path")
+    data.add_argument("--data", required=True, help="a CSV/TSV/Parquet file, or a bundled dataset's name (a file of that name wins; bundled:NAME forces it)")
     data.add_argument("--sep", default=None, help="separator of a text data file (default: sniffed); 'tab' for tabs")
     data.add_argument("--format", default="text", choices=FORMATS, help="output format (default text)")
     fitting = argparse.ArgumentParser(add_help=False)
