@@ -1,0 +1,80 @@
+"""Estimated memory (jaxlmm.memory) against the device's measured peak, for crossed fits on an accelerator.
+
+Each shape runs in a fresh process: the estimate the fit checks
+(:func:`jaxlmm.memory.estimate_fit_bytes`, captured from
+``jaxlmm.crossprod.check_fits``), its parts (the compiled fit's arguments and
+temporaries), XLA's own ``memory_analysis`` of the compiled fit, and the
+allocator's ``peak_bytes_in_use`` after the fit (``Device.memory_stats``).
+
+    python benchmarks/memory_device.py [rows l1 l2 ...]
+
+Figures in benchmarks/RESULTS.md ("Memory estimates").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+SHAPES = [(1_000_000, 50_000, 3_000), (1_000_000, 50_000, 6_000)]
+
+
+def one(n: int, l1: int, l2: int) -> dict:
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    import jaxlmm
+    import jaxlmm.crossprod as cp
+    from jaxlmm import memory, synthetic
+    from jaxlmm.model import newton_hessian, optimize_theta
+
+    warnings.simplefilter("ignore")
+    data = synthetic.crossed(n, (l1, l2), seed=1, bounds=((1, max(2, l2 // 2)), (1, None)))
+    seen = []
+    check = cp.check_fits
+    cp.check_fits = lambda needed, *a, **k: (seen.append(needed), check(needed, *a, **k))
+    t0 = time.perf_counter()
+    out = {"rows": n, "levels": [l1, l2], "device": str(jax.devices()[0])}
+    try:
+        model = jaxlmm.LinearMixedModel("rating ~ 1 + (1 | user) + (1 | movie)", data)
+        d = model.data
+        out["pairs"] = int(d.pair_j.shape[0])
+        out["parts"] = memory.fit_parts(d.term_dims, d.p, int(d.e_j1.shape[0]), out["pairs"])
+        lowered = optimize_theta.lower(
+            jnp.asarray(model.theta0), jnp.asarray(model.lower), d, True, method="newton", max_iter=200,
+            scale=None, hessian=newton_hessian(d),
+        )
+        ma = lowered.compile().memory_analysis()
+        out["xla_arguments"] = int(ma.argument_size_in_bytes)
+        out["xla_temporaries"] = int(ma.temp_size_in_bytes)
+        fit = model.fit()
+        out["objective"] = fit.objective
+        out["ok"] = True
+    except Exception as exc:  # RESOURCE_EXHAUSTED and the like: reported
+        out["ok"] = False
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    out["seconds"] = time.perf_counter() - t0
+    out["estimate"] = seen[0] if seen else None
+    stats = jax.devices()[0].memory_stats() or {}
+    out["device_peak"] = stats.get("peak_bytes_in_use")
+    out["device_limit"] = stats.get("bytes_limit")
+    return out
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--one"]:
+        print(json.dumps(one(*map(int, argv[1:4]))))
+        return
+    shapes = [tuple(map(int, argv[i : i + 3])) for i in range(0, len(argv), 3)] or SHAPES
+    for n, l1, l2 in shapes:
+        res = subprocess.run([sys.executable, __file__, "--one", str(n), str(l1), str(l2)], capture_output=True, text=True)
+        lines = res.stdout.strip().splitlines()
+        print(lines[-1] if lines else json.dumps({"rows": n, "levels": [l1, l2], "stderr": res.stderr[-1500:]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
