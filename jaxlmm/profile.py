@@ -107,21 +107,32 @@ def _constrained_min(w0, lower, data, kinds: tuple, j, wj):
 
 
 @partial(jax.jit, static_argnames=("column",))
-def _constrained_min_theta(v0, lower, data, column: tuple, j, vj):
+def _constrained_min_theta(v0, lower, data, column: tuple, j, vj, row):
     """As :func:`_constrained_min` over v = (theta, sigma, beta), the engine's parameters.
 
-    For the profiles of sigma and of the fixed effects: theta reaches the
-    singular fits (a zero diagonal entry) that the SD and correlation scale
-    approaches only in the limit of a correlation of +-1.
+    For the profiles of the SDs, sigma and the fixed effects: theta reaches
+    the singular fits (a zero diagonal entry) that the SD and correlation
+    scale approaches only in the limit of a correlation of +-1. ``row``
+    (0/1 over v) marks, for the profile of an SD, the entries of its row of
+    the relative factor T: the SD is sigma |T_row|, so the row is rescaled to
+    the norm vj / sigma (its direction stays free); otherwise (all zeros)
+    entry j of v is set to vj.
     """
     nt = len(column) - 1 - data.p
+    sd = jnp.any(row > 0)
+
+    def fix(v, j, vj):
+        sq = jnp.sum((v * row) ** 2)
+        norm = jnp.sqrt(jnp.where(sq > 0, sq, 1.0))  # no infinite derivative of sqrt at 0 (NaN through where)
+        scaled = jnp.where(row > 0, v * (vj / v[nt]) / norm, v)
+        return jnp.where(sd, scaled, v.at[j].set(vj))
 
     def dev(v, data, j, vj):
-        v = v.at[j].set(vj)
+        v = fix(v, j, vj)
         return deviance_ml(v[:nt], v[nt], v[nt + 1 :], data)
 
     res = newton(dev, v0, lower, args=(data, j, vj), gtol=1e-10, max_iter=100, column=np.array(column))
-    return res.fun, res.theta.at[j].set(vj)
+    return res.fun, fix(res.theta, j, vj)
 
 
 @partial(jax.jit, static_argnames=("kinds",))
@@ -131,18 +142,20 @@ def _deviance_at(w, data, kinds: tuple):
     return deviance_ml(theta, sigma, beta, data)
 
 
-def _feasible_start(w, kinds: np.ndarray, dev) -> np.ndarray:
+def _feasible_start(w, kinds: np.ndarray, dev, hold: int | None = None) -> np.ndarray:
     """``w`` with its atanh-correlations shrunk toward 0 until the deviance there is finite.
 
     Undefined correlations (NaN: an SD of 0) become 0. The shrinkage factor
     grows from 1e-10 in steps of 100; at a factor of 1 every correlation is 0.
+    Entry ``hold`` (a correlation being profiled) keeps its value.
     """
     w = np.where((kinds == 1) & ~np.isfinite(w), 0.0, w)
     if np.isfinite(dev(w)):
         return w
     r = np.tanh(w)
-    for eps in [1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0]:
-        trial = np.where(kinds == 1, np.arctanh(r * (1.0 - eps)), w)
+    shrink = (kinds == 1) & (np.arange(len(w)) != (-1 if hold is None else hold))
+    for eps in [1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1e-1, 0.5, 1.0]:
+        trial = np.where(shrink, np.arctanh(r * (1.0 - eps)), w)
         if np.isfinite(dev(trial)):
             return trial
     return w
@@ -173,25 +186,44 @@ class Profiler:
         self.lower = np.where((kinds == 0) | (kinds == 2), 0.0, -np.inf)
         self.dmin = float(ml.objective)
         self.kind = kinds
-        # sigma and the fixed effects are profiled over the engine's theta (_constrained_min_theta)
+        # SDs, sigma and the fixed effects are profiled over the engine's theta (_constrained_min_theta)
         from .model import theta_columns
 
         nt = int(np.sum(kinds < 2))
         self.v_hat = np.concatenate([np.asarray(ml.theta), [ml.sigma], ml.fixef.to_numpy()])
         self.v_lower = np.concatenate([np.asarray(fit.model.lower), [0.0], np.full(len(ml.fixef), -np.inf)])
         self.column = tuple(int(c) for c in theta_columns(data.term_dims)) + tuple(range(nt, len(kinds)))
+        # per SD entry j (a diagonal entry of theta): the entries of its row of T
+        self.rows = {}
+        i = 0
+        for rows, cols in theta_layout(data.term_dims):
+            for a, (r, c) in enumerate(zip(rows, cols)):
+                if r == c:
+                    mask = np.zeros(len(kinds))
+                    mask[i : i + len(rows)] = rows == r
+                    self.rows[i + a] = mask
+            i += len(rows)
 
     def to_value(self, j: int, w: float) -> float:
         return float(np.tanh(w)) if self.kind[j] == 1 else float(w)
 
     def deviance(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
-        if self.kind[j] >= 2:
-            v0 = self.v_hat if start is None else start
+        if self.kind[j] != 1:
+            v0 = np.array(self.v_hat if start is None else start, dtype=np.float64)
+            row = self.rows[j] if self.kind[j] == 0 else np.zeros(len(v0))
+            if self.kind[j] == 0 and not np.any(v0[row > 0]):
+                v0[j] = 1.0  # a zero row (an SD of 0) has no direction: start from the diagonal entry
             f, v = _constrained_min_theta(
-                jnp.asarray(v0), jnp.asarray(self.v_lower), self.data, self.column, j, jnp.asarray(float(wj))
+                jnp.asarray(v0), jnp.asarray(self.v_lower), self.data, self.column, j, jnp.asarray(float(wj)),
+                jnp.asarray(row),
             )
             return float(f), np.asarray(v)
-        w0 = self.w_hat if start is None else start
+        w0 = np.array(self.w_hat if start is None else start, dtype=np.float64)
+        if self.kind[j] == 1:  # a new correlation can leave its matrix indefinite: move the others
+            w0[j] = wj
+            w0 = _feasible_start(
+                w0, self.kind, lambda w: float(_deviance_at(jnp.asarray(w), self.data, self.kinds)), hold=j
+            )
         f, w = _constrained_min(
             jnp.asarray(w0), jnp.asarray(self.lower), self.data, self.kinds, j, jnp.asarray(float(wj))
         )
