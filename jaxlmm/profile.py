@@ -17,10 +17,16 @@ sec. 5.1). As lme4's ``devfun2`` does (it calls ``refitML``), REML fits are
 profiled on the ML deviance.
 
 The inner minimization is the engine's projected Newton
-(:func:`jaxlmm.optimize.newton`) over w = (SDs >= 0, atanh of the
-correlations, sigma >= 0, beta) with w_j held fixed: the criterion does not
-depend on w_j, so its gradient and Hessian row vanish and Newton leaves it
-alone; one compiled function serves every parameter and value. A profile
+(:func:`jaxlmm.optimize.newton`). For a correlation it runs over w = (SDs >=
+0, atanh of the correlations, sigma >= 0, beta) with w_j held fixed: the
+criterion does not depend on w_j, so its gradient and Hessian row vanish and
+Newton leaves it alone. For an SD, sigma or a fixed effect it runs over the
+engine's v = (theta, sigma, beta), which reaches singular fits (a zero
+diagonal entry of theta) that the correlation scale approaches only as a
+correlation tends to +-1: sigma or beta_j is held fixed, and for an SD its
+row of the relative factor T is rescaled to the norm SD / sigma, its
+direction left free (:func:`_constrained_min_theta`). One compiled function
+per scale serves every parameter and value. A profile
 limit zeta_j(v) = +-z is found by a safeguarded secant (regula falsi with the
 Illinois modification) on v.
 
