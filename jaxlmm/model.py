@@ -122,7 +122,7 @@ def _better(a: OptResult, b: OptResult) -> OptResult:
 
 
 def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None,
-              hessian: str = "exact") -> OptResult:
+              hessian: str = "exact", boundary_restart: bool = True) -> OptResult:
     """:func:`optimize_theta`, with the rules that make a reported optimum a minimum.
 
     A Newton fit is ``converged`` only where the first-order conditions of
@@ -135,6 +135,13 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
       curvature), Newton restarts from the point moved along the direction
       of negative curvature (the entries at their bound become small positive
       values), up to ``MAX_RESTARTS`` times;
+    - at a converged optimum on the boundary (a zero diagonal entry: a
+      singular fit), Newton runs once more from those entries at their start
+      value, and the better optimum is kept (``boundary_restart``): the
+      criterion is even in such an entry, so its vanishing derivative there
+      is no evidence, and a path that reached 0 may have passed a better
+      optimum of the other entries (the fit could depend on the order of the
+      levels);
     - where Newton stalls (its line search fails, or the iteration cap), L-BFGS
       continues from the best point so far and Newton finishes from there
       (its end carries the second-order check).
@@ -146,10 +153,11 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
     kw = dict(max_iter=max_iter, scale=scale, hessian=hessian)
     start = jnp.asarray(start)
     best = optimize_theta(start, lower, data, reml, method=method, **kw)
-    if method != "newton" or data.n_theta == 0 or bool(best.converged):
-        return best
     w = np.ones(np.shape(start)) if scale is None else np.asarray(scale)
     low = np.asarray(lower) * w
+    at_bound = np.any(np.asarray(best.theta) * w <= low)
+    if method != "newton" or data.n_theta == 0 or (bool(best.converged) and not (boundary_restart and at_bound)):
+        return best
     n_iter = int(best.n_iter)
     for _ in range(MAX_RESTARTS):
         v = np.asarray(best.descent) * w
@@ -164,6 +172,17 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
             best = _better(best, again)
             break
         best = _better(best, again)
+    at = np.asarray(best.theta) * w <= low
+    if boundary_restart and bool(best.converged) and np.any(at):
+        # A boundary optimum may be a local one: the criterion is even in a zero diagonal entry,
+        # so Newton can reach it from one side and stop. Once more from those entries at their
+        # start value (1 on the optimizer's scale), and keep the better.
+        new = np.where(at, 1.0 / w, np.asarray(best.theta))
+        if not np.array_equal(new, np.asarray(start)):  # from the fit's own start it would repeat itself
+            again = optimize_theta(jnp.asarray(new), lower, data, reml, method="newton", **kw)
+            n_iter += int(again.n_iter)
+            if bool(again.converged) and float(again.fun) < float(best.fun) - 1e-10 * (1.0 + abs(float(best.fun))):
+                best = again
     if not bool(best.converged):
         lb = optimize_theta(best.theta, lower, data, reml, method="lbfgs", **kw)
         n_iter += int(lb.n_iter)
