@@ -206,3 +206,22 @@ def test_collinear_slopes_are_refused_as_collinear():
     with pytest.raises(jaxlmm.JaxLMMError, match="columns 'Days', 'D2' of the term are collinear") as err:
         jaxlmm.lmm("Reaction ~ Days + (Days + D2 | Subject)", d)
     assert "not vary" not in str(err.value)
+
+
+def test_bootstrap_redoes_replicates_that_did_not_converge():
+    """The batched pass's replicates that failed the checks are finished one by one (bootstrap._first_pass_restarts)."""
+    from jaxlmm.bootstrap import ESCAPE, Refit, _first_pass_restarts
+
+    theta = np.array([[0.5, 0.2], [0.0, 1.0], [0.7, 0.3], [0.4, 0.4]])
+    res = Refit(
+        objective=np.zeros(4), theta=theta, beta=np.zeros((4, 1)), sigma=np.ones(4),
+        converged=np.array([True, False, False, True]), n_iter=np.array([3, 4, 8, 2]),
+        stuck=np.array([[False, False], [True, False], [False, False], [False, False]]),
+    )
+    idx, start = _first_pass_restarts(res, 8)
+    assert idx.tolist() == [1, 2]  # a saddle on the bound; out of iterations
+    assert start[1].tolist() == [ESCAPE, 1.0] and start[2].tolist() == theta[2].tolist()
+    res = res._replace(converged=np.array([True, False, True, False]), n_iter=np.array([3, 4, 2, 2]),
+                       stuck=np.zeros((4, 2), dtype=bool))
+    idx, _ = _first_pass_restarts(res, 8)
+    assert idx.tolist() == [1, 3]  # a failed line search or negative curvature away from the bound
