@@ -26,8 +26,10 @@ SHAPES = [  # (operation, rows, levels of factor 1, levels of factor 2)
     ("fit", 200_000, 20_000, 1_000),
     ("fit", 200_000, 20_000, 3_000),
     ("fit", 400_000, 40_000, 2_000),
+    ("bootstrap", 20_000, 2_000, 100),
     ("bootstrap", 200_000, 20_000, 1_000),
     ("simulate", 200_000, 20_000, 1_000),
+    ("simulate", 400_000, 40_000, 2_000),
 ]
 
 
@@ -77,6 +79,7 @@ def measure(op: str, n: int, l1: int, l2: int) -> dict:
             tg = target_of(fit.model, fit.theta)
             chunk = max(1, min(MEMORY_BUDGET // _per_replicate_size((tg,)), CPU_CHUNK))
             estimate = memory.bootstrap_bytes([fit.model.data], fit.nobs, chunk, chunk)
+            print(f"chunk {chunk}", file=sys.stderr)
             base = _status("VmRSS")
             reset = _reset_peak()
             jaxlmm.bootstrap(fit, n=chunk, progress=False)

@@ -146,11 +146,13 @@ def fit_bytes_of(data) -> int:
 
 
 def simulate_bytes(n: int, design) -> int:
-    """Peak bytes of ``simulate(n)``: the keys, and per response its draws, terms and result (host copy too)."""
+    """Peak bytes of ``simulate(n)``: per response its result, the terms' draws and one more copy with
+    an offset (``Design.offset``: zeros without one), the keys, and a quarter of a fit's compilation."""
     rows = int(design.n)
     kmax = max([t.k for t in design.terms] or [1])
     levels = sum(t.nlevels * t.k for t in design.terms)
-    per = F64 * (rows * (kmax + 5) + 2 * levels)
+    offset = 0 if getattr(design, "offset", None) is None else 1
+    per = F64 * (rows * (kmax + 1 + offset) + 2 * levels)
     return int(n * (per + 16) + _runtime() // 4)
 
 
@@ -171,11 +173,12 @@ def bootstrap_bytes(datas, rows: int, n: int, chunk: int) -> int:
     ``datas``: the cross-products of each model refitted per replicate. The
     keys (16 bytes per replicate), the results of every replicate (objective,
     theta, beta, sigma, convergence; twice: arrays and table), and one
-    chunk's batched refits.
+    chunk's batched refits, and a quarter of a fit's compilation (the
+    batched refit's programs are smaller than a fit's, measured).
     """
     per_result = sum(2 * RESULT_BYTES * (2 * d.n_theta + d.p + 6) for d in datas)
     per_chunk = sum(replicate_bytes(d, rows) for d in datas)
-    return int(16 * n + per_result * n + chunk * per_chunk + _runtime())
+    return int(16 * n + per_result * n + chunk * per_chunk + _runtime() // 4)
 
 
 def profile_bytes(fit) -> int:
