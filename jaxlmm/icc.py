@@ -34,6 +34,7 @@ import pandas as pd
 from .bootstrap import percentile_interval, theta_names
 from .design import theta_scales
 from .errors import JaxLMMError, JaxLMMWarning, warn
+from .validate import check_bool, check_level
 from .objective import theta_layout
 
 TOLERANCE = 1e-5  # insight's tolerance for a singular fit
@@ -115,6 +116,7 @@ def shares(fit, which: str, conf_int: bool = False, conf_level: float = 0.95, n:
            boot=None, tolerance: float = TOLERANCE):
     """``which`` = ``"icc"`` or ``"r2"`` of ``fit``: a Series, or with ``conf_int`` a frame of
     estimate, lower, upper (percentile intervals over ``boot``, or a new bootstrap of ``n``)."""
+    conf_int = check_bool(conf_int, "conf_int")
     design = fit.model.design
     if not design.terms:
         raise JaxLMMError(f"{which} needs a model with random effects.")
@@ -130,8 +132,7 @@ def shares(fit, which: str, conf_int: bool = False, conf_level: float = 0.95, n:
     est = _shares(parts, which).iloc[0].rename(which.upper() if which == "icc" else "R2")
     if not (conf_int or boot is not None):
         return est
-    if not 0 < conf_level < 1:
-        raise JaxLMMError(f"conf_level must lie strictly between 0 and 1, not {conf_level!r}.")
+    conf_level = check_level(conf_level, "conf_level")
     reps = _shares(variance_parts(*_replicates(fit, boot, n, seed), design), which)
     if singular:
         reps.loc[:, reps.columns != "marginal"] = np.nan

@@ -25,7 +25,9 @@ import pandas as pd
 
 from .anova import _components
 from .distributions import chi2_mixture_sf, chi2_sf
+from ._config import uses_float64
 from .errors import JaxLMMError
+from .validate import check_fit
 from .submodels import bar_label, formula_order, reduced_term, term_labels, with_terms
 
 COLUMNS = ("npar", "logLik", "AIC", "LRT", "Df", "Pr(>Chisq)", "p_boundary")
@@ -46,8 +48,10 @@ def reduced_models(model) -> dict:
     return out
 
 
+@uses_float64
 def ranova(fit) -> pd.DataFrame:
     """lmerTest's ``ranova`` table of ``fit``, with a boundary-mixture p-value column ``p_boundary``."""
+    check_fit(fit, func="ranova")
     if not fit.terms:
         raise JaxLMMError("ranova needs a model with at least one random-effect term.")
     labels, fits = ["<none>"], [fit]

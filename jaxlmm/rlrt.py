@@ -42,8 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._config import ensure_x64
+from ._config import ensure_x64, uses_float64
 from .errors import JaxLMMError, JaxLMMWarning, warn
+from .memory import check_fits
+from .validate import check_fit, check_seed
 from .submodels import bar_label, find_term, with_terms
 
 GRID_LENGTH = 200
@@ -246,7 +248,8 @@ def _statistic(alt, null) -> float:
     return 0.0 if stat < ZERO_TOL else stat
 
 
-def exact_rlrt(fit, term=None, nsim: int = 10_000, seed: int = 0, grid_length: int = GRID_LENGTH,
+@uses_float64
+def exact_rlrt(fit, term=None, nsim: int = 10_000, seed: int | None = 0, grid_length: int = GRID_LENGTH,
                log_range=LOG_GRID) -> ExactTest:
     """Exact restricted likelihood-ratio test of one variance component (RLRsim's ``exactRLRT``).
 
@@ -262,7 +265,8 @@ def exact_rlrt(fit, term=None, nsim: int = 10_000, seed: int = 0, grid_length: i
     return _exact(fit, term, nsim, seed, grid_length, log_range, ml=False, null=None)
 
 
-def exact_lrt(fit, null=None, nsim: int = 10_000, seed: int = 0, grid_length: int = GRID_LENGTH,
+@uses_float64
+def exact_lrt(fit, null=None, nsim: int = 10_000, seed: int | None = 0, grid_length: int = GRID_LENGTH,
               log_range=LOG_GRID) -> ExactTest:
     """Exact likelihood-ratio test of the one random-effect term of ``fit`` (RLRsim's ``exactLRT``).
 
@@ -283,6 +287,7 @@ def _null_of(fit, null, ml: bool):
     """The given null fit (None: the fit less the tested term, built by the caller) and q."""
     if null is None:
         return None, 0
+    check_fit(null, "null", "exact_lrt")
     if len(null.terms):
         raise JaxLMMError("null must be a fit without random-effect terms (the linear model).")
     d, d0 = fit.model.design, null.model.design
@@ -295,8 +300,12 @@ def _null_of(fit, null, ml: bool):
 
 
 def _exact(fit, term, nsim, seed, grid_length, log_range, ml: bool, null) -> ExactTest:
-    nsim = _check_nsim(nsim)
     what = "LRT" if ml else "RLRT"
+    check_fit(fit, func=f"exact_{what.lower()}")
+    nsim = _check_nsim(nsim)
+    seed = check_seed(seed)  # None: a random seed, recorded on the result
+    # the sample (float64) and its sort, besides one batch's draws
+    check_fits(32 * nsim + 8 * BATCH * 64, f"exact_{what.lower()}(nsim={nsim})")
     fit = _refit(fit, reml=not ml, what=what)
     design = fit.model.design
     if getattr(design, "weights", None) is not None:

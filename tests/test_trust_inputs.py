@@ -74,6 +74,8 @@ def test_seed_none_is_random_and_recorded():
     assert isinstance(pb.seed, int)
     ci = fit.confint("boot", n=4, seed=None)
     assert isinstance(ci.attrs["seed"], int)
+    exact = jaxlmm.exact_rlrt(get_fit("Reaction ~ Days + (1 | Subject)", "sleepstudy"), nsim=100, seed=None)
+    assert isinstance(exact.seed, int) and 0 <= exact.seed < 2**63
 
 
 def test_confint_which_unknown_or_not_a_name():
@@ -125,6 +127,7 @@ def _cases():
     boot = lambda: jaxlmm.bootstrap(dye(), n=4, progress=False)  # noqa: E731
     ml0 = lambda: get_fit("Yield ~ 1", "dyestuff", reml=False)  # noqa: E731
     ml1 = lambda: get_fit(DYE, "dyestuff", reml=False)  # noqa: E731
+    one = lambda: get_fit("Reaction ~ Days + (1 | Subject)", "sleepstudy")  # noqa: E731
     out = []
     for bad in ("a", None, -1, 0, float("nan"), 1.5, float("inf"), True):
         out.append((f"bootstrap n={bad!r}", lambda b=bad: jaxlmm.bootstrap(dye(), n=b), "n (the number of bootstrap"))
@@ -162,6 +165,13 @@ def _cases():
         ("data None", lambda: jaxlmm.lmm(DYE, None), "data must be a pandas DataFrame"),
         ("oneway data", lambda: jaxlmm.oneway_anova(None, "Yield", "Batch"), "data must be"),
         ("dataset name", lambda: jaxlmm.datasets.load(None), "No bundled dataset"),
+        ("exact_rlrt seed", lambda: jaxlmm.exact_rlrt(one(), nsim=10, seed=2**70), "seed must be an integer"),
+        ("exact_rlrt fit", lambda: jaxlmm.exact_rlrt("fit"), "exact_rlrt: fit must be a fitted model"),
+        ("exact_rlrt nsim", lambda: jaxlmm.exact_rlrt(one(), nsim=10**12), "exact_rlrt(nsim=1000000000000) needs"),
+        ("exact_lrt null", lambda: jaxlmm.exact_lrt(one(), null=3), "exact_lrt: null must be a fitted model"),
+        ("ranova fit", lambda: jaxlmm.ranova("x"), "ranova: fit must be a fitted model"),
+        ("icc conf_level", lambda: one().icc(conf_int=True, conf_level="x"), "conf_level must be a number"),
+        ("r2 conf_int", lambda: one().r2(conf_int="x"), "conf_int must be True or False"),
     ]
     return [c for c in out if c is not None]
 
