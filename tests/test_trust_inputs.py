@@ -212,6 +212,32 @@ def test_fit_inside_enable_x64_false_is_float64_with_a_true_warning():
     assert fresh.deviance(ref.theta) == pytest.approx(ref.objective, rel=1e-12)
 
 
+@pytest.mark.parametrize("entry", ["bootstrap", "simulate", "confint", "anova"])
+def test_global_flag_off_is_switched_on_by_every_entry_point(entry):
+    fit = dye_fit()
+    calls = {
+        "bootstrap": lambda: jaxlmm.bootstrap(fit, n=3, seed=1, progress=False).table["objective"].to_numpy(),
+        "simulate": lambda: fit.simulate(2, seed=1),
+        "confint": lambda: fit.confint("wald").to_numpy(),
+        "anova": lambda: jaxlmm.anova(get_fit("Yield ~ 1", "dyestuff", reml=False), get_fit(DYE, "dyestuff", reml=False))
+        ["Chisq"].to_numpy(),
+    }
+    ref = calls[entry]()
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = calls[entry]()
+        assert jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, JaxLMMWarning)]
+    assert msgs == ["JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, since mixed-model "
+                    "fits need float64."]
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_float64_refused_when_no_context_can_switch_it_on(monkeypatch):
     model = get_model(SLOPE, "sleepstudy")
     with jax.enable_x64(False):
