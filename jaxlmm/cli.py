@@ -10,8 +10,8 @@
 
 ``--data`` is a data file or a bundled dataset's name; a file on disk wins
 over a bundled dataset of the same name, and ``bundled:NAME`` always names
-the bundled one. A file is Parquet (needs the optional extra
-``jaxlmm[parquet]``), or text whose separator (comma, tab, semicolon, ...)
+the bundled one. A file is Parquet (needs pyarrow, the optional extra
+``parquet``), or text whose separator (comma, tab, semicolon, ...)
 is sniffed unless ``--sep`` gives it; a file that cannot be read (binary,
 empty, not UTF-8, no rows) is an error, status 2. ``--format json`` prints plain JSON (``fit``: ``LmmFit.to_dict``),
 ``--format csv`` a table (``fit``: ``LmmFit.tidy``). Bad input prints
@@ -83,8 +83,9 @@ def _read_file(path: Path, spec: str, sep: str | None):
             import pyarrow  # noqa: F401
         except ImportError:
             raise DataError(
-                f"--data '{spec}' is a Parquet file; reading Parquet needs pyarrow, an optional "
-                "dependency: pip install 'jaxlmm[parquet]' (or convert the file to CSV)."
+                f"--data '{spec}' is a Parquet file; reading Parquet needs pyarrow, jaxlmm's optional "
+                "extra 'parquet': pip install \".[parquet]\" in jaxlmm's folder, or pip install pyarrow "
+                "(or convert the file to CSV)."
             ) from None
     elif b"\x00" in head:
         raise DataError(

@@ -297,7 +297,7 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, capsys, monkeypatch):
     path = tmp_path / "data.parquet"
     path.write_bytes(b"PAR1....PAR1")
     rc, _, err = _cli(capsys, "fit", DYE, "--data", str(path))
-    assert rc == 2 and "pip install 'jaxlmm[parquet]'" in err
+    assert rc == 2 and "optional extra 'parquet'" in err and 'pip install ".[parquet]"' in err
     extras = (ROOT / "pyproject.toml").read_text()
     assert 'parquet = ["pyarrow>=' in extras
 
