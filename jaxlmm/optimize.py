@@ -301,14 +301,20 @@ def newton(
         jnp.asarray(mode0), jnp.asarray(mode0),
     )
     _, theta, f, g, H, it, _, _, used = lax.while_loop(cond, body, init)
-    if hessian == "bfgs":  # the check at the end needs the true curvature: one exact Hessian
+    if hessian == "bfgs":
+        # The check at the end needs the true curvature at a point on the bound (where the
+        # criterion's symmetry makes the gradient vanish whatever the curvature): one exact
+        # Hessian, unless the last pass had it (the confirming pass). An interior point that a
+        # descent method reached with a small gradient keeps the BFGS matrix: measured on
+        # InstEval, an exact Hessian there costs a quarter of the fit (5.3 s against 4.3 s).
 
         def exact_at(x):
             fx, gx, Hx = fgh(x, *args)
             x, gx, Hx = flip(x, gx, Hx)
             return x, fx, gx, Hx
 
-        theta, f, g, H = lax.cond(used == EXACT, lambda x: (x, f, g, H), exact_at, theta)
+        keep = (used == EXACT) | ~jnp.any(theta <= lower)
+        theta, f, g, H = lax.cond(keep, lambda x: (x, f, g, H), exact_at, theta)
     pg = projected_gradient(theta, g, lower)
     first = jnp.max(jnp.abs(pg), initial=0.0) < conv_tol * (1.0 + jnp.abs(f))
     curv_ok, v = second_order(theta, f, g, H, lower, conv_tol)
