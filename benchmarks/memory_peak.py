@@ -2,7 +2,7 @@
 
 Each case runs in a fresh Python process: it builds the data, reads its
 resident memory (``/proc/self/status``: VmRSS) as the baseline, runs the
-operation (a fit; a bootstrap chunk; ``simulate``), and reads the peak
+operation (a fit; a bootstrap chunk; ``simulate``; the profile interval of sigma), and reads the peak
 resident memory (VmHWM, reset before the operation through
 ``/proc/self/clear_refs`` where the kernel allows it; else ``ru_maxrss``).
 The measured working set is peak minus baseline; the estimate is what
@@ -30,6 +30,8 @@ SHAPES = [  # (operation, rows, levels of factor 1, levels of factor 2)
     ("bootstrap", 200_000, 20_000, 1_000),
     ("simulate", 200_000, 20_000, 1_000),
     ("simulate", 400_000, 40_000, 2_000),
+    ("profile", 20_000, 2_000, 100),
+    ("profile", 200_000, 20_000, 1_000),
 ]
 
 
@@ -83,6 +85,11 @@ def measure(op: str, n: int, l1: int, l2: int) -> dict:
             base = _status("VmRSS")
             reset = _reset_peak()
             jaxlmm.bootstrap(fit, n=chunk, progress=False)
+        elif op == "profile":
+            estimate = memory.profile_bytes(fit)
+            base = _status("VmRSS")
+            reset = _reset_peak()
+            fit.confint("profile", which=["sigma"])
         else:
             k = 100
             estimate = memory.simulate_bytes(k, fit.model.design)

@@ -181,11 +181,15 @@ def bootstrap_bytes(datas, rows: int, n: int, chunk: int) -> int:
     return int(16 * n + per_result * n + chunk * per_chunk + _runtime() // 4)
 
 
+PROFILE_SHARE = 0.4  # a profile's Newton temporaries, as a share of the fit's (measured: 0.3 to 0.55)
+
+
 def profile_bytes(fit) -> int:
-    """Peak bytes of profiling ``fit``: one fit's working set (the ML deviance in theta, sigma, beta)."""
+    """Peak bytes of profiling ``fit``: its Newton's temporaries (the ML deviance in theta, sigma, beta;
+    a share of the fit's) and two thirds of a fit's compilation (measured, benchmarks/memory_peak.py)."""
     data = fit.model.data
     parts = fit_parts(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
-    return int(parts["temporaries"] + _runtime())
+    return int(PROFILE_SHARE * parts["temporaries"] + 2 * _runtime() // 3)
 
 
 # ---- what is available -------------------------------------------------------------------
