@@ -219,7 +219,6 @@ def _first_order(opt: OptResult, w, tol: float = 1e-6) -> bool:
 
 _deviance_jit = jax.jit(_deviance)
 
-
 RESPONSE_RANGE = 2.0**10
 """Responses whose standard deviation lies outside [1/RESPONSE_RANGE, RESPONSE_RANGE] are optimized rescaled."""
 
