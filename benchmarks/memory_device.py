@@ -7,6 +7,7 @@ temporaries), XLA's own ``memory_analysis`` of the compiled fit, and the
 allocator's ``peak_bytes_in_use`` after the fit (``Device.memory_stats``).
 
     python benchmarks/memory_device.py [rows l1 l2 ...]
+    python benchmarks/memory_device.py --batched rows l1 l2   # a bootstrap chunk and simulate(100)
 
 Figures in benchmarks/RESULTS.md ("Memory estimates").
 """
@@ -65,9 +66,47 @@ def one(n: int, l1: int, l2: int) -> dict:
     return out
 
 
+def batched(n: int, l1: int, l2: int) -> dict:
+    """A bootstrap chunk and simulate(100): XLA's memory_analysis of the compiled programs against the estimates."""
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    import jaxlmm
+    from jaxlmm import memory, synthetic
+    from jaxlmm.bootstrap import (CPU_CHUNK, FIRST_PASS, MEMORY_BUDGET, _per_replicate_size, fit_params,
+                                  refit_chunk, rows_of, target_of)
+    from jaxlmm.bootstrap import simulate as simulate_one
+
+    warnings.simplefilter("ignore")
+    data = synthetic.crossed(n, (l1, l2), seed=1, bounds=((1, max(2, l2 // 2)), (1, None)))
+    fit = jaxlmm.lmm("rating ~ 1 + (1 | user) + (1 | movie)", data)
+    tg = target_of(fit.model, fit.theta)
+    chunk = max(1, MEMORY_BUDGET // _per_replicate_size((tg,)))
+    if jax.default_backend() == "cpu":
+        chunk = min(chunk, CPU_CHUNK)
+    keys = jax.random.split(jax.random.key(0), chunk)
+    ma = refit_chunk.lower(keys, tg.rows, fit_params(fit), (tg,), True, jnp.asarray(FIRST_PASS)).compile().memory_analysis()
+    boot_est = memory.bootstrap_bytes([fit.model.data], fit.nobs, chunk, chunk)
+    k = 100
+    draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
+    ms = draw.lower(jax.random.split(jax.random.key(0), k), rows_of(fit.model.design), fit_params(fit)).compile().memory_analysis()
+    return {
+        "rows": n, "levels": [l1, l2], "device": str(jax.devices()[0]), "chunk": chunk,
+        "bootstrap_xla": int(ma.argument_size_in_bytes + ma.temp_size_in_bytes + ma.output_size_in_bytes),
+        "bootstrap_estimate": boot_est,
+        "simulate_xla": int(ms.argument_size_in_bytes + ms.temp_size_in_bytes + ms.output_size_in_bytes),
+        "simulate_estimate": memory.simulate_bytes(k, fit.model.design),
+    }
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--one"]:
         print(json.dumps(one(*map(int, argv[1:4]))))
+        return
+    if argv[:1] == ["--batched"]:
+        print(json.dumps(batched(*map(int, argv[1:4]))))
         return
     shapes = [tuple(map(int, argv[i : i + 3])) for i in range(0, len(argv), 3)] or SHAPES
     for n, l1, l2 in shapes:
