@@ -205,11 +205,32 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _cgroup_stat(path: str, key: str) -> int:
+    """A counter of the cgroup's memory.stat (0 when absent)."""
+    text = _read(path)
+    if text:
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                try:
+                    return int(value)
+                except ValueError:
+                    return 0
+    return 0
+
+
 def _cgroup_free() -> int | None:
-    """The cgroup's memory limit less its usage (cgroup v2, else v1); None without a limit."""
-    for limit, usage in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    """The cgroup's memory limit less its usage (cgroup v2, else v1); None without a limit.
+
+    The usage counts the page cache; its inactive part (``inactive_file``),
+    which the kernel reclaims first, is counted as free, as ``docker stats``
+    does.
+    """
+    for limit, usage, stat, key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+         "inactive_file"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
     ):
         lim, use = _read(limit), _read(usage)
         if lim is None or lim == "max":
@@ -220,6 +241,7 @@ def _cgroup_free() -> int | None:
             continue
         if lim_b >= 2**60:  # v1's "no limit"
             continue
+        use_b = max(use_b - _cgroup_stat(stat, key), 0)
         return max(lim_b - use_b, 0)
     return None
 

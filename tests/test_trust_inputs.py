@@ -343,6 +343,25 @@ def test_available_memory_is_the_least_bound(monkeypatch):
     assert "free memory of" in msg
 
 
+def test_cgroup_limit_less_usage_counts_inactive_page_cache_as_free(monkeypatch):
+    files = {
+        "/sys/fs/cgroup/memory.max": str(8 * 2**30),
+        "/sys/fs/cgroup/memory.current": str(7 * 2**30),
+        "/sys/fs/cgroup/memory.stat": f"anon 100\ninactive_file {2 * 2**30}\nactive_file 5\n",
+    }
+    monkeypatch.setattr(memory, "_read", files.get)
+    assert memory._cgroup_free() == 3 * 2**30
+    files["/sys/fs/cgroup/memory.max"] = "max"
+    assert memory._cgroup_free() is None
+    v1 = {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes": str(4 * 2**30),
+        "/sys/fs/cgroup/memory/memory.usage_in_bytes": str(3 * 2**30),
+        "/sys/fs/cgroup/memory/memory.stat": "total_inactive_file 0\n",
+    }
+    monkeypatch.setattr(memory, "_read", v1.get)
+    assert memory._cgroup_free() == 2**30
+
+
 def test_address_space_limit_is_read():
     import resource
 
