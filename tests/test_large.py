@@ -71,10 +71,14 @@ def test_pair_count_matches_listed_pairs():
 
 
 def test_memory_estimate_grows_with_pairs_and_schur_size():
+    from jaxlmm.memory import PAIR_TEMP
+
     dims = ((1000, 1), (500, 1))
-    base = estimate_fit_bytes(dims, 2, 5000, 10_000)
-    assert estimate_fit_bytes(dims, 2, 5000, 20_000) - base == pytest.approx(10_000 * (12 + 8 + 24))
-    assert estimate_fit_bytes(((1000, 1), (1000, 1)), 2, 5000, 10_000) > base
+    base = estimate_fit_bytes(dims, 2, 5000, 10_000, on="cpu")
+    # per pair (k1 = 1): its argument (level, target, one product) and its temporaries
+    per_pair = (4 + 8 + 8) + (PAIR_TEMP + 8)
+    assert estimate_fit_bytes(dims, 2, 5000, 20_000, on="cpu") - base == pytest.approx(10_000 * per_pair)
+    assert estimate_fit_bytes(((1000, 1), (1000, 1)), 2, 5000, 10_000, on="cpu") > base
     # the dense Schur complement alone: at least 8 (q2 + p + 1)^2 float64s
     assert base > 8 * 8 * 503**2
 
@@ -90,11 +94,13 @@ def test_too_large_fit_raises_clear_error():
 def test_memory_check_counts_the_chunk_of_rows():
     """The refusal threshold lies between the fit's estimate and the estimate plus one chunk's working set."""
     from jaxlmm.crossprod import _families, row_plan
-    from jaxlmm.memory import chunk_bytes
+    from jaxlmm.memory import chunk_bytes, rows_bytes
 
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
     d = m.data
+    # the fit's estimate and the design's rows (both counted before the rows are summed)
     fit_only = estimate_fit_bytes(d.term_dims, d.p, len(d.e_j1), pair_count(np.asarray(d.e_j1)))
+    fit_only += rows_bytes(m.design.n, 1 + 1 + 2)
     per_row = sum(f[3] * f[4] for f in _families(row_plan(m.design).layout, (1, 1), 1)[0])
     assert per_row == 1 * 3 + 1 * 3 + 1  # (1 | plate) and (1 | sample) against [z X y]; Z1'Z2
     chunk = chunk_bytes(m.design.n, per_row, 1 + 1 + 2 + 4)
