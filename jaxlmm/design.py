@@ -325,38 +325,36 @@ def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, offset, weights=Non
     return used
 
 
-def _offset_argument(offset, n: int):
-    """``offset=`` as given: None, the text of an expression in the columns, or n numbers."""
-    if offset is None or isinstance(offset, str):
-        return offset
+def _per_row_argument(value, n: int, name: str):
+    """``offset=`` or ``weights=`` as given: None, the text of an expression in the columns, or n numbers."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parse(value, f"{name}=")
+        return value
     try:
-        arr = np.asarray(offset, dtype=np.float64)
+        arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise DataError("offset= must be numbers (one per row of the data) or the text of an expression.") from None
+        raise DataError(f"{name}= must be numbers (one per row of the data) or the text of an expression.") from None
     if arr.shape != (n,):
-        raise DataError(f"offset= has shape {arr.shape}; it needs one number per row of the data ({n}).")
-    if np.isinf(arr).any():
+        raise DataError(f"{name}= has shape {arr.shape}; it needs one number per row of the data ({n}).")
+    return arr
+
+
+def _offset_argument(offset, n: int):
+    """``offset=``: None, text, or n numbers, none of them infinite (NaN marks a missing value)."""
+    arr = _per_row_argument(offset, n, "offset")
+    if isinstance(arr, np.ndarray) and np.isinf(arr).any():
         raise DataError("offset= has infinite values.")
     return arr
 
 
 def _weights_argument(weights, n: int):
-    """``weights=`` as given: None, the text of an expression in the columns, or n numbers.
-
-    Numbers must be finite and non-negative (NaN marks a missing weight: the row is dropped).
-    """
-    if weights is None:
-        return None
-    if isinstance(weights, str):
-        parse(weights, "weights=")
-        return weights
-    try:
-        arr = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError("weights= must be numbers (one per row of the data) or the text of an expression.") from None
-    if arr.shape != (n,):
-        raise DataError(f"weights= has shape {arr.shape}; it needs one number per row of the data ({n}).")
-    _check_weights(arr[~np.isnan(arr)])
+    """``weights=``: None, text, or n numbers, finite and non-negative (NaN marks a missing weight: the
+    row is dropped)."""
+    arr = _per_row_argument(weights, n, "weights")
+    if isinstance(arr, np.ndarray):
+        _check_weights(arr[~np.isnan(arr)])
     return arr
 
 
