@@ -17,24 +17,19 @@ sec. 5.1). As lme4's ``devfun2`` does (it calls ``refitML``), REML fits are
 profiled on the ML deviance.
 
 The inner minimization is the engine's projected Newton
-(:func:`jaxlmm.optimize.newton`). For a correlation it runs over w = (SDs >=
-0, atanh of the correlations, sigma >= 0, beta) with w_j held fixed: the
-criterion does not depend on w_j, so its gradient and Hessian row vanish and
-Newton leaves it alone. For an SD, sigma or a fixed effect it runs over the
-engine's v = (theta, sigma, beta), which reaches singular fits (a zero
-diagonal entry of theta) that the correlation scale approaches only as a
-correlation tends to +-1: sigma or beta_j is held fixed, and for an SD its
-row of the relative factor T is rescaled to the norm SD / sigma, its
-direction left free (:func:`_constrained_min_theta`). One compiled function
-per scale serves every parameter and value. A profile
-limit zeta_j(v) = +-z is found by a safeguarded secant (regula falsi with the
-Illinois modification) on v.
-
-For terms with three or more columns the atanh-scaled correlations are not
-constrained to a positive-definite matrix: a Newton step that leaves it has
-a non-finite deviance and is cut back by the line search. An SD profile that
-stays above -z down to SD = 0 gives the lower limit 0; a correlation
-profile that never reaches +-z gives the limit +-1.
+(:func:`jaxlmm.optimize.newton`) over the engine's v = (theta, sigma, beta),
+which reaches singular fits (a zero diagonal entry of theta, a correlation
+matrix of lower rank) that the SD and correlation scale approaches only as a
+correlation tends to +-1. sigma or beta_j is held fixed; for an SD its row of
+the relative factor T is rescaled to the norm SD / sigma, its direction left
+free; for the correlation of columns a < b, cos(t_a, t_b) of rows a and b of
+T, row b is turned to that angle in the plane of t_a and its own orthogonal
+part, its norm kept (:func:`_constrained_min_theta`). One compiled function
+serves every parameter and value. A profile limit zeta_j(v) = +-z is found by
+a safeguarded secant (regula falsi with the Illinois modification) on v, a
+correlation on the atanh scale. An SD profile that stays above -z down to
+SD = 0 gives the lower limit 0; a correlation profile that never reaches
++-z gives the limit +-1.
 
 Singular fits: a relative factor of rank below its size has a singular
 correlation matrix (its Cholesky factor, and the deviance through it, is not
@@ -99,21 +94,14 @@ def _unpack(w, kinds, term_dims):
     return theta_from_sdcor(sdcor, sigma, term_dims), sigma, w[nv + 1 :]
 
 
-@partial(jax.jit, static_argnames=("kinds",))
-def _constrained_min(w0, lower, data, kinds: tuple, j, wj):
-    """min over w with w_j = wj of the ML deviance; returns (deviance, w)."""
-    kind = np.array(kinds, dtype=np.int64)
-
-    def dev(w, data, j, wj):
-        theta, sigma, beta = _unpack(w.at[j].set(wj), kind, data.term_dims)
-        return deviance_ml(theta, sigma, beta, data)
-
-    res = newton(dev, w0, lower, args=(data, j, wj), gtol=1e-10, max_iter=100)
-    return res.fun, res.theta.at[j].set(wj)
+def _norm(x):
+    """|x|, with a finite derivative at x = 0 (NaN would flow through a where)."""
+    sq = jnp.sum(x**2)
+    return jnp.sqrt(jnp.where(sq > 0, sq, 1.0)) * (sq > 0)
 
 
 @partial(jax.jit, static_argnames=("column",))
-def _constrained_min_theta(v0, lower, data, column: tuple, j, vj, row):
+def _constrained_min_theta(v0, lower, data, column: tuple, j, vj, row, A, B):
     """As :func:`_constrained_min` over v = (theta, sigma, beta), the engine's parameters.
 
     For the profiles of the SDs, sigma and the fixed effects: theta reaches
@@ -121,17 +109,27 @@ def _constrained_min_theta(v0, lower, data, column: tuple, j, vj, row):
     scale approaches only in the limit of a correlation of +-1. ``row``
     (0/1 over v) marks, for the profile of an SD, the entries of its row of
     the relative factor T: the SD is sigma |T_row|, so the row is rescaled to
-    the norm vj / sigma (its direction stays free); otherwise (all zeros)
-    entry j of v is set to vj.
+    the norm vj / sigma (its direction stays free). For the profile of a
+    correlation, ``A`` and ``B`` (0/1, v x k) pick rows a < b of T by
+    column: the correlation is cos(t_a, t_b), so t_b is turned in the plane
+    of t_a and its own component orthogonal to t_a to the angle arccos(vj),
+    keeping its norm (the free parameters stay free, the boundary of
+    singular fits stays reachable). Otherwise (all zeros) entry j of v is
+    set to vj.
     """
     nt = len(column) - 1 - data.p
     sd = jnp.any(row > 0)
+    cor = jnp.any(B > 0)
 
     def fix(v, j, vj):
-        sq = jnp.sum((v * row) ** 2)
-        norm = jnp.sqrt(jnp.where(sq > 0, sq, 1.0))  # no infinite derivative of sqrt at 0 (NaN through where)
-        scaled = jnp.where(row > 0, v * (vj / v[nt]) / norm, v)
-        return jnp.where(sd, scaled, v.at[j].set(vj))
+        norm = _norm(v * row)
+        scaled = jnp.where(row > 0, v * (vj / v[nt]) / jnp.where(norm > 0, norm, 1.0), v)
+        ta, tb = A.T @ v, B.T @ v
+        ua = ta / jnp.where(_norm(ta) > 0, _norm(ta), 1.0)
+        w = tb - jnp.vdot(tb, ua) * ua
+        uw = w / jnp.where(_norm(w) > 0, _norm(w), 1.0)
+        turned = v + B @ (_norm(tb) * (vj * ua + jnp.sqrt(jnp.maximum(1.0 - vj**2, 0.0)) * uw) - tb)
+        return jnp.where(cor, turned, jnp.where(sd, scaled, v.at[j].set(vj)))
 
     def dev(v, data, j, vj):
         v = fix(v, j, vj)
@@ -148,18 +146,17 @@ def _deviance_at(w, data, kinds: tuple):
     return deviance_ml(theta, sigma, beta, data)
 
 
-def _feasible_start(w, kinds: np.ndarray, dev, hold: int | None = None) -> np.ndarray:
+def _feasible_start(w, kinds: np.ndarray, dev) -> np.ndarray:
     """``w`` with its atanh-correlations shrunk toward 0 until the deviance there is finite.
 
     Undefined correlations (NaN: an SD of 0) become 0. The shrinkage factor
     grows from 1e-10 in steps of 100; at a factor of 1 every correlation is 0.
-    Entry ``hold`` (a correlation being profiled) keeps its value.
     """
     w = np.where((kinds == 1) & ~np.isfinite(w), 0.0, w)
     if np.isfinite(dev(w)):
         return w
     r = np.tanh(w)
-    shrink = (kinds == 1) & (np.arange(len(w)) != (-1 if hold is None else hold))
+    shrink = kinds == 1
     for eps in [1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1e-1, 0.5, 1.0]:
         trial = np.where(shrink, np.arctanh(r * (1.0 - eps)), w)
         if np.isfinite(dev(trial)):
@@ -199,8 +196,10 @@ class Profiler:
         self.v_hat = np.concatenate([np.asarray(ml.theta), [ml.sigma], ml.fixef.to_numpy()])
         self.v_lower = np.concatenate([np.asarray(fit.model.lower), [0.0], np.full(len(ml.fixef), -np.inf)])
         self.column = tuple(int(c) for c in theta_columns(data.term_dims)) + tuple(range(nt, len(kinds)))
-        # per SD entry j (a diagonal entry of theta): the entries of its row of T
-        self.rows = {}
+        # per SD entry j (a diagonal entry of theta): the entries of its row of T;
+        # per correlation entry (r, c): the selections of rows c and r of T, by column
+        self.rows, self.pairs = {}, {}
+        kmax = max([k for _, k in data.term_dims] or [1])
         i = 0
         for rows, cols in theta_layout(data.term_dims):
             for a, (r, c) in enumerate(zip(rows, cols)):
@@ -208,32 +207,33 @@ class Profiler:
                     mask = np.zeros(len(kinds))
                     mask[i : i + len(rows)] = rows == r
                     self.rows[i + a] = mask
+                else:
+                    A, B = np.zeros((len(kinds), kmax)), np.zeros((len(kinds), kmax))
+                    for e, (rr, cc) in enumerate(zip(rows, cols)):
+                        if rr == c:
+                            A[i + e, cc] = 1.0
+                        if rr == r:
+                            B[i + e, cc] = 1.0
+                    self.pairs[i + a] = (A, B)
             i += len(rows)
+        self.no_pair = (np.zeros((len(kinds), kmax)), np.zeros((len(kinds), kmax)))
 
     def to_value(self, j: int, w: float) -> float:
         return float(np.tanh(w)) if self.kind[j] == 1 else float(w)
 
     def deviance(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
-        if self.kind[j] != 1:
-            v0 = np.array(self.v_hat if start is None else start, dtype=np.float64)
-            row = self.rows[j] if self.kind[j] == 0 else np.zeros(len(v0))
-            if self.kind[j] == 0 and not np.any(v0[row > 0]):
-                v0[j] = 1.0  # a zero row (an SD of 0) has no direction: start from the diagonal entry
-            f, v = _constrained_min_theta(
-                jnp.asarray(v0), jnp.asarray(self.v_lower), self.data, self.column, j, jnp.asarray(float(wj)),
-                jnp.asarray(row),
-            )
-            return float(f), np.asarray(v)
-        w0 = np.array(self.w_hat if start is None else start, dtype=np.float64)
-        if self.kind[j] == 1:  # a new correlation can leave its matrix indefinite: move the others
-            w0[j] = wj
-            w0 = _feasible_start(
-                w0, self.kind, lambda w: float(_deviance_at(jnp.asarray(w), self.data, self.kinds)), hold=j
-            )
-        f, w = _constrained_min(
-            jnp.asarray(w0), jnp.asarray(self.lower), self.data, self.kinds, j, jnp.asarray(float(wj))
+        """min D over v with parameter j at ``wj`` (a correlation: atanh of it); the minimizing v."""
+        v0 = np.array(self.v_hat if start is None else start, dtype=np.float64)
+        row = self.rows[j] if self.kind[j] == 0 else np.zeros(len(v0))
+        if self.kind[j] == 0 and not np.any(v0[row > 0]):
+            v0[j] = 1.0  # a zero row (an SD of 0) has no direction: start from the diagonal entry
+        A, B = self.pairs.get(j, self.no_pair)
+        value = float(np.tanh(wj)) if self.kind[j] == 1 else float(wj)
+        f, v = _constrained_min_theta(
+            jnp.asarray(v0), jnp.asarray(self.v_lower), self.data, self.column, j, jnp.asarray(value),
+            jnp.asarray(row), jnp.asarray(A), jnp.asarray(B),
         )
-        return float(f), np.asarray(w)
+        return float(f), np.asarray(v)
 
     def zeta(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
         f, w = self.deviance(j, wj, start)

@@ -249,3 +249,43 @@ def test_nearly_collinear_slopes_reach_the_lbfgs_optimum():
             others.append(m.fit(method="lbfgs", theta0=start).objective)
     assert fit.objective <= min(others) + 1e-6 * abs(min(others))
     assert fit.objective < 632.7452  # Newton alone: 636.94
+
+
+def test_correlation_limits_of_a_singular_fit_are_where_the_profile_crosses():
+    """An independent check of the two finite correlation limits: at each, the ML deviance minimized
+    over every other parameter (Nelder-Mead from several starts, on SDs and correlations, the
+    correlation matrix allowed to be singular) is the minimum plus 1.96^2, as the limit's definition
+    says (before, the correlations were profiled on a scale that cannot reach the singular boundary,
+    and the lower limit sat where the profile was still 0.4 below the target)."""
+    from scipy.optimize import minimize
+    from scipy.stats import norm
+
+    _, fit = singular_fit()
+    name = "cor_Days.(Intercept)|Subject"
+    ci = fit.confint(method="profile", which=[name])
+    target = norm.ppf(0.975) ** 2
+    L = np.zeros((3, 3))
+    for v, (i, j) in zip(fit.theta, [(0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (2, 2)]):
+        L[i, j] = v
+    S0 = L @ L.T
+    r0 = np.sqrt(np.diag(S0))
+
+    def deviance(x, rho):
+        r, c20, c21 = np.abs(x[:3]), np.tanh(x[3]), np.tanh(x[4])
+        C = np.array([[1.0, rho, c20], [rho, 1.0, c21], [c20, c21, 1.0]])
+        lam, Q = np.linalg.eigh(np.outer(r, r) * C)
+        if lam.min() < -1e-10 * lam.max():
+            return 1e10  # not a covariance matrix
+        S = (Q * np.maximum(lam, 0.0)) @ Q.T + 1e-14 * np.eye(3)
+        T = np.linalg.cholesky(S)
+        return fit.model.deviance(T[np.tril_indices(3)[0], np.tril_indices(3)[1]][[0, 1, 3, 2, 4, 5]], reml=False)
+
+    rng = np.random.default_rng(0)
+    for side in ("lower", "upper"):
+        rho = ci.loc[name, side]
+        best = min(
+            minimize(deviance, np.r_[r0 * rng.uniform(0.8, 1.3, 3), rng.uniform(-1.2, 1.2, 2)], args=(rho,),
+                     method="Nelder-Mead", options=dict(maxiter=3000, xatol=1e-9, fatol=1e-10)).fun
+            for _ in range(5)
+        )
+        assert best - fit.objective == pytest.approx(target, abs=2e-3), side
