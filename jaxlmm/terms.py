@@ -381,9 +381,9 @@ _UNARY_FUNCS = {
     "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos, "tan": np.tan,
     "floor": np.floor, "ceiling": np.ceil, "trunc": np.trunc, "sign": np.sign,
 }
-_FACTOR_FUNCS = ("factor", "as.factor", "C", "relevel")
+_FACTOR_FUNCS = ("factor", "as.factor", "ordered", "as.ordered", "C", "relevel")
 _CONTRASTS = {"treatment": "treatment", "contr.treatment": "treatment", "sum": "sum", "contr.sum": "sum",
-              "helmert": "helmert", "contr.helmert": "helmert"}
+              "helmert": "helmert", "contr.helmert": "helmert", "poly": "poly", "contr.poly": "poly"}
 FUNCTIONS = (
     ("I", "log", "poly", "scale", "center", "offset", "as.numeric")
     + tuple(_UNARY_FUNCS) + _FACTOR_FUNCS
@@ -393,7 +393,8 @@ FUNCTIONS = (
 _SIGNATURES = {  # positional parameter names, in R's order
     "I": ("x",), "log": ("x", "base"), "poly": ("x", "degree", "raw"),
     "scale": ("x", "center", "scale"), "center": ("x",), "offset": ("x",), "as.numeric": ("x",),
-    "factor": ("x",), "as.factor": ("x",), "C": ("object", "contr"), "relevel": ("x", "ref"),
+    "factor": ("x",), "as.factor": ("x",), "ordered": ("x",), "as.ordered": ("x",),
+    "C": ("object", "contr"), "relevel": ("x", "ref"),
     **{f: ("x",) for f in _UNARY_FUNCS},
 }
 
@@ -689,6 +690,7 @@ class Evaluator:
             remap[used] = np.arange(len(used))
             self.state[("kind", label)] = "factor"
             self.state[key] = levels
+            self.state[("contrasts", label)] = f.contrasts
             return Factor(remap[f.codes], levels, f.contrasts)
         if self.state.get(("kind", label)) == "numeric":
             raise DataError(
@@ -705,7 +707,8 @@ class Evaluator:
                 f"(its levels: {', '.join(levels[:10])}{' ...' if len(levels) > 10 else ''}); "
                 "a fixed effect cannot be predicted for them."
             )
-        return Factor(np.array([index[lv] for lv in labels], dtype=np.int64), levels, f.contrasts)
+        # the fit's levels and contrasts, whatever the new data's column says (e.g. not ordered)
+        return Factor(np.array([index[lv] for lv in labels], dtype=np.int64), levels, self.state[("contrasts", label)])
 
     # -- the tree ------------------------------------------------------------
     def value(self, node):
@@ -731,7 +734,8 @@ class Evaluator:
         col = self.data[name]
         if isinstance(col.dtype, pd.CategoricalDtype):
             cats = col.cat.categories
-            return Factor(np.asarray(col.cat.codes, dtype=np.int64), _labels(cats))
+            kind = "poly" if col.cat.ordered else "treatment"  # R: an ordered factor has contr.poly
+            return Factor(np.asarray(col.cat.codes, dtype=np.int64), _labels(cats), kind)
         if pd.api.types.is_bool_dtype(col):
             return Logical(col.to_numpy(dtype=bool))
         if pd.api.types.is_numeric_dtype(col):
@@ -888,11 +892,12 @@ class Evaluator:
             vals = np.broadcast_to(np.asarray(self._number(x), dtype=np.float64), (self.n,))
             uniq, codes = np.unique(vals, return_inverse=True)
             f = Factor(codes.astype(np.int64), _labels(uniq))
-        if fn in ("factor", "as.factor", "relevel"):
+        if fn in ("factor", "as.factor", "ordered", "as.ordered", "relevel"):
             used = np.unique(f.codes)
             remap = np.full(len(f.levels), -1)
             remap[used] = np.arange(len(used))
-            f = Factor(remap[f.codes], tuple(f.levels[i] for i in used), f.contrasts)
+            kind = {"factor": "treatment", "ordered": "poly", "as.ordered": "poly"}.get(fn, f.contrasts)
+            f = Factor(remap[f.codes], tuple(f.levels[i] for i in used), kind)
         if fn == "relevel":
             if "ref" not in args:
                 raise FormulaError(f"'{label}' in {self.where} needs ref = the reference level.")
@@ -951,6 +956,12 @@ def _contrast_matrix(levels: tuple, kind: str, full: bool):
     if kind == "sum":
         C = np.vstack([np.eye(m - 1), -np.ones((1, m - 1))])
         return C, tuple(str(i) for i in range(1, m))
+    if kind == "poly":  # R's contr.poly: orthonormal polynomials in the scores 1..m
+        Q, R = np.linalg.qr(np.vander(np.arange(m) - (m - 1) / 2, m, increasing=True))
+        Z = Q * np.diag(R)
+        Z = Z / np.sqrt((Z**2).sum(axis=0))
+        names = tuple([".L", ".Q", ".C"][: m - 1]) + tuple(f"^{d}" for d in range(4, m))
+        return Z[:, 1:], names
     # helmert
     C = np.zeros((m, m - 1))
     for j in range(1, m):

@@ -48,8 +48,12 @@ newsyn <- data.frame(
 newsleep <- data.frame(Days = c(0, 4.5, 11), Subject = c("308", "372", "999"))
 newsleep_days <- data.frame(Days = c(0, 4, 9), Subject = c("308", "372", "999"))
 
-datasets <- list(sleepstudy = lme4::sleepstudy, synthetic = syn)
-newdata <- list(sleepstudy = newsleep, sleepstudy_days = newsleep_days, synthetic = newsyn)
+newcake <- data.frame(
+  recipe = c("A", "C"), replicate = c("1", "15"),
+  temperature = factor(c("185", "225"), levels = levels(lme4::cake$temperature), ordered = TRUE)
+)
+datasets <- list(sleepstudy = lme4::sleepstudy, synthetic = syn, cake = lme4::cake)
+newdata <- list(sleepstudy = newsleep, sleepstudy_days = newsleep_days, synthetic = newsyn, cake = newcake)
 
 cases <- list(
   square_int = list(data = "sleepstudy", formula = "Reaction ~ Days + I(Days^2) + (Days | Subject)"),
@@ -64,7 +68,9 @@ cases <- list(
   offset_formula = list(data = "synthetic", formula = "y ~ x1 + x2 + offset(log(t)) + (1 | g)"),
   offset_argument = list(data = "synthetic", formula = "y ~ x1 + x2 + (1 | g)", offset = "log(t)"),
   offset_both = list(data = "synthetic", formula = "y ~ x1 + offset(0.5 * x2) + (1 | g)", offset = "log(t)"),
-  sum_contrasts = list(data = "synthetic", formula = "y ~ C(f, contr.sum) + x1 + (1 | g)")
+  sum_contrasts = list(data = "synthetic", formula = "y ~ C(f, contr.sum) + x1 + (1 | g)"),
+  ordered_factor = list(data = "cake", formula = "angle ~ recipe + temperature + (1 | recipe:replicate)"),
+  ordered_call = list(data = "synthetic", formula = "y ~ ordered(k) + x1 + (1 | g)")
 )
 
 fit_case <- function(case) {
@@ -106,6 +112,8 @@ txt <- toJSON(
   list(
     lme4_version = format(packageVersion("lme4")),
     synthetic = syn,
+    cake = lme4::cake,
+    cake_temperature_levels = levels(lme4::cake$temperature),
     newdata = newdata,
     cases = res
   ),
