@@ -122,12 +122,18 @@ def test_fit_under_shift_and_scale_of_the_response(seed, c, s):
     ref = quiet_fit(d)
     fit = quiet_fit(d.assign(y=s * d.y + c))
     assert fit.converged and ref.converged
-    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-5, atol=1e-6)
+    # theta is fixed by the data only down to the criterion's rounding: a shift of up to 100 SDs
+    # rounds the criterion at about 1e-13 relative, where a flat optimum leaves theta free by about
+    # 1e-4 relative (seed 6272, c = 29, s = -1: 4e-5 apart, criteria 1.3e-11 apart). So: each fit's
+    # theta is optimal for the other's data to the criterion's rounding, and close.
+    f = ref.objective
+    assert ref.model.deviance(fit.theta) - f <= 1e-10 * (1 + abs(f))
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-3, atol=1e-6)
     b0, b1 = ref.fixef.to_numpy()
     scale = abs(s) * ref.sigma
-    np.testing.assert_allclose(fit.fixef.to_numpy(), [s * b0 + c, s * b1], rtol=1e-6, atol=1e-6 * (scale + abs(c)))
-    assert fit.sigma == pytest.approx(abs(s) * ref.sigma, rel=1e-6)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), [s * b0 + c, s * b1], rtol=1e-5, atol=1e-5 * (scale + abs(c)))
+    assert fit.sigma == pytest.approx(abs(s) * ref.sigma, rel=1e-5)
     sd, sd_ref = fit.varcorr.sd_cor.to_numpy(), ref.varcorr.sd_cor.to_numpy()
-    np.testing.assert_allclose(sd, abs(s) * sd_ref, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(sd, abs(s) * sd_ref, rtol=1e-3, atol=1e-5 * scale)
     shift = 2 * (ref.nobs - 2) * np.log(abs(s))
     assert fit.objective == pytest.approx(ref.objective + shift, abs=1e-7 * (1 + abs(ref.objective)))
