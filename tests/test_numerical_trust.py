@@ -289,3 +289,37 @@ def test_correlation_limits_of_a_singular_fit_are_where_the_profile_crosses():
             for _ in range(5)
         )
         assert best - fit.objective == pytest.approx(target, abs=2e-3), side
+
+
+def test_sd_limits_of_a_singular_fit_are_where_the_profile_crosses():
+    """sd_Days and sd_z, where lme4 and jaxlmm differ (lme4: [2.29, 4.67], excluding its own estimate
+    5.7, and sd_z up to Inf): at each limit the ML deviance minimized over theta (Nelder-Mead from
+    several starts; beta at its estimate, sigma = SD / |row of T|) is the minimum plus 1.96^2."""
+    import jax
+    import jax.numpy as jnp
+    from scipy.optimize import minimize
+    from scipy.stats import norm
+
+    from jaxlmm.likelihood import factor_parts
+
+    _, fit = singular_fit()
+    data = fit.model.data
+    ci = fit.confint(method="profile", which=["sd_Days|Subject", "sd_z|Subject"])
+    parts = jax.jit(lambda th: (lambda fp: (fp.logdet_L - data.ldw, fp.r2))(factor_parts(th, data)))
+    rows = {"sd_Days|Subject": [1, 3], "sd_z|Subject": [2, 4, 5]}  # theta's entries of each row of T
+    rng = np.random.default_rng(1)
+    for name, side in [("sd_Days|Subject", "lower"), ("sd_Days|Subject", "upper"), ("sd_z|Subject", "upper")]:
+        s = ci.loc[name, side]
+
+        def deviance(th):
+            nb2 = np.sum(th[rows[name]] ** 2)
+            ld, r2 = parts(jnp.asarray(th))
+            return float(ld + r2 * nb2 / s**2 + data.n * (np.log(2 * np.pi) + np.log(s**2 / nb2)))
+
+        best = min(
+            minimize(deviance, fit.theta * rng.uniform(0.7, 1.4, 6) + rng.normal(0, 0.05, 6), method="Nelder-Mead",
+                     options=dict(maxiter=6000, xatol=1e-10, fatol=1e-10)).fun
+            for _ in range(4)
+        )
+        assert best - fit.objective == pytest.approx(norm.ppf(0.975) ** 2, abs=2e-3), (name, side)
+    assert 3.5 < ci.loc["sd_Days|Subject", "lower"] and ci.loc["sd_z|Subject", "upper"] < 30
