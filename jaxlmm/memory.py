@@ -25,7 +25,7 @@ about ``PAIR_BUILD_BYTES`` of index work per pair) and copies them to the
 device; the rows are summed in chunks (:func:`chunk_bytes`). The peak is the
 design's rows, the arguments, and the larger of the build's transients and
 the fit's temporaries, plus ``RUNTIME_BYTES`` for XLA's compilation of the
-fit (measured at 300 to 450 MiB on the CPU). On an accelerator the device
+fit (measured at 300 to 490 MiB on the CPU). On an accelerator the device
 holds the arguments and the temporaries only, and XLA fuses the pairs' terms
 there: ``GPU_TEMP_COPIES`` s x s arrays and the Cholesky's trailing
 matrices (an H200's ``peak_bytes_in_use`` equals XLA's arguments plus
@@ -59,7 +59,7 @@ PAIR_TEMP = 24  # bytes of temporaries per pair in the compiled fit (besides its
 PAIR_CHUNK = 2**24  # pairs built per step on the host (jaxlmm.crossprod.PAIR_CHUNK)
 PAIR_BUILD_BYTES = 40  # host index work per pair while building them
 ROW_OVERHEAD = 64  # bytes per row of the design beyond its columns (codes, masks, frame copies)
-RUNTIME_BYTES = 448 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers
+RUNTIME_BYTES = 512 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers (measured 300-490 MiB)
 GPU_TEMP_COPIES = 8.5  # s x s float64 temporaries of the fit compiled for a GPU (pairs' terms fused)
 GPU_BATCH_FACTOR = 1.4  # a vmapped refit's temporaries per replicate on a GPU, relative to a fit's (measured 1.06-1.3)
 
