@@ -12,6 +12,8 @@ refits.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -30,6 +32,15 @@ class Simulated(np.ndarray):
 
 
 @uses_float64
+@functools.cache
+def _draw():
+    """``simulate_one`` vmapped over keys and compiled, made once: a second call with the same
+    shapes reuses the compiled program (a new ``jax.jit`` per call would trace and compile again)."""
+    from .bootstrap import simulate as simulate_one
+
+    return jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
+
+
 def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
     """``n`` responses simulated from ``fit``: an array of shape (n, nobs).
 
@@ -38,15 +49,13 @@ def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
     is checked first (:func:`jaxlmm.memory.simulate_bytes`).
     """
     from .bootstrap import fit_params, rows_of
-    from .bootstrap import simulate as simulate_one
 
     check_fit(fit, func="simulate")
     n, seed = check_count(n, "n (the number of simulated responses)"), check_seed(seed)
     check_fits(simulate_bytes(n, fit.model.design), f"simulate(n={n}) of {fit.nobs} rows")
     keys = jax.random.split(jax.random.key(seed), n)
-    draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
     design = fit.model.design
-    y = np.asarray(draw(keys, rows_of(design), fit_params(fit)))
+    y = np.asarray(_draw()(keys, rows_of(design), fit_params(fit)))
     y = (y if design.offset is None else y + design.offset).view(Simulated)
     y.seed = seed
     return y

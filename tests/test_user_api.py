@@ -345,3 +345,30 @@ def test_to_dict_of_sleepstudy_has_lme4_numbers(sleep_fit):
     ran = {r["term"]: r["estimate"] for r in d["ran_pars"]}
     assert ran["sd__(Intercept)"] == pytest.approx(24.740448, rel=2e-6)
     assert d["sigma"] == pytest.approx(25.591796, rel=2e-6)
+
+
+def test_repeated_calls_with_the_same_shapes_compile_nothing():
+    """A second simulate, predict, bootstrap or Wald confint of the same shapes traces no new program
+    (counted with JAX's monitoring events: every trace of a jitted function reports its duration)."""
+    import collections
+
+    import jax
+
+    fit = get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    newdata = jaxlmm.datasets.load("sleepstudy").head(7)
+    calls = {
+        "simulate": lambda seed: fit.simulate(4, seed=seed),
+        "predict": lambda seed: fit.predict(newdata),
+        "bootstrap": lambda seed: jaxlmm.bootstrap(fit, n=8, seed=seed, progress=False),
+        "confint": lambda seed: fit.confint("wald"),
+    }
+    events = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.update([name]))
+    for name, call in calls.items():
+        call(1)
+        events.clear()
+        call(2)
+        assert events["/jax/core/compile/jaxpr_trace_duration"] == 0, (name, dict(events))
+    # the counter does see a trace: a new shape of simulate compiles
+    fit.simulate(5, seed=3)
+    assert events["/jax/core/compile/jaxpr_trace_duration"] >= 1
