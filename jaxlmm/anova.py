@@ -53,16 +53,23 @@ def _check_comparable(fits) -> None:
                 f"response and rows ({ref.n} vs {d.n} observations of '{ref.response}' vs "
                 f"'{d.response}'); likelihood-ratio tests need the same data."
             )
-        if not np.array_equal(d.y_net, ref.y_net):
-            raise JaxLMMError(
-                f"Models '{fits[0].formula}' and '{f.formula}' have different offsets; "
-                "likelihood-ratio tests need the same known part of the mean."
-            )
-        if not np.array_equal(d.prior_weights, ref.prior_weights):
-            raise JaxLMMError(
-                f"Models '{fits[0].formula}' and '{f.formula}' have different prior weights (weights=); "
-                "likelihood-ratio tests need the same likelihood for the same data."
-            )
+        require_same_likelihood(fits[0], f)
+
+
+def require_same_likelihood(a, b) -> None:
+    """Raise unless two fits of the same response have the same offset and prior weights (the rule of
+    :func:`anova` and :func:`~jaxlmm.pb_test`): otherwise their likelihoods are of different data."""
+    da, db = a.model.design, b.model.design
+    if not np.array_equal(da.y_net, db.y_net):
+        raise JaxLMMError(
+            f"Models '{a.formula}' and '{b.formula}' have different offsets; "
+            "likelihood-ratio tests need the same known part of the mean."
+        )
+    if not np.array_equal(da.prior_weights, db.prior_weights):
+        raise JaxLMMError(
+            f"Models '{a.formula}' and '{b.formula}' have different prior weights (weights=); "
+            "likelihood-ratio tests need the same likelihood for the same data."
+        )
 
 
 def _components(fit) -> set[tuple[str, str]]:

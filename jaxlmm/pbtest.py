@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ._config import uses_float64
-from .anova import require_nested
+from .anova import require_nested, require_same_likelihood
 from .bootstrap import Refit, fit_params, run_replicates, target_of, warn_failed
 from .distributions import chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning, warn
@@ -49,15 +49,7 @@ def _check_pair(null_fit, alt_fit, nested: bool = True) -> None:
             "The two models must be fitted to the same rows and response "
             f"(null: {d0.n} rows of '{d0.response}', alternative: {d1.n} rows of '{d1.response}')."
         )
-    if not np.array_equal(d0.y_net, d1.y_net):
-        raise JaxLMMError(
-            "The two models have different offsets; the test needs the same known part of the mean."
-        )
-    if not np.array_equal(d0.prior_weights, d1.prior_weights):
-        raise JaxLMMError(
-            "The two models have different prior weights (weights=); the test simulates from the "
-            "null model and needs the same weights in both."
-        )
+    require_same_likelihood(null_fit, alt_fit)
     if null_fit.npar >= alt_fit.npar:
         raise JaxLMMError(
             f"The null model must have fewer parameters than the alternative "
