@@ -241,14 +241,19 @@ def _response(data: pd.DataFrame, response: str) -> np.ndarray:
     return y
 
 
-def _offset(frame: pd.DataFrame, parsed: ParsedFormula, extra) -> np.ndarray:
-    """The sum of the formula's offset(...) terms and the offset= argument (zeros without either)."""
+def offset_nodes(parsed: ParsedFormula, text: str | None = None) -> list:
+    """The trees of the formula's offset(...) terms and of a text offset= argument."""
+    return list(_fixed_terms(parsed).offsets) + ([parse(text, "offset=")] if text is not None else [])
+
+
+def offset_values(frame: pd.DataFrame, parsed: ParsedFormula, text: str | None = None, numbers=None) -> np.ndarray:
+    """The offset of the rows of ``frame``: the formula's offset(...) terms, a text offset= evaluated on
+    ``frame``, and numbers given per row (zeros without any)."""
     out = np.zeros(len(frame))
-    nodes = list(_fixed_terms(parsed).offsets) + ([parse(extra, "offset=")] if isinstance(extra, str) else [])
-    for node in nodes:
+    for node in offset_nodes(parsed, text):
         out = out + Evaluator(frame, "the offset").numeric(node)
-    if extra is not None and not isinstance(extra, str):
-        out = out + extra
+    if numbers is not None:
+        out = out + numbers
     check_values(out, ["offset"], "The", small_ok=True)
     return out
 
@@ -434,7 +439,7 @@ def _build_design(formula, data, offset, weights=None) -> Design:
     n = len(frame)
     y = _response(frame, parsed.response)
     X, names, dropped, fixed_spec = _fixed_matrix(parsed, frame)
-    off = _offset(frame, parsed, extra[kept] if numbers else extra)
+    off = offset_values(frame, parsed, None if numbers else extra, extra[kept] if numbers else None)
     terms = [_term_design(t, frame, n) for t in parsed.random]
     order = sorted(range(len(terms)), key=lambda i: -terms[i].nlevels)
     terms = tuple(terms[i] for i in order)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .design import group_codes
+from .design import group_codes, offset_nodes, offset_values
 from .errors import DataError
-from .terms import Evaluator, names_in, parse
+from .terms import names_in
 from .validate import as_frame, check_bool, check_fit
 
 
@@ -56,28 +56,19 @@ def level_index(term, data: pd.DataFrame) -> np.ndarray:
 
 
 def _offset(design, data: pd.DataFrame, offset) -> np.ndarray:
-    """The offset of the new rows: the formula's offset(...) terms plus offset= (text or numbers)."""
-    from .design import _fixed_terms
-
-    nodes = list(_fixed_terms(design.formula).offsets)
-    if design.offset_arg == "numbers":
-        if offset is None:
-            raise DataError(
-                "The fit has an offset= given as numbers; pass offset= (one number per row of newdata) "
-                "to predict."
-            )
-    elif design.offset_arg is not None:
-        nodes.append(parse(design.offset_arg, "offset="))
-    out = np.zeros(len(data))
-    for node in nodes:
-        _check_columns(data, names_in(node))
-        out = out + Evaluator(data, "the offset").numeric(node)
+    """The offset of the new rows: the formula's offset(...) terms plus offset= (the fit's text, or numbers)."""
+    if design.offset_arg == "numbers" and offset is None:
+        raise DataError(
+            "The fit has an offset= given as numbers; pass offset= (one number per row of newdata) to predict."
+        )
+    text = None if design.offset_arg == "numbers" else design.offset_arg
+    _check_columns(data, [c for node in offset_nodes(design.formula, text) for c in names_in(node)])
+    numbers = None
     if offset is not None:
-        arr = np.asarray(offset, dtype=np.float64)
-        if arr.shape != (len(data),) or not np.isfinite(arr).all():
+        numbers = np.asarray(offset, dtype=np.float64)
+        if numbers.shape != (len(data),) or not np.isfinite(numbers).all():
             raise DataError(f"offset= needs {len(data)} finite numbers, one per row of newdata.")
-        out = out + arr
-    return out
+    return offset_values(data, design.formula, text, numbers)
 
 
 def predict(fit, newdata=None, re: bool = True, offset=None) -> np.ndarray:
