@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -276,8 +277,12 @@ class _Parser:
                 raise self.error(f"Expected ',' or ')' in {fn}(...) at position {tok.pos}, found {found}")
 
 
+@lru_cache(maxsize=1024)
 def parse(text: str, where: str):
-    """The tree of one formula part (``where`` names it in error messages)."""
+    """The tree of one formula part (``where`` names it in error messages).
+
+    Kept per (text, where): a formula's parts are read when it is parsed, when
+    the design is built and when new data are encoded, and the trees are immutable."""
     node = _Parser(text, where).parse()
     if _depth(node) > MAX_TERMS:
         raise FormulaError(
