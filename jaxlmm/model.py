@@ -20,7 +20,7 @@ import numpy as np
 from ._config import ensure_x64, uses_float64
 from .crossprod import CrossProducts, cross_products
 from .design import Design, build_design, theta_scales
-from .validate import as_theta, check_max_iter
+from .validate import as_theta, check_bool, check_max_iter
 from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, closest_name, warn
 from .objective import deviance as _deviance
 from .objective import theta_layout, theta_lower_bounds, theta_start
@@ -291,7 +291,7 @@ class LinearMixedModel:
     def deviance(self, theta, reml: bool = True) -> float:
         """The profiled REML criterion (or ML deviance) at ``theta``, lme4's scale."""
         ensure_x64()
-        reml = check_reml(reml)
+        reml = check_bool(reml, "reml")
         theta = jnp.asarray(as_theta(theta, self.theta0.size))
         return float(_deviance_jit(theta, self.data, reml))
 
@@ -301,7 +301,7 @@ class LinearMixedModel:
         from .results import make_fit
 
         ensure_x64()
-        reml = check_reml(reml)
+        reml = check_bool(reml, "reml")
         if method not in METHODS:
             raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
         max_iter = check_max_iter(max_iter)
@@ -351,13 +351,6 @@ def _check_start(model, start, reml: bool) -> None:
         )
 
 
-def check_reml(reml) -> bool:
-    """``reml`` as a bool; anything else (the string "False", 0.5, None) is an error, not REML."""
-    if isinstance(reml, (bool, np.bool_)):
-        return bool(reml)
-    raise JaxLMMError(f"reml must be True or False, not {reml!r} ({type(reml).__name__}).")
-
-
 def _keywords(func, skip=("self", "formula", "data", "design")) -> list[str]:
     return [
         name for name, p in inspect.signature(func).parameters.items()
@@ -372,7 +365,7 @@ def _split_lmm_keywords(reml, kwargs: dict) -> tuple[bool, dict, dict]:
         if reml is not None:
             raise JaxLMMError("Give reml= or lme4's REML=, not both.")
         reml = kwargs.pop("REML")
-    reml = check_reml(True if reml is None else reml)
+    reml = check_bool(True if reml is None else reml, "reml")
     model_kw, fit_kw = _keywords(LinearMixedModel.__init__), _keywords(LinearMixedModel.fit)
     fit_kw = [k for k in fit_kw if k not in ("reml", "method")]
     unknown = [k for k in kwargs if k not in model_kw and k not in fit_kw]
