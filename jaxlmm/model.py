@@ -163,10 +163,7 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
         v = np.asarray(best.descent) * w
         if bool(best.converged) or not np.any(v) or not np.all(np.isfinite(v)):
             break
-        phi = np.asarray(best.theta) * w
-        step = RESTART_STEP * max(1.0, float(np.max(np.abs(phi))))
-        new = np.maximum(phi + step * v / np.max(np.abs(v)), low) / w
-        again = optimize_theta(jnp.asarray(new), lower, data, reml, method="newton", **kw)
+        again = optimize_theta(jnp.asarray(_moved(best, v, w, low)), lower, data, reml, method="newton", **kw)
         n_iter += int(again.n_iter)
         if float(again.fun) >= float(best.fun) - 1e-10 * (1.0 + abs(float(best.fun))) and not bool(again.converged):
             best = _better(best, again)
@@ -196,12 +193,11 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
         # criterion beyond its rounding level (1e-9 relative), the negative eigenvalue is that of
         # a numerically flat valley (nearly collinear columns), not a way down: converged.
         v = np.asarray(best.descent) * w
-        phi = np.asarray(best.theta) * w
         probes = [optimize_theta(best.theta, lower, data, reml, method="newton", **kw)]
         if np.any(v) and np.all(np.isfinite(v)):
-            step = RESTART_STEP * max(1.0, float(np.max(np.abs(phi))))
-            new = np.maximum(phi + step * v / np.max(np.abs(v)), low) / w
-            probes.append(optimize_theta(jnp.asarray(new), lower, data, reml, method="newton", **kw))
+            probes.append(
+                optimize_theta(jnp.asarray(_moved(best, v, w, low)), lower, data, reml, method="newton", **kw)
+            )
         n_iter += sum(int(p.n_iter) for p in probes)
         lowest = min(float(p.fun) for p in probes)
         if lowest >= float(best.fun) - 1e-9 * (1.0 + abs(float(best.fun))):
@@ -209,6 +205,14 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", m
         else:
             best = min([best] + probes, key=lambda p: float(p.fun))
     return best._replace(n_iter=jnp.asarray(n_iter))
+
+
+def _moved(opt: OptResult, v, w, low) -> np.ndarray:
+    """theta moved from ``opt`` along the direction ``v`` (on the optimizer's scale phi = theta * w) by
+    ``RESTART_STEP`` relative to max(1, |phi|), kept feasible: where :func:`fit_theta` restarts."""
+    phi = np.asarray(opt.theta) * w
+    step = RESTART_STEP * max(1.0, float(np.max(np.abs(phi))))
+    return np.maximum(phi + step * v / np.max(np.abs(v)), low) / w
 
 
 def _first_order(opt: OptResult, w, tol: float = 1e-6) -> bool:
