@@ -45,7 +45,7 @@ import numpy as np
 from ._config import ensure_x64, uses_float64
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .memory import check_fits
-from .validate import check_fit, check_seed
+from .validate import check_fit, check_positive_int, check_seed
 from .submodels import bar_label, find_term, with_terms
 
 GRID_LENGTH = 200
@@ -225,12 +225,6 @@ def null_sample(mu, xi, n: int, p: int, q: int = 0, nsim: int = 10_000, seed: in
 # ---- the tests ----------------------------------------------------------------------------
 
 
-def _check_nsim(nsim) -> int:
-    if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or nsim < 1:
-        raise JaxLMMError(f"nsim must be a positive integer, not {nsim!r}.")
-    return int(nsim)
-
-
 def _refit(fit, reml: bool, what: str):
     if fit.reml == reml:
         return fit
@@ -302,7 +296,7 @@ def _null_of(fit, null, ml: bool):
 def _exact(fit, term, nsim, seed, grid_length, log_range, ml: bool, null) -> ExactTest:
     what = "LRT" if ml else "RLRT"
     check_fit(fit, func=f"exact_{what.lower()}")
-    nsim = _check_nsim(nsim)
+    nsim = check_positive_int(nsim, "nsim")
     seed = check_seed(seed)  # None: a random seed, recorded on the result
     # the sample (float64) and its sort, besides one batch's draws
     check_fits(32 * nsim + 8 * BATCH * 64, f"exact_{what.lower()}(nsim={nsim})")

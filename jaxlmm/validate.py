@@ -282,11 +282,16 @@ def as_theta(theta, size: int, what: str = "theta") -> np.ndarray:
     return arr
 
 
+def check_positive_int(value, what: str) -> int:
+    """A positive integer (an int, not a bool or a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise JaxLMMError(f"{what} must be a positive integer, not {value!r}.")
+    return int(value)
+
+
 def check_max_iter(max_iter) -> int:
     """A positive integer number of optimizer iterations."""
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise JaxLMMError(f"max_iter must be a positive integer, not {max_iter!r}.")
-    return int(max_iter)
+    return check_positive_int(max_iter, "max_iter")
 
 
 # ---- arguments of the public functions ----------------------------------------------
