@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import percentile_interval, theta_names
-from .design import theta_scales
+from .results import is_singular
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .validate import check_bool, check_level
 from .objective import theta_layout
@@ -85,11 +85,6 @@ def variance_parts(beta, theta, sigma, design) -> pd.DataFrame:
     return pd.DataFrame({"fixed": fixed, "random": random, "residual": sigma**2})
 
 
-def _singular(fit, tolerance: float) -> bool:
-    scaled = fit.theta * theta_scales(fit.terms)
-    return bool(np.any(scaled[fit.model.lower == 0] < tolerance))
-
-
 def _shares(parts: pd.DataFrame, which: str) -> pd.DataFrame:
     f, r, e = parts["fixed"], parts["random"], parts["residual"]
     total = f + r + e
@@ -121,7 +116,7 @@ def shares(fit, which: str, conf_int: bool = False, conf_level: float = 0.95, n:
     if not design.terms:
         raise JaxLMMError(f"{which} needs a model with random effects.")
     parts = variance_parts(fit.fixef.to_numpy(), fit.theta, fit.sigma, design)
-    singular = _singular(fit, tolerance)
+    singular = is_singular(fit.theta, fit.terms, fit.model.lower, tolerance)
     if singular:
         warn(
             f"Can't compute the random-effect variances of a singular fit (a variance parameter below "

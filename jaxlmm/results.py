@@ -297,6 +297,12 @@ def _float64_methods(cls):
 _float64_methods(LmmFit)
 
 
+def is_singular(theta, terms, lower, tolerance: float = SINGULAR_TOL) -> bool:
+    """lme4's isSingular: an entry of theta with a lower bound of 0 (a diagonal entry of a relative
+    factor) below ``tolerance``, on theta in the units of the optimizer (design.theta_scales)."""
+    return bool(np.any((np.asarray(theta) * theta_scales(terms))[np.asarray(lower) == 0] < tolerance))
+
+
 def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
     """Build the frozen result from the optimizer's output (lme4's mkMerMod)."""
     data = model.data
@@ -320,9 +326,7 @@ def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
             u = u_rest[lo : lo + t.nlevels * t.k].reshape(t.nlevels, t.k)
             lo += t.nlevels * t.k
         b.append(u @ T.T)
-    lower = model.lower
-    # lme4's isSingular, on theta in the units of the optimizer (design.theta_scales)
-    singular = bool(np.any((theta * theta_scales(design.terms))[lower == 0] < SINGULAR_TOL))
+    singular = is_singular(theta, design.terms, model.lower)
     return LmmFit(
         model=model,
         reml=reml,
