@@ -30,9 +30,8 @@ TIDY_COLUMNS = ["effect", "group", "term", "estimate", "std_error", "statistic",
 
 def ran_pars(fit) -> tuple[list[str], list[str], np.ndarray]:
     """Groups, broom.mixed's terms and values of the random-effect SDs/correlations, then sigma."""
-    from .bootstrap import sd_cor
+    from .profile import sdcor_estimates
 
-    values = sd_cor(fit.theta[None, :], np.array([fit.sigma]), fit.terms)
     groups, terms = [], []
     for grp, t, (rows, cols) in zip(
         term_group_names(fit.terms), fit.terms, theta_layout([(0, t.k) for t in fit.terms])
@@ -42,7 +41,7 @@ def ran_pars(fit) -> tuple[list[str], list[str], np.ndarray]:
             terms.append(f"sd__{t.colnames[r]}" if r == c else f"cor__{t.colnames[c]}.{t.colnames[r]}")
     groups.append("Residual")
     terms.append("sd__Observation")
-    est = np.array([float(np.asarray(v).reshape(-1)[0]) for v in values.values()])
+    est = sdcor_estimates(fit)[1]
     if len(est) != len(terms):  # pragma: no cover (sd_cor and theta_layout share the order)
         raise RuntimeError("random-effect parameters out of step")
     return groups, terms, est
