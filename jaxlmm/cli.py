@@ -127,12 +127,6 @@ def _emit(fmt: str, text: str, frame=None, record=None) -> None:
         print(text)
 
 
-def _plain_records(frame) -> list[dict]:
-    from .tidy import _plain
-
-    return [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
 def bootstrap_summary(fit, boot, level: float = 0.95):
     """Per parameter: the fit's estimate, the replicates' mean and SD, the percentile interval."""
     import numpy as np
@@ -181,6 +175,7 @@ def _cmd_fit(args) -> None:
 
 def _cmd_bootstrap(args) -> None:
     from . import bootstrap
+    from .tidy import records
 
     fit = _fit(args)
     boot = bootstrap(fit, n=args.n, seed=args.seed, progress=sys.stderr.isatty())
@@ -194,7 +189,7 @@ def _cmd_bootstrap(args) -> None:
     record = {
         "formula": fit.formula, "reml": bool(fit.reml), "n": args.n, "seed": args.seed,
         "n_used": boot.n_used, "n_failed": boot.n_failed, "level": args.level,
-        "parameters": _plain_records(table),
+        "parameters": records(table),
     }
     _emit(args.format, text, frame=table, record=record)
 
@@ -227,6 +222,8 @@ def _cmd_pbtest(args) -> None:
 
 
 def _cmd_confint(args) -> None:
+    from .tidy import records
+
     from .confint import confint, confint_method
 
     method = confint_method(args.method)
@@ -236,7 +233,7 @@ def _cmd_confint(args) -> None:
     text = f"{method} intervals at level {args.level:g} ({fit.formula})\n" + ci.to_string(
         float_format=lambda v: f"{v:.6g}"
     )
-    record = {"formula": fit.formula, "method": method, "level": args.level, "intervals": _plain_records(table)}
+    record = {"formula": fit.formula, "method": method, "level": args.level, "intervals": records(table)}
     _emit(args.format, text, frame=table, record=record)
 
 

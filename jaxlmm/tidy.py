@@ -96,7 +96,8 @@ def _plain(x):
     return x if math.isfinite(x) else None
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
+def records(frame: pd.DataFrame) -> list[dict]:
+    """The rows of ``frame`` as dicts of plain Python values (for JSON)."""
     return [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
@@ -129,8 +130,8 @@ def to_dict(fit) -> dict:
         "fixef": {n: _plain(v) for n, v in zip(names, fit.fixef)},
         "se": {n: _plain(v) for n, v in zip(names, fit.se)},
         "vcov": {"names": names, "matrix": [[_plain(v) for v in row] for row in fit.vcov.to_numpy()]},
-        "varcorr": _records(fit.varcorr),
-        "coefficients": _records(ct.reset_index(drop=True)),
+        "varcorr": records(fit.varcorr),
+        "coefficients": records(ct.reset_index(drop=True)),
         "ran_pars": [{"group": g, "term": t, "estimate": _plain(v)} for g, t, v in zip(*ran_pars(fit))],
         "converged": bool(fit.converged),
         "n_iter": int(fit.n_iter),
