@@ -1,0 +1,143 @@
+"""The settings of the computation, in one frozen record (lme4's ``lmerControl``).
+
+A :class:`Control` is given to :class:`~jaxlmm.model.LinearMixedModel` (or
+``lmm(..., control=)``), used by its fit and recorded on the result
+(``fit.control``); :func:`jaxlmm.bootstrap`, :func:`jaxlmm.pb_test` and the
+other refitting functions take the fit's unless given another. None of
+these settings changes the model or its estimates beyond the optimizer's
+tolerance: they trade memory for speed, or decide how hard the optimizer
+tries.
+
+Validation names the field and the rule (``JaxLMMError``); ``Control(...)``
+is immutable, ``dataclasses.replace(control, max_iter=500)`` or
+``control.replace(max_iter=500)`` makes a changed copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import numbers
+from dataclasses import dataclass
+
+from .errors import JaxLMMError
+
+
+class Hessian(str, enum.Enum):
+    """How Newton's method gets its Hessian (a ``str`` enum: the strings work too)."""
+
+    AUTO = "auto"  # the fit's choice: exact below ``Control.bfgs_from`` further random effects, BFGS from there
+    EXACT = "exact"  # autodiff's exact Hessian at every iteration
+    BFGS = "bfgs"  # forward differences of exact gradients first, then BFGS updates; exact to confirm a stop on the bound
+
+
+@dataclass(frozen=True)
+class Control:
+    """Settings of the fit, the cross-products and the batched refits; the defaults are the tested ones.
+
+    Fit (:mod:`jaxlmm.fitting`):
+
+    - ``max_iter``: Newton iterations of one pass (L-BFGS gets five times as many).
+    - ``hessian``: ``"auto"``, ``"exact"`` or ``"bfgs"`` (:class:`Hessian`); ``"auto"`` takes BFGS
+      updates where the dense Schur complement of the further terms has ``bfgs_from`` columns or
+      more (InstEval: 1,142), where each exact Hessian costs more than the iterations it saves.
+    - ``restart_step``, ``max_restarts``: the move along a direction of negative curvature a
+      non-converged Newton fit restarts from (relative to max(1, |phi|)), and how often.
+    - ``boundary_restart``: refit once from the start value of entries that ended at 0 (a
+      singular fit), keeping the better optimum.
+
+    Cross-products (:mod:`jaxlmm.crossprod`, read when the model is built):
+
+    - ``chunk_rows``: rows summed per compiled call (the last chunk is padded).
+    - ``pair_chunk``: Schur-complement pairs built per host step (bounds their temporaries).
+
+    Parametric bootstrap (:mod:`jaxlmm.replicates`):
+
+    - ``first_pass``: Newton iterations of the batched pass at first; replicates needing more
+      finish one by one at the end. ``pending_share``: above this share of a chunk left
+      unfinished, the batched pass of the later chunks gets twice the iterations.
+    - ``escape``: the restart value of a diagonal theta entry stuck at a saddle on the bound.
+    - ``chunk_entries``: float64 entries one chunk of replicates may use when no ``chunk_size``
+      is given (2**26: 512 MiB); ``cpu_chunk``: the largest default chunk on the CPU backend.
+    """
+
+    max_iter: int = 200
+    hessian: Hessian = Hessian.AUTO
+    bfgs_from: int = 1000
+    restart_step: float = 0.1
+    max_restarts: int = 3
+    boundary_restart: bool = True
+    chunk_rows: int = 2**20
+    pair_chunk: int = 2**24
+    first_pass: int = 8
+    pending_share: float = 0.1
+    escape: float = 0.1
+    chunk_entries: int = 2**26
+    cpu_chunk: int = 256
+
+    def __post_init__(self):
+        for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "chunk_entries", "cpu_chunk"):
+            _positive_int(self, name)
+        _count(self, "max_restarts")
+        for name in ("restart_step", "escape"):
+            _positive_number(self, name)
+        if not _number(self.pending_share) or not 0 <= self.pending_share <= 1:
+            raise JaxLMMError(f"Control: pending_share must be a number in [0, 1], not {self.pending_share!r}.")
+        if not isinstance(self.boundary_restart, bool):
+            raise JaxLMMError(f"Control: boundary_restart must be True or False, not {self.boundary_restart!r}.")
+        try:
+            object.__setattr__(self, "hessian", Hessian(self.hessian))
+        except ValueError:
+            raise JaxLMMError(
+                f"Control: hessian must be one of {[h.value for h in Hessian]}, not {self.hessian!r}."
+            ) from None
+
+    def replace(self, **changes) -> "Control":
+        """A copy with ``changes`` (field=value), validated."""
+        unknown = [k for k in changes if k not in {f.name for f in dataclasses.fields(self)}]
+        if unknown:
+            raise JaxLMMError(
+                f"Control has no setting '{unknown[0]}'; the settings are "
+                f"{', '.join(f.name for f in dataclasses.fields(self))}."
+            )
+        return dataclasses.replace(self, **changes)
+
+    def newton_hessian(self, q_rest: int) -> Hessian:
+        """The Hessian Newton uses for a model whose further random effects have ``q_rest`` columns."""
+        if self.hessian is Hessian.AUTO:
+            return Hessian.BFGS if q_rest >= self.bfgs_from else Hessian.EXACT
+        return self.hessian
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(c: Control, name: str) -> None:
+    v = getattr(c, name)
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+        raise JaxLMMError(f"Control: {name} must be a positive integer, not {v!r}.")
+    object.__setattr__(c, name, int(v))
+
+
+def _count(c: Control, name: str) -> None:
+    v = getattr(c, name)
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+        raise JaxLMMError(f"Control: {name} must be a non-negative integer, not {v!r}.")
+    object.__setattr__(c, name, int(v))
+
+
+def _positive_number(c: Control, name: str) -> None:
+    v = getattr(c, name)
+    if not _number(v) or v <= 0:
+        raise JaxLMMError(f"Control: {name} must be a positive number, not {v!r}.")
+
+
+def as_control(control) -> Control:
+    """``control`` if it is a :class:`Control`, the defaults for None; otherwise a clear error."""
+    if control is None:
+        return Control()
+    if not isinstance(control, Control):
+        raise JaxLMMError(f"control must be a jaxlmm.Control (or None), not {type(control).__name__}.")
+    return control
