@@ -31,7 +31,7 @@ def one(n: int, l1: int, l2: int) -> dict:
     import jaxlmm
     import jaxlmm.crossprod as cp
     from jaxlmm import memory, synthetic
-    from jaxlmm.model import newton_hessian, optimize_theta
+    from jaxlmm.fitting import optimize_theta
 
     warnings.simplefilter("ignore")
     data = synthetic.crossed(n, (l1, l2), seed=1, bounds=((1, max(2, l2 // 2)), (1, None)))
@@ -42,12 +42,12 @@ def one(n: int, l1: int, l2: int) -> dict:
     out = {"rows": n, "levels": [l1, l2], "device": str(jax.devices()[0])}
     try:
         model = jaxlmm.LinearMixedModel("rating ~ 1 + (1 | user) + (1 | movie)", data)
-        d = model.data
+        d = model.products
         out["pairs"] = int(d.pair_j.shape[0])
         out["parts"] = memory.fit_parts(d.term_dims, d.p, int(d.e_j1.shape[0]), out["pairs"])
         lowered = optimize_theta.lower(
             jnp.asarray(model.theta0), jnp.asarray(model.lower), d, True, method="newton", max_iter=200,
-            scale=None, hessian=newton_hessian(d),
+            scale=None, hessian=model.control.newton_hessian(d.q_rest).value,
         )
         ma = lowered.compile().memory_analysis()
         out["xla_arguments"] = int(ma.argument_size_in_bytes)
@@ -75,29 +75,26 @@ def batched(n: int, l1: int, l2: int) -> dict:
 
     import jaxlmm
     from jaxlmm import memory, synthetic
-    from jaxlmm.bootstrap import (CPU_CHUNK, FIRST_PASS, MEMORY_BUDGET, _per_replicate_size, fit_params,
-                                  refit_chunk, rows_of, target_of)
-    from jaxlmm.bootstrap import simulate as simulate_one
+    from jaxlmm.replicates import chunk_length, fit_params, refit_chunk, rows_of, target_of
+    from jaxlmm.replicates import simulate as simulate_one
 
     warnings.simplefilter("ignore")
     data = synthetic.crossed(n, (l1, l2), seed=1, bounds=((1, max(2, l2 // 2)), (1, None)))
     fit = jaxlmm.lmm("rating ~ 1 + (1 | user) + (1 | movie)", data)
-    tg = target_of(fit.model, fit.theta)
-    chunk = max(1, MEMORY_BUDGET // _per_replicate_size((tg,)))
-    if jax.default_backend() == "cpu":
-        chunk = min(chunk, CPU_CHUNK)
+    tg = target_of(fit)
+    chunk = chunk_length((tg,), 10**9, None, fit.control)
     keys = jax.random.split(jax.random.key(0), chunk)
-    ma = refit_chunk.lower(keys, tg.rows, fit_params(fit), (tg,), True, jnp.asarray(FIRST_PASS)).compile().memory_analysis()
-    boot_est = memory.bootstrap_bytes([fit.model.data], fit.nobs, chunk, chunk)
+    ma = refit_chunk.lower(keys, tg.rows, fit_params(fit), (tg,), True, jnp.asarray(fit.control.first_pass)).compile().memory_analysis()
+    boot_est = memory.bootstrap_bytes([fit.products], fit.nobs, chunk, chunk)
     k = 100
     draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
-    ms = draw.lower(jax.random.split(jax.random.key(0), k), rows_of(fit.model.design), fit_params(fit)).compile().memory_analysis()
+    ms = draw.lower(jax.random.split(jax.random.key(0), k), rows_of(fit.design), fit_params(fit)).compile().memory_analysis()
     return {
         "rows": n, "levels": [l1, l2], "device": str(jax.devices()[0]), "chunk": chunk,
         "bootstrap_xla": int(ma.argument_size_in_bytes + ma.temp_size_in_bytes + ma.output_size_in_bytes),
         "bootstrap_estimate": boot_est,
         "simulate_xla": int(ms.argument_size_in_bytes + ms.temp_size_in_bytes + ms.output_size_in_bytes),
-        "simulate_estimate": memory.simulate_bytes(k, fit.model.design),
+        "simulate_estimate": memory.simulate_bytes(k, fit.design),
     }
 
 

@@ -76,11 +76,10 @@ def measure(op: str, n: int, l1: int, l2: int) -> dict:
     else:
         fit = jaxlmm.lmm(formula, data)
         if op == "bootstrap":
-            from jaxlmm.bootstrap import CPU_CHUNK, MEMORY_BUDGET, _per_replicate_size, target_of
+            from jaxlmm.replicates import chunk_length, target_of
 
-            tg = target_of(fit.model, fit.theta)
-            chunk = max(1, min(MEMORY_BUDGET // _per_replicate_size((tg,)), CPU_CHUNK))
-            estimate = memory.bootstrap_bytes([fit.model.data], fit.nobs, chunk, chunk)
+            chunk = chunk_length((target_of(fit),), 10**9, None, fit.control)
+            estimate = memory.bootstrap_bytes([fit.products], fit.nobs, chunk, chunk)
             print(f"chunk {chunk}", file=sys.stderr)
             base = _status("VmRSS")
             reset = _reset_peak()
@@ -92,7 +91,7 @@ def measure(op: str, n: int, l1: int, l2: int) -> dict:
             fit.confint("profile", which=["sigma"])
         else:
             k = 100
-            estimate = memory.simulate_bytes(k, fit.model.design)
+            estimate = memory.simulate_bytes(k, fit.design)
             base = _status("VmRSS")
             reset = _reset_peak()
             fit.simulate(k)

@@ -19,6 +19,7 @@ limit_lapack_threads()
 from . import datasets  # noqa: E402
 from .anova import anova  # noqa: E402
 from .bootstrap import BootstrapResult, bootstrap  # noqa: E402
+from .control import Control  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceWarning,
     DataError,
@@ -33,6 +34,8 @@ from .formula import parse_formula  # noqa: E402
 from .model import LinearMixedModel, lmm  # noqa: E402
 from .oneway import oneway_anova  # noqa: E402
 from .pbtest import PBTest, pb_test  # noqa: E402
+from .plotting import plot_bootstrap, plot_profile  # noqa: E402
+from .profile import profile  # noqa: E402
 from .ranova import ranova  # noqa: E402
 from .rlrt import ExactTest, exact_lrt, exact_rlrt  # noqa: E402
 from .results import LmmFit  # noqa: E402
@@ -41,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BootstrapResult",
+    "Control",
     "ExactTest",
     "PBTest",
     "bootstrap",
@@ -62,5 +66,8 @@ __all__ = [
     "lmm",
     "oneway_anova",
     "parse_formula",
+    "plot_bootstrap",
+    "plot_profile",
+    "profile",
     "ranova",
 ]

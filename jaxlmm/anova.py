@@ -35,7 +35,8 @@ import pandas as pd
 from ._config import uses_float64
 from .distributions import chi2_mixture_sf, chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, warn
-from .validate import check_bool, check_fit
+from .validate import check_bool
+from .results import check_fit
 
 BOUNDARY_NOTE = (
     "p-values of variance components tested on the boundary (sigma^2 = 0) are conservative "
@@ -44,9 +45,9 @@ BOUNDARY_NOTE = (
 
 
 def _check_comparable(fits) -> None:
-    ref = fits[0].model.design
+    ref = fits[0].design
     for f in fits[1:]:
-        d = f.model.design
+        d = f.design
         if d.response != ref.response or d.n != ref.n or not np.array_equal(d.y, ref.y):
             raise JaxLMMError(
                 f"Models '{fits[0].formula}' and '{f.formula}' were not fitted to the same "
@@ -59,7 +60,7 @@ def _check_comparable(fits) -> None:
 def require_same_likelihood(a, b) -> None:
     """Raise unless two fits of the same response have the same offset and prior weights (the rule of
     :func:`anova` and :func:`~jaxlmm.pb_test`): otherwise their likelihoods are of different data."""
-    da, db = a.model.design, b.model.design
+    da, db = a.design, b.design
     if not np.array_equal(da.y_net, db.y_net):
         raise JaxLMMError(
             f"Models '{a.formula}' and '{b.formula}' have different offsets; "
@@ -100,7 +101,7 @@ def _refit_ml(fits) -> list:
     if not reml:
         return list(fits)
     warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning)
-    return [f.model.fit(reml=False, method=f.method) if f.reml else f for f in fits]
+    return [f.refit(reml=False) for f in fits]
 
 
 def _one_component_more(small, big) -> bool:
@@ -207,7 +208,7 @@ def anova(*fits, names=None, refit: bool = True, check_nested: bool = True, **na
     order of the arguments; ``table.attrs["models"]`` maps labels to formulas.
     """
     for key, value in named_fits.items():
-        if not hasattr(value, "model") or not hasattr(value, "loglik"):
+        if not hasattr(value, "design") or not hasattr(value, "loglik"):
             raise JaxLMMError(
                 f"anova() got an unexpected keyword argument '{key}'; models passed by keyword "
                 "must be fits, and the options are names=, refit=, check_nested=."

@@ -132,9 +132,7 @@ def bootstrap_summary(fit, boot, level: float = 0.95):
     import numpy as np
     import pandas as pd
 
-    from .profile import sdcor_estimates
-
-    _, sdcor = sdcor_estimates(fit)
+    sdcor = fit.sdcor.to_numpy()
     estimates = np.concatenate([sdcor, fit.fixef.to_numpy()])
     ok = boot.table[boot.table["converged"]]
     ci = boot.confint(level=level, method="percentile")
@@ -159,7 +157,7 @@ def bootstrap_summary(fit, boot, level: float = 0.95):
 
 
 def _fit(args, formula=None):
-    from . import lmm
+    from .model import lmm
 
     data = _read_data(args.data, args.sep)
     return lmm(formula or args.formula, data, reml=not args.ml, method=args.optimizer)
@@ -174,7 +172,7 @@ def _cmd_fit(args) -> None:
 
 
 def _cmd_bootstrap(args) -> None:
-    from . import bootstrap
+    from .bootstrap import bootstrap
     from .tidy import records
 
     fit = _fit(args)
@@ -197,7 +195,8 @@ def _cmd_bootstrap(args) -> None:
 def _cmd_pbtest(args) -> None:
     import pandas as pd
 
-    from . import lmm, pb_test
+    from .model import lmm
+    from .pbtest import pb_test
 
     data = _read_data(args.data, args.sep)
     null = lmm(args.null_formula, data, reml=False, method=args.optimizer)

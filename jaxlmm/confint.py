@@ -20,8 +20,9 @@ from ._config import uses_float64
 from .distributions import norm_quantile
 from .errors import JaxLMMError
 from .memory import check_fits, profile_bytes
-from .profile import profile_limits, sdcor_estimates
-from .validate import check_count, check_fit, check_level, check_names, check_seed
+from .profile import profile_limits
+from .validate import check_count, check_level, check_names, check_seed
+from .results import check_fit
 
 METHODS = ("profile", "wald", "bootstrap")
 ALIASES = {"boot": "bootstrap"}  # lme4's confint(method = "boot")
@@ -41,7 +42,7 @@ def confint_method(method) -> str:
 def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
     """Wald intervals of the fixed effects; NaN rows for the variance parameters."""
     z = norm_quantile((1 + level) / 2)
-    names, _ = sdcor_estimates(fit)
+    names = list(fit.sdcor.index)
     est, se = fit.fixef.to_numpy(), fit.se.to_numpy()
     lower = np.concatenate([np.full(len(names), np.nan), est - z * se])
     upper = np.concatenate([np.full(len(names), np.nan), est + z * se])
@@ -50,7 +51,7 @@ def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
 
 def parameter_names(fit) -> list[str]:
     """The names of the rows of :func:`confint`: SDs, correlations, sigma, fixed effects."""
-    return sdcor_estimates(fit)[0] + list(fit.fixef.index)
+    return list(fit.sdcor.index) + list(fit.fixef.index)
 
 
 @uses_float64

@@ -29,7 +29,7 @@ floating-point work. The sums themselves are one jitted JAX function
 (:func:`flat_sums`, unpacked by :func:`unpack`; both together are
 :func:`chunk_sums`): the per-row outer products go into one flat vector of
 block sums by a single ``jax.ops.segment_sum``, and [X y]'[X y] is a matmul.
-It is applied to chunks of a fixed number of rows (:data:`CHUNK_ROWS`, or n
+It is applied to chunks of a fixed number of rows (``Control.chunk_rows``, or n
 when fewer; the last chunk is padded with rows of zeros, which add nothing,
 so that one compilation serves every chunk), and the partial sums are added
 up on the device. When JAX sees several devices, each chunk's row axis is
@@ -59,12 +59,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import register_dataclass
 
+from .control import Control
 from .design import Design
 from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_count, rows_bytes
-
-CHUNK_ROWS = 2**20
-"""Rows summed per call of :func:`chunk_sums` (the last chunk is padded to this size)."""
-
 
 @dataclass(frozen=True)
 class CrossProducts:
@@ -117,11 +114,7 @@ register_dataclass(
 )
 
 
-PAIR_CHUNK = 2**24
-"""Pairs built per step of :func:`schur_pairs` (bounds its temporary arrays)."""
-
-
-def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int):
+def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int, pair_chunk: int = Control.pair_chunk):
     """The pairs of flattened entries that share a term-1 level, for the Schur update.
 
     Entry e of the off-diagonal block Z1'Zr is the k1-vector ``C[e]`` at
@@ -135,7 +128,8 @@ def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int):
     ``col[a] * q2 + col[b]`` and the outer product C[a] C[b]' (pairs, k1*k1),
     which does not depend on theta. The pairs are listed by target row
     col[a] (within a row by level, then column), so that the sum into G
-    writes one row of it at a time. Built ``PAIR_CHUNK`` pairs at a time.
+    writes one row of it at a time. Built ``pair_chunk`` pairs at a time
+    (``Control.pair_chunk``).
     """
     E, k1 = C.shape
     flat_dtype = np.int32 if q2 * q2 < 2**31 else np.int64
@@ -156,9 +150,9 @@ def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int):
     flat_out = np.empty(total, dtype=flat_dtype)
     prod_out = np.empty((total, k1 * k1))
     lo = 0
-    while lo < E:  # a run of entries a whose pairs fill at most PAIR_CHUNK slots (at least one entry)
+    while lo < E:  # a run of entries a whose pairs fill at most pair_chunk slots (at least one entry)
         base = int(ends[lo - 1]) if lo else 0
-        hi = max(lo + 1, int(np.searchsorted(ends, base + PAIR_CHUNK, side="right")))
+        hi = max(lo + 1, int(np.searchsorted(ends, base + pair_chunk, side="right")))
         a_idx = by_col[lo:hi]
         cnt = counts[lo:hi]
         a = np.repeat(a_idx, cnt)
@@ -369,11 +363,11 @@ def row_sharding(devices=None) -> NamedSharding | None:
 
 
 def chunk_length(n: int, chunk_rows: int | None = None, n_devices: int = 1) -> int:
-    """Rows per chunk: ``chunk_rows`` (default :data:`CHUNK_ROWS`), or n if fewer.
+    """Rows per chunk: ``chunk_rows`` (default ``Control.chunk_rows``), or n if fewer.
 
     Rounded up to a multiple of ``n_devices``, so that a chunk splits evenly.
     """
-    c = max(1, min(int(CHUNK_ROWS if chunk_rows is None else chunk_rows), n))
+    c = max(1, min(int(Control.chunk_rows if chunk_rows is None else chunk_rows), n))
     return -(-c // n_devices) * n_devices
 
 
@@ -446,18 +440,19 @@ def _dense_zz(plan: RowPlan, sums: dict, rest, offsets: np.ndarray) -> np.ndarra
     return zz
 
 
-def cross_products(
-    design: Design, memory_limit: int | None = None, chunk_rows: int | None = None
-) -> CrossProducts:
+def cross_products(design: Design, memory_limit: int | None = None, control: Control | None = None) -> CrossProducts:
     """Accumulate all cross-products of ``design`` (see the module docstring).
 
     The block-COO pattern and the per-row segments are found on the host
     (:func:`row_plan`); then the memory of the fit is estimated
     (:mod:`jaxlmm.memory`) and a :class:`~jaxlmm.errors.JaxLMMError` raised
     when it exceeds ``memory_limit`` bytes (default: the device's memory);
-    only then are the rows summed on the device(s), ``chunk_rows`` at a time
-    (default :data:`CHUNK_ROWS`, read when called; see :func:`accumulate`).
+    only then are the rows summed on the device(s), ``control.chunk_rows`` at a
+    time (see :func:`accumulate`), and the Schur pairs built ``control.pair_chunk``
+    at a time.
     """
+    control = Control() if control is None else control
+    chunk_rows = control.chunk_rows
     p = design.X.shape[1]
     terms = design.terms
     term_dims = tuple((t.nlevels, t.k) for t in terms)
@@ -477,7 +472,7 @@ def cross_products(
     ks = tuple(t.k for t in terms)
     per_row = sum(ka * kb for _, _, _, ka, kb, _ in _families(plan.layout, ks, p)[0])
     chunk = chunk_bytes(chunk_length(design.n, chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
-    needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1)) + chunk
+    needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1), pair_chunk=control.pair_chunk) + chunk
     needed += rows_bytes(design.n, p + 1 + sum(ks))
     names = ", ".join(f"({t.name})" for t in terms)
     check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
@@ -491,7 +486,7 @@ def cross_products(
     k1 = terms[0].k if terms else 0
     C = [np.swapaxes(v, 1, 2).reshape(-1, k1) for v in sums.get("c_val", ())]  # per entry, as e_col
     C = np.concatenate(C) if C else np.zeros((0, k1))
-    pair_j, pair_flat, pair_prod = schur_pairs(e_j1, e_col, C, q2)
+    pair_j, pair_flat, pair_prod = schur_pairs(e_j1, e_col, C, q2, control.pair_chunk)
     return CrossProducts(
         d1=f64(d1),
         z1x=f64(z1x),

@@ -459,24 +459,3 @@ def _build_design(formula, data, offset, weights=None) -> Design:
         weights=w,
         weights_arg=weights if isinstance(weights, str) else (None if weights is None else "numbers"),
     )
-
-
-def theta_scales(terms) -> np.ndarray:
-    """Per theta entry, a power of ten w that brings the entry to the scale of the criterion.
-
-    Theta entry (r, c) of a term multiplies the term's column r (its
-    relative factor T is applied as X_term T), so a column measured in
-    units c times larger has entries c times smaller. Optimizing over
-    phi = theta * w, with w = 10^round(log10 rms(column r)), is the fit of
-    columns rescaled to unit size: the criterion's minimizer is unchanged
-    and the optimizer sees a well-scaled problem. Columns whose RMS lies
-    within 10^(+-1.5) keep w = 1.
-    """
-    from .objective import theta_layout
-
-    out = []
-    for t, (rows, _) in zip(terms, theta_layout([(t.nlevels, t.k) for t in terms])):
-        rms = np.sqrt((t.X**2).mean(axis=0))
-        power = np.round(np.log10(np.where(rms > 0, rms, 1.0)))
-        out.append(10.0 ** np.where(np.abs(power) >= 2, power, 0.0)[rows])
-    return np.concatenate(out) if out else np.zeros(0)

@@ -31,11 +31,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .bootstrap import percentile_interval, theta_names
-from .results import is_singular
+from .bootstrap import percentile_interval
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .validate import check_bool, check_level
-from .objective import theta_layout
+from .theta import dims_of, factors_batch, is_singular, theta_names
 
 TOLERANCE = 1e-5  # insight's tolerance for a singular fit
 
@@ -60,23 +59,12 @@ def _term_moments(design) -> list[tuple[int, list[int], np.ndarray]]:
     return out
 
 
-def _factors(theta: np.ndarray, terms) -> list[np.ndarray]:
-    """T_m for every replicate: arrays (B, k, k)."""
-    out, lo = [], 0
-    for t, (rows, cols) in zip(terms, theta_layout([(0, t.k) for t in terms])):
-        T = np.zeros((theta.shape[0], t.k, t.k))
-        T[:, rows, cols] = theta[:, lo : lo + len(rows)]
-        lo += len(rows)
-        out.append(T)
-    return out
-
-
 def variance_parts(beta, theta, sigma, design) -> pd.DataFrame:
     """The fixed, random and residual variances, one row per (beta, theta, sigma) replicate."""
     beta, theta = np.atleast_2d(beta), np.atleast_2d(theta)
     sigma = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
     fixed = np.var(design.X @ beta.T, axis=0, ddof=1) if design.n > 1 else np.zeros(len(sigma))
-    Ts = _factors(theta, design.terms)
+    Ts = factors_batch(theta, dims_of(design.terms))
     random = np.zeros(len(sigma))
     for i, keep, M in _term_moments(design):
         T = Ts[i][:, keep, :]
@@ -100,7 +88,7 @@ def _replicates(fit, boot, n: int, seed: int):
     if boot is None:
         boot = bootstrap(fit, n=n, seed=seed, progress=False)
     tab = boot.table[boot.table["converged"]]
-    names = list(fit.model.design.fixed_names)
+    names = list(fit.design.fixed_names)
     thetas = [f"theta_{t}" for t in theta_names(fit.terms)]
     if any(c not in tab.columns for c in names + thetas):
         raise JaxLMMError("boot is not a bootstrap of this model (its parameters differ).")
@@ -112,11 +100,11 @@ def shares(fit, which: str, conf_int: bool = False, conf_level: float = 0.95, n:
     """``which`` = ``"icc"`` or ``"r2"`` of ``fit``: a Series, or with ``conf_int`` a frame of
     estimate, lower, upper (percentile intervals over ``boot``, or a new bootstrap of ``n``)."""
     conf_int = check_bool(conf_int, "conf_int")
-    design = fit.model.design
+    design = fit.design
     if not design.terms:
         raise JaxLMMError(f"{which} needs a model with random effects.")
     parts = variance_parts(fit.fixef.to_numpy(), fit.theta, fit.sigma, design)
-    singular = is_singular(fit.theta, fit.terms, fit.model.lower, tolerance)
+    singular = is_singular(fit.theta, fit.terms, fit.lower, tolerance)
     if singular:
         warn(
             f"Can't compute the random-effect variances of a singular fit (a variance parameter below "

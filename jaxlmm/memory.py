@@ -20,7 +20,7 @@ about 24 + 8 k1^2 bytes per pair (their terms, tangents and cotangents),
 ``TEMP_COPIES`` s x s float64 work arrays and the blocked Cholesky's
 trailing matrices kept for the reverse pass (``s^3 / (3 b)`` numbers for
 block ``b``). Before the fit, the host builds the pairs
-(:func:`jaxlmm.crossprod.schur_pairs`, at most ``PAIR_CHUNK`` at a time, with
+(:func:`jaxlmm.crossprod.schur_pairs`, at most ``Control.pair_chunk`` at a time, with
 about ``PAIR_BUILD_BYTES`` of index work per pair) and copies them to the
 device; the rows are summed in chunks (:func:`chunk_bytes`). The peak is the
 design's rows, the arguments, and the larger of the build's transients and
@@ -48,6 +48,7 @@ import resource
 import jax
 import numpy as np
 
+from .control import Control
 from .errors import JaxLMMError
 from .linalg import BLOCK
 
@@ -56,7 +57,6 @@ ENTRY_BYTES = 2 * 8  # level of term 1 and column of an off-diagonal entry
 WORK_COPIES = 8  # s x s arrays alive at once (matrix, factor, cotangents, tangents)
 TEMP_COPIES = 13  # s x s float64 temporaries of the compiled fit (XLA's memory_analysis: 12.5)
 PAIR_TEMP = 24  # bytes of temporaries per pair in the compiled fit (besides its k1^2 products)
-PAIR_CHUNK = 2**24  # pairs built per step on the host (jaxlmm.crossprod.PAIR_CHUNK)
 PAIR_BUILD_BYTES = 40  # host index work per pair while building them
 ROW_OVERHEAD = 64  # bytes per row of the design beyond its columns (codes, masks, frame copies)
 RUNTIME_BYTES = 512 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers (measured 300-490 MiB)
@@ -92,7 +92,8 @@ def chunk_bytes(rows: int, products_per_row: int, columns_per_row: int) -> int:
     return int(rows * (12 * products_per_row + F64 * columns_per_row))
 
 
-def fit_parts(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None) -> dict:
+def fit_parts(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None,
+              pair_chunk: int = Control.pair_chunk) -> dict:
     """The compiled fit's ``arguments`` and ``temporaries`` and the host's ``build`` transients, in bytes.
 
     ``on``: the platform (default JAX's backend). On an accelerator XLA fuses
@@ -115,14 +116,15 @@ def fit_parts(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = 
         + 6 * first
         + n_entries * F64 * 4 * k1
     )
-    build = n_pairs * per_pair + min(n_pairs, PAIR_CHUNK) * (PAIR_BUILD_BYTES + F64 * k1 * k1) + F64 * s * s
+    build = n_pairs * per_pair + min(n_pairs, pair_chunk) * (PAIR_BUILD_BYTES + F64 * k1 * k1) + F64 * s * s
     if on != "cpu":
         temporaries = F64 * (GPU_TEMP_COPIES * s * s + s**3 / (3 * BLOCK)) + 6 * first + n_entries * F64 * 4 * k1
         build = 0
     return {"arguments": int(arguments), "temporaries": int(temporaries), "build": int(build)}
 
 
-def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None) -> int:
+def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None,
+                       pair_chunk: int = Control.pair_chunk) -> int:
     """Estimated peak bytes a fit adds, besides its rows and chunks (see the module docstring).
 
     On the CPU: arguments, the larger of the build's transients and the
@@ -130,7 +132,7 @@ def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str 
     arguments and temporaries.
     """
     on = platform() if on is None else on
-    parts = fit_parts(term_dims, p, n_entries, n_pairs, on)
+    parts = fit_parts(term_dims, p, n_entries, n_pairs, on, pair_chunk)
     if on != "cpu":
         return int(parts["arguments"] + parts["temporaries"])
     return int(parts["arguments"] + max(parts["build"], parts["temporaries"]) + RUNTIME_BYTES)
@@ -189,7 +191,7 @@ PROFILE_SHARE = 0.4  # a profile's Newton temporaries, as a share of the fit's (
 def profile_bytes(fit) -> int:
     """Peak bytes of profiling ``fit``: its Newton's temporaries (the ML deviance in theta, sigma, beta;
     a share of the fit's) and two thirds of a fit's compilation (measured, benchmarks/memory_peak.py)."""
-    data = fit.model.data
+    data = fit.products
     parts = fit_parts(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
     return int(PROFILE_SHARE * parts["temporaries"] + 2 * _runtime() // 3)
 

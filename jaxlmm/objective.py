@@ -36,45 +36,9 @@ from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
 from .linalg import SMALL, cholesky, cholesky_diagonal, small_cholesky, small_solve_lower
+from .theta import relative_factors, theta_layout
 
 LOG2PI = float(np.log(2.0 * np.pi))
-
-
-def theta_layout(term_dims) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per term, the (row, col) of each theta entry: lower triangle, column-wise (lme4)."""
-    out = []
-    for _, k in term_dims:
-        rows = np.concatenate([np.arange(j, k) for j in range(k)])
-        cols = np.concatenate([np.full(k - j, j) for j in range(k)])
-        out.append((rows, cols))
-    return out
-
-
-def theta_lower_bounds(term_dims) -> np.ndarray:
-    """0 for diagonal entries of each relative factor, -inf below the diagonal."""
-    return np.concatenate(
-        [np.where(r == c, 0.0, -np.inf) for r, c in theta_layout(term_dims)] or [np.zeros(0)]
-    )
-
-
-def theta_start(term_dims) -> np.ndarray:
-    """lme4's start: identity relative factors."""
-    return np.concatenate(
-        [np.where(r == c, 1.0, 0.0) for r, c in theta_layout(term_dims)] or [np.zeros(0)]
-    )
-
-
-def relative_factors(theta, term_dims) -> list[jax.Array]:
-    """The lower-triangular k x k relative covariance factor T_m of each term."""
-    out, i = [], 0
-    for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
-        m = len(rows)
-        # a product with a constant 0/1 matrix, not a scatter: cheaper to batch and differentiate
-        place = np.zeros((k * k, m))
-        place[rows * k + cols, np.arange(m)] = 1.0
-        out.append((jnp.asarray(place, dtype=theta.dtype) @ theta[i : i + m]).reshape(k, k))
-        i += m
-    return out
 
 
 class Factor(NamedTuple):
@@ -224,6 +188,11 @@ def deviance(theta, data: CrossProducts, reml=True):
     nmp = n - p
     rl = ld + pc.logdet_RX + nmp * (1.0 + LOG2PI + jnp.log(pc.r2 / nmp))
     return jnp.where(reml, rl, ml)
+
+
+def sigma_hat(r2, n, p: int, reml: bool):
+    """The residual SD at theta: sqrt(r^2 / (n - p)) for REML, sqrt(r^2 / n) for ML (JSS 2015, eqs. 32, 39)."""
+    return jnp.sqrt(r2 / (n - p if reml else n))
 
 
 class Solution(NamedTuple):

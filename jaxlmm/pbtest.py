@@ -25,10 +25,14 @@ import pandas as pd
 
 from ._config import uses_float64
 from .anova import require_nested, require_same_likelihood
-from .bootstrap import Refit, fit_params, run_replicates, target_of, warn_failed
+from .bootstrap import warn_failed
+from .control import Control, as_control
+from .replicates import Job, fit_params, run_replicates, target_of
+from .theta import theta_start
 from .distributions import chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning, warn
-from .validate import check_bool, check_count, check_fit, check_seed
+from .validate import check_bool, check_count, check_seed
+from .results import check_fit
 
 
 def _ml(fit):
@@ -37,13 +41,13 @@ def _ml(fit):
         return fit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SingularFitWarning)
-        return fit.model.fit(reml=False, method=fit.method)
+        return fit.refit(reml=False)
 
 
 def _check_pair(null_fit, alt_fit, nested: bool = True) -> None:
     check_fit(null_fit, "null_fit", "pb_test")
     check_fit(alt_fit, "alt_fit", "pb_test")
-    d0, d1 = null_fit.model.design, alt_fit.model.design
+    d0, d1 = null_fit.design, alt_fit.design
     if d0.n != d1.n or not np.array_equal(d0.rows, d1.rows) or not np.array_equal(d0.y, d1.y):
         raise JaxLMMError(
             "The two models must be fitted to the same rows and response "
@@ -61,7 +65,7 @@ def _check_pair(null_fit, alt_fit, nested: bool = True) -> None:
 
 def _same_random_effects(f0, f1) -> bool:
     """Both models have the same random-effect terms (so one theta serves both)."""
-    a, b = f0.model.design.terms, f1.model.design.terms
+    a, b = f0.terms, f1.terms
     return len(a) == len(b) and all(
         s.name == t.name and s.colnames == t.colnames and np.array_equal(s.codes, t.codes)
         and np.array_equal(s.X, t.X)
@@ -105,12 +109,13 @@ class PBTest:
 @uses_float64
 def pb_test(
     null_fit, alt_fit, n: int = 10_000, seed: int | None = 0, chunk_size: int | None = None,
-    progress: bool = True, check_nested: bool = True,
+    progress: bool = True, check_nested: bool = True, control: Control | None = None,
 ) -> PBTest:
     """Parametric bootstrap LRT of ``null_fit`` (H0) against ``alt_fit`` (pbkrtest's PBmodcomp).
 
     The models must be nested as :func:`~jaxlmm.anova` requires
-    (``check_nested=False`` tests them anyway). ``seed``: an integer in
+    (``check_nested=False`` tests them anyway). ``control``: the refits' settings
+    (default: ``alt_fit.control``). ``seed``: an integer in
     0 .. 2**63 - 1, or None for a random one, recorded as ``result.seed``.
     """
     _check_pair(null_fit, alt_fit, check_bool(check_nested, "check_nested"))
@@ -120,12 +125,11 @@ def pb_test(
         warn("refitting model(s) with ML (instead of REML)", JaxLMMWarning)
     f0, f1 = _ml(null_fit), _ml(alt_fit)
     lrt = float(f0.objective - f1.objective)
-    t0, t1 = target_of(f0.model, f0.theta), target_of(f1.model, f1.theta)
-    r0, r1 = run_replicates(
-        n, seed, t0.rows, fit_params(f0), (t0, t1), False, chunk_size, progress, "pb_test",
-        nested=partial(_alt_start, same=_same_random_effects(f0, f1), default=f1.model.theta0),
-    )
-    r0, r1 = Refit(*r0), Refit(*r1)
+    t0, t1 = target_of(f0), target_of(f1)
+    control = alt_fit.control if control is None else as_control(control)
+    nested = partial(_alt_start, same=_same_random_effects(f0, f1), default=theta_start(f1.products.term_dims))
+    job = Job(n, seed, t0.rows, fit_params(f0), (t0, t1), False, control, nested)
+    r0, r1 = run_replicates(job, chunk_size, progress, "pb_test")
     lrt_star = r0.objective - r1.objective
     ok = r0.converged.astype(bool) & r1.converged.astype(bool) & np.isfinite(lrt_star)
     table = pd.DataFrame(

@@ -21,7 +21,8 @@ import pandas as pd
 from .design import group_codes, offset_nodes, offset_values
 from .errors import DataError
 from .terms import names_in
-from .validate import as_frame, check_bool, check_fit
+from .validate import as_frame, check_bool
+from .results import check_fit
 
 
 def _check_columns(data: pd.DataFrame, cols) -> None:
@@ -75,7 +76,7 @@ def predict(fit, newdata=None, re: bool = True, offset=None) -> np.ndarray:
     """Predicted responses for ``newdata`` (the fitted rows when None)."""
     check_fit(fit, func="predict")
     re = check_bool(re, "re")
-    design = fit.model.design
+    design = fit.design
     beta = fit.fixef.to_numpy()
     if newdata is None:
         if offset is not None:

@@ -51,7 +51,8 @@ import pandas as pd
 
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .likelihood import deviance_ml
-from .objective import theta_layout
+from .theta import theta_columns, theta_layout
+from .varcorr import sdcor_estimates, theta_from_sdcor
 from .optimize import newton
 
 CORR_LIMIT = 12.0  # |atanh(cor)| beyond which the correlation is taken as +-1
@@ -63,26 +64,6 @@ def _kinds(term_dims, p: int) -> np.ndarray:
     for rows, cols in theta_layout(term_dims):
         out += [0 if r == c else 1 for r, c in zip(rows, cols)]
     return np.array(out + [2] + [3] * p, dtype=np.int64)
-
-
-def theta_from_sdcor(sdcor, sigma, term_dims):
-    """theta from the SDs and correlations of each term (layout of theta) and sigma."""
-    out, i = [], 0
-    for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
-        m = len(rows)
-        v = sdcor[i : i + m]
-        i += m
-        diag = rows == cols
-        sd = jnp.zeros(k, dtype=v.dtype).at[cols[diag]].set(v[diag])
-        if k == 1:
-            out.append(sd / sigma)
-            continue
-        off = ~diag
-        R = jnp.eye(k, dtype=v.dtype).at[rows[off], cols[off]].set(v[off])
-        R = R.at[cols[off], rows[off]].set(v[off])
-        T = sd[:, None] * jnp.linalg.cholesky(R) / sigma
-        out.append(T[rows, cols])
-    return jnp.concatenate(out) if out else jnp.zeros(0, dtype=sdcor.dtype)
 
 
 def _unpack(w, kinds, term_dims):
@@ -172,13 +153,13 @@ class Profiler:
     """Evaluates zeta_j(v) for one fit; caches the ML fit and warm starts."""
 
     def __init__(self, fit):
-        ml = fit if not fit.reml else fit.model.fit(reml=False, method=fit.method)
+        ml = fit.refit(reml=False)
         self.fit, self.ml = fit, ml
-        data = fit.model.data
+        data = fit.products
         self.data = data
         kinds = _kinds(data.term_dims, len(ml.fixef))
         self.kinds = tuple(int(k) for k in kinds)
-        names, values = sdcor_estimates(ml)
+        names, values = sdcor_estimates(ml.theta, ml.sigma, ml.terms)
         self.names = names + list(ml.fixef.index)
         psi = np.concatenate([values, ml.fixef.to_numpy()])
         self.psi_hat = psi
@@ -190,11 +171,9 @@ class Profiler:
         self.dmin = float(ml.objective)
         self.kind = kinds
         # SDs, sigma and the fixed effects are profiled over the engine's theta (_constrained_min_theta)
-        from .model import theta_columns
-
         nt = int(np.sum(kinds < 2))
         self.v_hat = np.concatenate([np.asarray(ml.theta), [ml.sigma], ml.fixef.to_numpy()])
-        self.v_lower = np.concatenate([np.asarray(fit.model.lower), [0.0], np.full(len(ml.fixef), -np.inf)])
+        self.v_lower = np.concatenate([np.asarray(fit.lower), [0.0], np.full(len(ml.fixef), -np.inf)])
         self.column = tuple(int(c) for c in theta_columns(data.term_dims)) + tuple(range(nt, len(kinds)))
         # per SD entry j (a diagonal entry of theta): the entries of its row of T;
         # per correlation entry (r, c): the selections of rows c and r of T, by column
@@ -300,14 +279,6 @@ class Profiler:
         if bad:
             raise JaxLMMError(f"No parameter '{bad[0]}'; the parameters are {self.names}.")
         return [self.names.index(w) for w in which]
-
-
-def sdcor_estimates(fit) -> tuple[list[str], np.ndarray]:
-    """lme4's names and values of the SDs, correlations and sigma of a fit."""
-    from .bootstrap import sd_cor
-
-    out = sd_cor(fit.theta[None, :], np.array([fit.sigma]), fit.terms)
-    return list(out), np.array([float(np.asarray(v).reshape(-1)[0]) for v in out.values()])
 
 
 def profile_limits(fit, level: float = 0.95, which=None) -> pd.DataFrame:

@@ -27,17 +27,17 @@ from .anova import _components
 from .distributions import chi2_mixture_sf, chi2_sf
 from ._config import uses_float64
 from .errors import JaxLMMError
-from .validate import check_fit
+from .results import check_fit
 from .submodels import bar_label, formula_order, reduced_term, term_labels, with_terms
 
 COLUMNS = ("npar", "logLik", "AIC", "LRT", "Df", "Pr(>Chisq)", "p_boundary")
 
 
-def reduced_models(model) -> dict:
+def reduced_models(design) -> dict:
     """Row label -> random-effect terms of each reduced model (lmerTest's ``get_newforms``)."""
-    terms = model.design.terms
+    terms = design.terms
     out = {}
-    for i in formula_order(model.design):
+    for i in formula_order(design):
         t = terms[i]
         labels = term_labels(t)
         if not labels:
@@ -55,9 +55,9 @@ def ranova(fit) -> pd.DataFrame:
     if not fit.terms:
         raise JaxLMMError("ranova needs a model with at least one random-effect term.")
     labels, fits = ["<none>"], [fit]
-    for label, terms in reduced_models(fit.model).items():
+    for label, terms in reduced_models(fit.design).items():
         labels.append(label)
-        fits.append(with_terms(fit.model, terms).fit(reml=fit.reml, method=fit.method))
+        fits.append(with_terms(fit, terms).fit(reml=fit.reml, method=fit.method))
     npar = np.array([f.npar for f in fits], dtype=np.int64)
     loglik = np.array([f.loglik for f in fits])
     lrt = np.concatenate([[np.nan], 2.0 * (loglik[0] - loglik[1:])])

@@ -19,56 +19,36 @@ import numpy as np
 import pandas as pd
 
 from ._config import uses_float64
-from .design import theta_scales
-from .objective import conditional_variances, relative_factors, solve
-
-SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta
-
+from .control import Control
+from .crossprod import CrossProducts
+from .design import Design
+from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, warn
+from .fitting import METHODS, deviance_jit, minimize
+from .objective import conditional_variances, sigma_hat, solve
+from .optimize import OptResult
+from .theta import is_singular, relative_factors, theta_lower_bounds, theta_scales, theta_start
+from .validate import as_theta, check_bool, check_max_iter
+from .varcorr import sdcor_estimates, varcorr_table
 
 _solve_jit = jax.jit(solve)
 _condvar_jit = jax.jit(conditional_variances)
 
 
-def term_group_names(terms) -> list[str]:
-    """lme4's labels of the terms in VarCorr: repeated factors get '.1', '.2', ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for t in terms:
-        c = seen.get(t.name, 0)
-        out.append(t.name if c == 0 else f"{t.name}.{c}")
-        seen[t.name] = c + 1
-    return out
-
-
-def _varcorr(terms, Ts, sigma) -> pd.DataFrame:
-    rows = []
-    for grp, t, T in zip(term_group_names(terms), terms, Ts):
-        S = sigma**2 * (T @ T.T)
-        sd = np.sqrt(np.diag(S))
-        for i, name in enumerate(t.colnames):
-            rows.append((grp, name, None, S[i, i], sd[i]))
-        for i in range(t.k):
-            for j in range(i + 1, t.k):
-                denom = sd[i] * sd[j]
-                cor = S[i, j] / denom if denom > 0 else np.nan
-                rows.append((grp, t.colnames[i], t.colnames[j], S[i, j], cor))
-    rows.append(("Residual", None, None, sigma**2, sigma))
-    # the name columns are object columns with None where lme4 has NA, whatever the model
-    # (pandas would otherwise infer a string dtype, turning some None into NaN)
-    out = {
-        name: pd.Series([r[i] for r in rows], dtype=object)
-        for i, name in enumerate(["group", "term1", "term2"])
-    }
-    out["variance"] = np.array([float(r[3]) for r in rows], dtype=np.float64)
-    out["sd_cor"] = np.array([float(r[4]) for r in rows], dtype=np.float64)
-    return pd.DataFrame(out)
-
-
 @dataclass(frozen=True, eq=False)
 class LmmFit:
-    """A fitted linear mixed model (REML or ML). Built by ``make_fit``; read-only."""
+    """A fitted linear mixed model (REML or ML). Built by :func:`estimate`; read-only.
 
-    model: object
+    ``design`` (the model matrices and group codes) and ``products`` (the
+    cross-products the criterion reads) are those of the model it was fitted
+    to; :meth:`refit` fits them again by the other criterion or from another
+    start.
+    """
+
+    design: Design
+    products: CrossProducts
+    lower: np.ndarray  # theta's lower bounds
+    control: Control
+    data_name: str | None
     reml: bool
     method: str
     objective: float
@@ -89,7 +69,7 @@ class LmmFit:
     # ---- likelihood summaries -------------------------------------------
     @property
     def formula(self) -> str:
-        return self.model.design.formula.text
+        return self.design.formula.text
 
     @property
     def npar(self) -> int:
@@ -119,13 +99,40 @@ class LmmFit:
 
     @property
     def terms(self):
-        return self.model.design.terms
+        return self.design.terms
+
+    def criterion(self, theta, reml: bool | None = None) -> float:
+        """The profiled criterion (lme4's ``devfun``) at ``theta``: the REML criterion or ML deviance,
+        by the fit's own (default) or by ``reml``; ``fit.criterion(fit.theta) == fit.objective``."""
+        theta = jnp.asarray(as_theta(theta, len(self.theta)))
+        reml = self.reml if reml is None else check_bool(reml, "reml")
+        return float(deviance_jit(theta, self.products, reml))
+
+    def refit(self, reml: bool | None = None, theta0=None, method: str | None = None,
+              control: Control | None = None) -> "LmmFit":
+        """The same model fitted again: by the other criterion (``reml=False``: ML, as lme4's
+        ``refitML``), from another start (``theta0``), or with other settings. Without arguments
+        the fit itself. Every refit in jaxlmm (``anova``, ``pb_test``, profiles, exact tests) goes
+        through here."""
+        reml = self.reml if reml is None else check_bool(reml, "reml")
+        if reml == self.reml and theta0 is None and method in (None, self.method) and control in (None, self.control):
+            return self
+        return estimate(
+            self.design, self.products, reml=reml, method=self.method if method is None else method,
+            theta0=theta0, control=self.control if control is None else control, data_name=self.data_name,
+        )
+
+    @cached_property
+    def sdcor(self) -> pd.Series:
+        """The random effects' SDs and correlations, then sigma, by lme4's names (``sd_Days|Subject``, ...)."""
+        names, values = sdcor_estimates(self.theta, self.sigma, self.terms)
+        return pd.Series(values, index=names, name="estimate")
 
     # ---- random effects -------------------------------------------------
     @cached_property
     def ranef(self) -> pd.DataFrame:
         """Conditional modes and conditional SDs: columns group, term, level, value, cond_sd."""
-        data = self.model.data
+        data = self.products
         Ts = [np.asarray(T) for T in relative_factors(jnp.asarray(self.theta), data.term_dims)]
         blocks = [np.asarray(B) for B in _condvar_jit(jnp.asarray(self.theta), data)]
         frames = []
@@ -151,7 +158,7 @@ class LmmFit:
     @cached_property
     def fitted(self) -> np.ndarray:
         """Conditional fitted values X beta + Z b for the rows used in the fit."""
-        d = self.model.design
+        d = self.design
         out = d.fixed_mean(self.fixef.to_numpy())
         for t, bm in zip(d.terms, self.b):
             out = out + np.einsum("rk,rk->r", t.X, bm[t.codes])
@@ -168,9 +175,7 @@ class LmmFit:
         weights). ``scaled``: divided by sigma, so that the Pearson residuals
         have variance about 1 whatever the weights.
         """
-        from .errors import JaxLMMError
-
-        d = self.model.design
+        d = self.design
         if type not in ("response", "pearson"):
             raise JaxLMMError(f"type must be 'response' or 'pearson', not {type!r}.")
         if kind == "conditional":
@@ -181,11 +186,17 @@ class LmmFit:
             raise JaxLMMError(f"kind must be 'conditional' or 'marginal', not {kind!r}.")
         if type == "pearson" and d.weights is not None:
             r = d.sqrt_weights * r
-        from .validate import check_bool
-
         return r / self.sigma if check_bool(scaled, "scaled") else r
 
     # ---- inference (jaxlmm.satterthwaite, confint, predict, simulate) --------
+    @cached_property
+    def varpar_derivatives(self):
+        """Var(beta-hat), its Jacobian and the inverse Hessian in (theta, sigma), which Satterthwaite's
+        df are made of (:func:`jaxlmm.satterthwaite.varpar_derivatives`); computed on first use, kept."""
+        from .satterthwaite import varpar_derivatives
+
+        return varpar_derivatives(self)
+
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """Fixed effects with SE, df, t and p (ddf: 'satterthwaite', 'residual' or 'wald')."""
         from .satterthwaite import coef_table
@@ -297,21 +308,84 @@ def _float64_methods(cls):
 _float64_methods(LmmFit)
 
 
-def is_singular(theta, terms, lower, tolerance: float = SINGULAR_TOL) -> bool:
-    """lme4's isSingular: an entry of theta with a lower bound of 0 (a diagonal entry of a relative
-    factor) below ``tolerance``, on theta in the units of the optimizer (design.theta_scales)."""
-    return bool(np.any((np.asarray(theta) * theta_scales(terms))[np.asarray(lower) == 0] < tolerance))
+def check_fit(fit, what: str = "fit", func: str = "") -> None:
+    """``fit`` is an :class:`~jaxlmm.results.LmmFit` (what ``jaxlmm.lmm`` returns)."""
+    if not isinstance(fit, LmmFit):
+        where = f"{func}: " if func else ""
+        raise JaxLMMError(
+            f"{where}{what} must be a fitted model (the LmmFit that jaxlmm.lmm or "
+            f"LinearMixedModel.fit returns), not {type(fit).__name__}."
+        )
 
 
-def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
+def estimate(design: Design, products: CrossProducts, reml=True, method: str = "newton", theta0=None,
+             max_iter=None, control: Control | None = None, data_name: str | None = None) -> LmmFit:
+    """Fit the model of ``design`` / ``products`` by REML or ML (lme4's ``optimizeLmer`` + ``mkMerMod``).
+
+    Checks the arguments, minimizes (:func:`jaxlmm.fitting.minimize`), builds
+    the frozen fit and warns where it did not converge or is singular.
+    """
+    reml = check_bool(reml, "reml")
+    if method not in METHODS:
+        raise JaxLMMError(f"method must be one of {METHODS}, not {method!r}.")
+    control = Control() if control is None else control
+    if max_iter is not None:
+        control = control.replace(max_iter=check_max_iter(max_iter))
+    lower = theta_lower_bounds(products.term_dims)
+    start0 = theta_start(products.term_dims)
+    scale = theta_scales(design.terms)
+    start = start0 / scale if theta0 is None else as_theta(theta0, start0.size, "theta0")
+    if theta0 is not None:
+        _check_start(products, start, start0, reml)
+    opt = minimize(products, design.y_net, start, lower, scale, reml, method, control)
+    try:
+        fit = make_fit(design, products, opt, reml=reml, method=method, control=control, data_name=data_name)
+    except np.linalg.LinAlgError:
+        given = "" if theta0 is None else f" from theta0={np.asarray(start).tolist()}"
+        raise JaxLMMError(
+            f"The fit{given} ended at theta = {np.asarray(opt.theta).tolist()}, where the "
+            "fixed-effect system is numerically singular; "
+            + ("start nearer the default theta0 (ones on the diagonal, lme4's start)." if theta0 is not None
+               else "the random effects absorb the fixed effects there (rescale the predictors).")
+        ) from None
+    _warn_fit(fit)
+    return fit
+
+
+def _check_start(products: CrossProducts, start, default, reml: bool) -> None:
+    """``theta0`` gives a finite criterion (an overflowing start would end in a singular system)."""
+    value = float(deviance_jit(jnp.asarray(start), products, reml))
+    if not np.isfinite(value):
+        raise JaxLMMError(
+            f"theta0={np.asarray(start).tolist()} is outside the range where the criterion can be "
+            f"computed (it is {value} there; the relative factors overflow the float64 cross-products); "
+            f"start nearer lme4's default theta0={np.asarray(default).tolist()}."
+        )
+
+
+def _warn_fit(fit: LmmFit) -> None:
+    """lme4's warnings: an optimizer that did not converge, a singular (boundary) fit."""
+    if not fit.converged:
+        warn(
+            f"The {fit.method} optimizer did not converge in {fit.n_iter} iterations "
+            f"(largest projected gradient {np.max(np.abs(fit.gradient), initial=0):.3g}); "
+            + ("after its restarts and L-BFGS fallback; " if fit.method == "newton" else "")
+            + "treat the estimates with care, or refit from fit.theta (theta0=) with a larger max_iter.",
+            ConvergenceWarning,
+        )
+    if fit.singular:
+        warn("boundary (singular) fit: see fit.varcorr.", SingularFitWarning)
+
+
+def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool, method: str,
+             control: Control, data_name: str | None = None) -> LmmFit:
     """Build the frozen result from the optimizer's output (lme4's mkMerMod)."""
-    data = model.data
-    design = model.design
+    data = products
+    lower = theta_lower_bounds(products.term_dims)
     theta = np.asarray(opt.theta, dtype=np.float64)
     sol = _solve_jit(jnp.asarray(theta), data)
     n, p = design.n, design.p
-    r2 = float(sol.r2)
-    sigma = float(np.sqrt(r2 / (n - p if reml else n)))
+    sigma = float(sigma_hat(float(sol.r2), n, p, reml))
     RX = np.asarray(sol.RX)
     RXinv = np.linalg.solve(RX, np.eye(p)) if p else np.zeros((0, 0))
     vcov = sigma**2 * (RXinv.T @ RXinv)
@@ -326,9 +400,13 @@ def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
             u = u_rest[lo : lo + t.nlevels * t.k].reshape(t.nlevels, t.k)
             lo += t.nlevels * t.k
         b.append(u @ T.T)
-    singular = is_singular(theta, design.terms, model.lower)
+    singular = is_singular(theta, design.terms, lower)
     return LmmFit(
-        model=model,
+        design=design,
+        products=products,
+        lower=lower,
+        control=control,
+        data_name=data_name,
         reml=reml,
         method=method,
         objective=float(opt.fun),
@@ -340,7 +418,7 @@ def make_fit(model, opt, reml: bool, method: str) -> LmmFit:
         se=pd.Series(np.sqrt(np.diag(vcov)), index=names, name="se"),
         vcov=pd.DataFrame(vcov, index=names, columns=names),
         sigma=sigma,
-        varcorr=_varcorr(design.terms, Ts, sigma),
+        varcorr=varcorr_table(theta, sigma, design.terms),
         singular=singular,
         nobs=n,
         n_dropped=design.n_dropped,

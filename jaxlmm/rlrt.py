@@ -45,7 +45,8 @@ import numpy as np
 from ._config import ensure_x64, uses_float64
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .memory import check_fits
-from .validate import check_fit, check_positive_int, check_seed
+from .validate import check_positive_int, check_seed
+from .results import check_fit
 from .submodels import bar_label, find_term, with_terms
 
 GRID_LENGTH = 200
@@ -230,7 +231,7 @@ def _refit(fit, reml: bool, what: str):
         return fit
     kind = "REML" if reml else "ML"
     warn(f"refitting the model by {kind}: the exact {what} compares {kind} likelihoods", JaxLMMWarning)
-    return fit.model.fit(reml=reml, method=fit.method)
+    return fit.refit(reml=reml)
 
 
 def _p_value(stat: float, sample: np.ndarray) -> float:
@@ -284,7 +285,7 @@ def _null_of(fit, null, ml: bool):
     check_fit(null, "null", "exact_lrt")
     if len(null.terms):
         raise JaxLMMError("null must be a fit without random-effect terms (the linear model).")
-    d, d0 = fit.model.design, null.model.design
+    d, d0 = fit.design, null.design
     if d0.n != d.n or not np.array_equal(d0.y_net, d.y_net):
         raise JaxLMMError("null was not fitted to the same rows and response as fit.")
     if not set(null.fixef.index) <= set(fit.fixef.index):
@@ -301,7 +302,7 @@ def _exact(fit, term, nsim, seed, grid_length, log_range, ml: bool, null) -> Exa
     # the sample (float64) and its sort, besides one batch's draws
     check_fits(32 * nsim + 8 * BATCH * 64, f"exact_{what.lower()}(nsim={nsim})")
     fit = _refit(fit, reml=not ml, what=what)
-    design = fit.model.design
+    design = fit.design
     if getattr(design, "weights", None) is not None:
         raise JaxLMMError("The exact tests assume unit weights; this model has prior weights.")
     if not design.terms:
@@ -322,7 +323,7 @@ def _exact(fit, term, nsim, seed, grid_length, log_range, ml: bool, null) -> Exa
     null_fit, q = _null_of(fit, null, ml)
     if null_fit is None:
         rest = [t for j, t in enumerate(design.terms) if j != i]
-        null_fit = with_terms(fit.model, rest).fit(reml=not ml, method=fit.method)
+        null_fit = with_terms(fit, rest).fit(reml=not ml, method=fit.method)
     scale = max(mu.max(), xi.max()) if ml else mu.max()
     stat = _statistic(fit, null_fit)
     sample = null_sample(mu / scale, (xi if ml else mu) / scale, design.n, design.p, q, nsim, seed, ml,

@@ -23,7 +23,6 @@ E = sum nu_m/(nu_m - 2), ddf = 2E/(E - q) (2 if some nu_m <= 2).
 
 from __future__ import annotations
 
-import weakref
 from functools import partial
 from typing import NamedTuple
 
@@ -62,16 +61,11 @@ def positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     return (Qk / lam[keep]) @ Qk.T
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def varpar_derivatives(fit) -> VarparDerivatives:
-    """V, dV/dphi and A = 2 H^+ at the fit's (theta, sigma); cached per fit."""
-    if fit not in _CACHE:
-        varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
-        V, J, H = _derivatives(varpar, fit.model.data, bool(fit.reml))
-        _CACHE[fit] = VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H)))
-    return _CACHE[fit]
+    """V, dV/dphi and A = 2 H^+ at the fit's (theta, sigma); the fit keeps them (``fit.varpar_derivatives``)."""
+    varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
+    V, J, H = _derivatives(varpar, fit.products, bool(fit.reml))
+    return VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H)))
 
 
 def contrast_df(der: VarparDerivatives, c) -> float:
@@ -85,7 +79,7 @@ def contrast_df(der: VarparDerivatives, c) -> float:
 
 def satterthwaite_df(fit) -> np.ndarray:
     """Satterthwaite's df of each fixed effect (the unit contrasts)."""
-    der = varpar_derivatives(fit)
+    der = fit.varpar_derivatives
     eye = np.eye(len(fit.fixef))
     return np.array([contrast_df(der, e) for e in eye])
 
@@ -152,7 +146,7 @@ def f_test(fit, L, rhs=0.0, eps: float = np.sqrt(np.finfo(float).eps)) -> pd.Dat
     Returns one row: ``num_df`` (rank of L V L'), ``den_df``, ``F`` and ``p``.
     """
     L = _as_contrast(fit, L)
-    der = varpar_derivatives(fit)
+    der = fit.varpar_derivatives
     beta = fit.fixef.to_numpy()
     d, P = np.linalg.eigh(L @ der.V @ L.T)
     d, P = d[::-1], P[:, ::-1]

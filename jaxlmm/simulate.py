@@ -3,7 +3,7 @@
 y* = X beta + offset + Z Lambda(theta) u* + sigma W^{-1/2} eps with
 u* ~ N(0, sigma^2 I), eps ~ N(0, I) and W the prior weights (Bates et al.,
 JSS 2015, eqs. 1-2), Z applied through the integer group codes of each term.
-The draw of one response is the bootstrap's :func:`jaxlmm.bootstrap.simulate`;
+The draw of one response is :func:`jaxlmm.replicates.simulate`, the bootstrap's;
 here it is ``vmap``-ped over ``jax.random.split(jax.random.key(seed), n)``,
 the same keys the bootstrap uses for its replicates, so
 ``fit.simulate(n, seed)`` are the responses ``jaxlmm.bootstrap(fit, n, seed)``
@@ -19,7 +19,10 @@ import numpy as np
 
 from ._config import uses_float64
 from .memory import check_fits, simulate_bytes
-from .validate import check_count, check_fit, check_seed
+from .replicates import fit_params, rows_of
+from .replicates import simulate as simulate_one
+from .validate import check_count, check_seed
+from .results import check_fit
 
 
 class Simulated(np.ndarray):
@@ -36,8 +39,6 @@ class Simulated(np.ndarray):
 def _draw():
     """``simulate_one`` vmapped over keys and compiled, made once: a second call with the same
     shapes reuses the compiled program (a new ``jax.jit`` per call would trace and compile again)."""
-    from .bootstrap import simulate as simulate_one
-
     return jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
 
 
@@ -48,13 +49,11 @@ def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
     way it is recorded as the result's ``.seed``. The memory the draw needs
     is checked first (:func:`jaxlmm.memory.simulate_bytes`).
     """
-    from .bootstrap import fit_params, rows_of
-
     check_fit(fit, func="simulate")
     n, seed = check_count(n, "n (the number of simulated responses)"), check_seed(seed)
-    check_fits(simulate_bytes(n, fit.model.design), f"simulate(n={n}) of {fit.nobs} rows")
+    check_fits(simulate_bytes(n, fit.design), f"simulate(n={n}) of {fit.nobs} rows")
     keys = jax.random.split(jax.random.key(seed), n)
-    design = fit.model.design
+    design = fit.design
     y = np.asarray(_draw()(keys, rows_of(design), fit_params(fit)))
     y = (y if design.offset is None else y + design.offset).view(Simulated)
     y.seed = seed

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import JaxLMMError
 from .formula import ParsedFormula, RandomTerm
+from .model import LinearMixedModel
 
 
 def bar_label(term) -> str:
@@ -101,19 +102,13 @@ def reduced_term(term, label: str):
     return dataclasses.replace(term, expr=expr, colnames=cols, X=np.ascontiguousarray(X), spec=None)
 
 
-def with_terms(model, terms):
-    """A :class:`~jaxlmm.model.LinearMixedModel` of the same rows and fixed effects with random-effect ``terms``."""
-    from .model import LinearMixedModel
-
-    d = model.design
+def with_terms(fit, terms) -> LinearMixedModel:
+    """The :class:`~jaxlmm.model.LinearMixedModel` of ``fit``'s rows and fixed effects with random-effect
+    ``terms`` (and ``fit``'s control)."""
+    d = fit.design
     pf = d.formula
     random = tuple(RandomTerm(expr=t.expr, factors=t.factors, name=t.name) for t in terms)
     text = f"{pf.response} ~ {pf.fixed}" + "".join(f" + {bar_label(t)}" for t in terms)
     formula = dataclasses.replace(pf, text=text, random=random) if isinstance(pf, ParsedFormula) else pf
     design = dataclasses.replace(d, formula=formula, terms=tuple(terms))
-    return LinearMixedModel(text, None, design=design)
-
-
-def refit_like(fit, model):
-    """``model`` fitted by the criterion and optimizer of ``fit``."""
-    return model.fit(reml=fit.reml, method=fit.method)
+    return LinearMixedModel(text, None, design=design, control=fit.control)

@@ -51,10 +51,10 @@ def format_summary(fit, correlation: bool | None = None) -> str:
     lines = [f"Linear mixed model fit by {kind}. t-tests use Satterthwaite's method [lmerModLmerTest]"]
     lines.append(f"Fitted by jaxlmm ({fit.method} optimizer)")
     lines.append(f"Formula: {fit.formula}")
-    name = getattr(fit.model, "data_name", None)
+    name = fit.data_name
     if name:
         lines.append(f"   Data: {name}")
-    weights = fit.model.design.weights_arg
+    weights = fit.design.weights_arg
     if weights is not None:
         lines.append(f"Weights: {weights if weights != 'numbers' else '(one number per row)'}")
     lines.append("")
@@ -96,7 +96,7 @@ def format_summary(fit, correlation: bool | None = None) -> str:
         notes.append("boundary (singular) fit: see fit.varcorr")
     if not fit.converged:
         notes.append(f"optimizer ({fit.method}) did not converge in {fit.n_iter} iterations")
-    dropped = fit.model.design.dropped_columns
+    dropped = fit.design.dropped_columns
     if dropped:
         notes.append(f"fixed-effect model matrix is rank deficient: dropped {', '.join(dropped)}")
     if notes:

@@ -22,26 +22,23 @@ import numpy as np
 import pandas as pd
 
 from .errors import JaxLMMError
-from .objective import theta_layout
-from .results import term_group_names
+from .theta import dims_of, term_group_names, theta_layout
 
 TIDY_COLUMNS = ["effect", "group", "term", "estimate", "std_error", "statistic", "df", "p_value"]
 
 
 def ran_pars(fit) -> tuple[list[str], list[str], np.ndarray]:
     """Groups, broom.mixed's terms and values of the random-effect SDs/correlations, then sigma."""
-    from .profile import sdcor_estimates
-
     groups, terms = [], []
     for grp, t, (rows, cols) in zip(
-        term_group_names(fit.terms), fit.terms, theta_layout([(0, t.k) for t in fit.terms])
+        term_group_names(fit.terms), fit.terms, theta_layout(dims_of(fit.terms))
     ):
         for r, c in zip(rows, cols):
             groups.append(grp)
             terms.append(f"sd__{t.colnames[r]}" if r == c else f"cor__{t.colnames[c]}.{t.colnames[r]}")
     groups.append("Residual")
     terms.append("sd__Observation")
-    est = sdcor_estimates(fit)[1]
+    est = fit.sdcor.to_numpy()
     if len(est) != len(terms):  # pragma: no cover (sd_cor and theta_layout share the order)
         raise RuntimeError("random-effect parameters out of step")
     return groups, terms, est
@@ -111,7 +108,7 @@ def to_dict(fit) -> dict:
     names = [str(n) for n in fit.fixef.index]
     return {
         "formula": fit.formula,
-        "data": getattr(fit.model, "data_name", None),
+        "data": fit.data_name,
         "reml": bool(fit.reml),
         "criterion": "REML" if fit.reml else "ML",
         "method": fit.method,
@@ -136,7 +133,7 @@ def to_dict(fit) -> dict:
         "converged": bool(fit.converged),
         "n_iter": int(fit.n_iter),
         "singular": bool(fit.singular),
-        "dropped_columns": [str(c) for c in fit.model.design.dropped_columns],
+        "dropped_columns": [str(c) for c in fit.design.dropped_columns],
     }
 
 

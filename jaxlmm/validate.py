@@ -343,18 +343,6 @@ def check_count(value, what: str) -> int:
     return int(value)
 
 
-def check_fit(fit, what: str = "fit", func: str = "") -> None:
-    """``fit`` is an :class:`~jaxlmm.results.LmmFit` (what ``jaxlmm.lmm`` returns)."""
-    from .results import LmmFit
-
-    if not isinstance(fit, LmmFit):
-        where = f"{func}: " if func else ""
-        raise JaxLMMError(
-            f"{where}{what} must be a fitted model (the LmmFit that jaxlmm.lmm or "
-            f"LinearMixedModel.fit returns), not {type(fit).__name__}."
-        )
-
-
 def check_names(which, names, what: str = "which") -> list[str]:
     """``which`` (a name or a list of names) as a list of names among ``names``; None: all."""
     from .errors import closest_name

@@ -16,7 +16,8 @@ from conftest import REF, get_fit
 from scipy import stats
 
 import jaxlmm
-from jaxlmm.bootstrap import fit_params, rows_of, shortest_interval, simulate
+from jaxlmm.bootstrap import shortest_interval
+from jaxlmm.replicates import fit_params, rows_of, simulate
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 PENICILLIN = "diameter ~ 1 + (1 | plate) + (1 | sample)"
@@ -27,7 +28,7 @@ B = 8
 def simulated_responses(fit, n, seed):
     """The responses replicate i is built from: simulate(split(key(seed), n)[i])."""
     keys = jax.random.split(jax.random.key(seed), n)
-    rows, params = rows_of(fit.model.design), fit_params(fit)
+    rows, params = rows_of(fit.design), fit_params(fit)
     return [np.asarray(simulate(k, rows, params)) for k in keys]
 
 
@@ -72,10 +73,10 @@ def test_simulation_matches_the_model_moments():
     """Mean and covariance of y* over many draws: X beta and sigma^2 (Z Lambda Lambda'Z' + I)."""
     fit = get_fit(DYE1, "dyestuff")
     keys = jax.random.split(jax.random.key(0), 20000)
-    ys = np.asarray(jax.vmap(simulate, in_axes=(0, None, None))(keys, rows_of(fit.model.design), fit_params(fit)))
+    ys = np.asarray(jax.vmap(simulate, in_axes=(0, None, None))(keys, rows_of(fit.design), fit_params(fit)))
     sb2 = (fit.sigma * fit.theta[0]) ** 2
     assert ys.mean() == pytest.approx(fit.fixef.iloc[0], abs=4 * np.sqrt((sb2 + fit.sigma**2) / 20000))
-    codes = fit.model.design.terms[0].codes
+    codes = fit.design.terms[0].codes
     same = codes[0] == codes[1]  # rows 0 and 1 share a batch
     cov01 = np.cov(ys[:, 0], ys[:, 1])
     assert same
@@ -156,14 +157,11 @@ def test_pb_test_sleepstudy_days_matches_pbkrtest():
     assert res.table["lrt"].min() >= -1e-6
 
 
-def test_slow_replicates_finish_one_by_one_at_the_same_optimum(sleep_boot, monkeypatch):
+def test_slow_replicates_finish_one_by_one_at_the_same_optimum(sleep_boot):
     """With 2 batched Newton iterations nearly every replicate is finished by a separate refit."""
-    import importlib
-
-    boot_module = importlib.import_module("jaxlmm.bootstrap")
-    monkeypatch.setattr(boot_module, "FIRST_PASS", 2)
-    monkeypatch.setattr(boot_module, "PENDING_SHARE", 1.0)  # keep the cap at 2
-    res = jaxlmm.bootstrap(get_fit(SLEEP, "sleepstudy"), n=B, seed=1, progress=False)
+    fit = get_fit(SLEEP, "sleepstudy")
+    control = fit.control.replace(first_pass=2, pending_share=1.0)  # pending_share 1: keep the cap at 2
+    res = jaxlmm.bootstrap(fit, n=B, seed=1, progress=False, control=control)
     assert res.n_failed == 0
     assert (sleep_boot.table["n_iter"] > 2).sum() >= B // 2  # the case is exercised
     np.testing.assert_allclose(res.table["objective"], sleep_boot.table["objective"], rtol=1e-9)
@@ -174,7 +172,7 @@ def test_pb_test_variance_component_with_a_null_without_random_effects():
     f0 = get_fit(DYE0, "dyestuff", reml=False)
     f1 = get_fit(DYE1, "dyestuff", reml=False)
     ml_ref = json.loads((REF / "fits" / "dyestuff.json").read_text())["ML"]
-    y = f0.model.design.y
+    y = f0.design.y
     dev0 = len(y) * (1 + np.log(2 * np.pi * np.sum((y - y.mean()) ** 2) / len(y)))
     res = jaxlmm.pb_test(f0, f1, n=256, seed=2, progress=False)
     assert res.lrt == pytest.approx(dev0 - ml_ref["objective"], rel=1e-6)

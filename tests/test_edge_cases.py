@@ -86,7 +86,7 @@ def test_collinear_column_is_dropped_and_fit_equals_fit_without_it():
     fit, caught = fit_quietly("Reaction ~ Days + x + (Days | Subject)", d)
     (w,) = of_type(caught, RankDeficiencyWarning)
     assert "dropping 1 column(s): x" in str(w.message)
-    assert fit.model.design.dropped_columns == ("x",)
+    assert fit.design.dropped_columns == ("x",)
     assert_same_fit(fit, get_fit(SLOPE, "sleepstudy"))
 
 
@@ -146,7 +146,7 @@ def test_float32_and_integer_columns_are_fitted_in_float64():
     d = SLEEP.assign(Reaction=SLEEP.Reaction.astype(np.float32), Days=SLEEP.Days.astype(np.int16))
     fit, caught = fit_quietly(SLOPE, d)
     assert not caught
-    assert fit.model.design.y.dtype == np.float64 and fit.theta.dtype == np.float64
+    assert fit.design.y.dtype == np.float64 and fit.theta.dtype == np.float64
     same = SLEEP.assign(Reaction=d.Reaction.astype(np.float64), Days=d.Days.astype(np.float64))
     assert_same_fit(fit, fit_quietly(SLOPE, same)[0])
     # the float32 rounding moves the fit by no more than float32's precision
@@ -211,7 +211,7 @@ def test_fit_that_does_not_converge_is_reported_and_warned():
 
 
 def test_newton_at_its_iteration_cap_falls_back_and_converges():
-    """Newton stopped by max_iter is continued by L-BFGS and finished by Newton (model.fit_theta)."""
+    """Newton stopped by max_iter is continued by L-BFGS and finished by Newton (fitting.fit_theta)."""
     model = get_model(DYE, "dyestuff")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
@@ -247,11 +247,11 @@ def test_between_subject_numeric_slope_is_identifiable_and_fitted():
     d = SLEEP.assign(x=SLEEP.Subject.cat.codes.astype(float) / 17.0)
     fit, caught = fit_quietly("Reaction ~ Days + (x | Subject)", d)
     assert fit.converged and not of_type(caught, ConvergenceWarning)
-    assert fit.objective == pytest.approx(dense_criterion(fit.model, fit.theta, True), rel=1e-9)
+    assert fit.objective == pytest.approx(dense_criterion(fit, fit.theta, True), rel=1e-9)
     rng = np.random.default_rng(3)
     for _ in range(5):
-        th = np.maximum(fit.theta + rng.normal(scale=1e-3, size=3), fit.model.lower)
-        assert fit.model.deviance(th) >= fit.objective - 1e-9
+        th = np.maximum(fit.theta + rng.normal(scale=1e-3, size=3), fit.lower)
+        assert fit.criterion(th) >= fit.objective - 1e-9
 
 
 def _cache_dir_in_child(env_extra: dict, tmp_path) -> str:
@@ -284,18 +284,18 @@ def test_newton_leaves_a_corner_where_a_correlated_column_has_a_zero_diagonal():
     optimum of the theta parameterization, 4.3 deviance units above the optimum), Newton
     reaches the optimum that L-BFGS finds from lme4's start.
     """
-    from jaxlmm.bootstrap import fit_params, rows_of, simulate
+    from jaxlmm.replicates import fit_params, rows_of, simulate
 
     sleep = jaxlmm.datasets.load("sleepstudy")
     null = get_fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy", reml=False)
     key = jax.random.split(jax.random.key(1), 1000)[96]
     frame = sleep.copy()
-    frame["Reaction"] = np.asarray(simulate(key, rows_of(null.model.design), fit_params(null)))
+    frame["Reaction"] = np.asarray(simulate(key, rows_of(null.design), fit_params(null)))
     model = jaxlmm.LinearMixedModel("Reaction ~ Days + (Days | Subject)", frame)
     corner = np.array([0.0, 0.37891048, 0.01250314])
     from jaxlmm.objective import deviance
 
-    g = np.asarray(jax.grad(deviance)(jax.numpy.asarray(corner), model.data, False))
+    g = np.asarray(jax.grad(deviance)(jax.numpy.asarray(corner), model.products, False))
     assert g[0] > 0  # held at its bound by the projected gradient, without the flip
     ref = model.fit(reml=False, method="lbfgs")
     fit = model.fit(reml=False, theta0=corner)

@@ -100,7 +100,7 @@ def test_offset_in_formula_and_argument_agree_and_carry_through():
     np.testing.assert_allclose(a.objective, b.objective, rtol=1e-12)
     np.testing.assert_allclose(a.fitted, b.fitted, rtol=1e-10)
     off = np.log(SYN["t"].to_numpy())
-    np.testing.assert_allclose(a.model.design.offset, off)
+    np.testing.assert_allclose(a.design.offset, off)
     # fitted = X beta + Z b + offset; residuals are y - fitted
     np.testing.assert_allclose(a.residuals(), SYN["y"].to_numpy() - a.fitted, atol=1e-12)
     # numbers for offset= (lme4's usual form) give the same fit, and predict needs them for new rows
@@ -112,7 +112,7 @@ def test_offset_in_formula_and_argument_agree_and_carry_through():
     np.testing.assert_allclose(c.predict(nd, offset=np.log(nd["t"])), a.predict(nd), rtol=1e-10)
     # simulated responses are centred on X beta + offset
     sims = a.simulate(n=400, seed=3)
-    np.testing.assert_allclose(sims.mean(axis=0).mean(), (a.model.design.fixed_mean(a.fixef.to_numpy())).mean(), atol=0.1)
+    np.testing.assert_allclose(sims.mean(axis=0).mean(), (a.design.fixed_mean(a.fixef.to_numpy())).mean(), atol=0.1)
     # the bootstrap refits the offset model: its replicates centre on the fit's estimates
     boot = jaxlmm.bootstrap(a, n=64, seed=1, progress=False)
     est = boot.table[["(Intercept)", "x1", "x2"]].mean().to_numpy()

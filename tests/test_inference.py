@@ -276,7 +276,7 @@ def test_simulate_dense_oracle():
     fit = get_fit(SLOPE, "sleepstudy")
     ys = fit.simulate(3, seed=7)
     assert ys.shape == (3, fit.nobs)
-    d = fit.model.design
+    d = fit.design
     t = d.terms[0]
     T = np.array([[fit.theta[0], 0.0], [fit.theta[1], fit.theta[2]]])
     Z = np.zeros((fit.nobs, t.nlevels * 2))

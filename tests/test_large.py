@@ -67,7 +67,7 @@ def test_newton_leaves_a_saddle_on_the_bound():
 
 def test_pair_count_matches_listed_pairs():
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
-    assert pair_count(np.asarray(m.data.e_j1)) == m.data.pair_j.shape[0]
+    assert pair_count(np.asarray(m.products.e_j1)) == m.products.pair_j.shape[0]
 
 
 def test_memory_estimate_grows_with_pairs_and_schur_size():
@@ -97,7 +97,7 @@ def test_memory_check_counts_the_chunk_of_rows():
     from jaxlmm.memory import chunk_bytes, rows_bytes
 
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
-    d = m.data
+    d = m.products
     # the fit's estimate and the design's rows (both counted before the rows are summed)
     fit_only = estimate_fit_bytes(d.term_dims, d.p, len(d.e_j1), pair_count(np.asarray(d.e_j1)))
     fit_only += rows_bytes(m.design.n, 1 + 1 + 2)
@@ -175,12 +175,13 @@ def test_bfgs_newton_on_a_curved_valley():
 def test_bfgs_newton_reaches_lme4s_optimum(case):
     """hessian="bfgs" (used for large Schur complements) on small models: lme4's ML deviance and theta."""
     from conftest import CASES, load_fit_reference
-    from jaxlmm.model import canonical_theta, optimize_theta
+    from jaxlmm.fitting import optimize_theta
+    from jaxlmm.theta import canonical_theta
 
     ref = load_fit_reference(case)
     m = get_model(ref["formula"], CASES[case])
     opt = optimize_theta(
-        jnp.asarray(m.theta0), jnp.asarray(m.lower), m.data, False, method="newton", hessian="bfgs"
+        jnp.asarray(m.theta0), jnp.asarray(m.lower), m.products, False, method="newton", hessian="bfgs"
     )
     r = ref["ML"]
     assert bool(opt.converged)

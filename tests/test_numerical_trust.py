@@ -20,7 +20,7 @@ import jaxlmm
 from jaxlmm.datasets import load
 from jaxlmm.model import LinearMixedModel
 from jaxlmm.optimize import newton, second_order
-from jaxlmm.profile import ProfileWarning, sdcor_estimates
+from jaxlmm.profile import ProfileWarning
 
 REF = json.loads((Path(__file__).parent / "reference" / "profile_singular.json").read_text())
 
@@ -141,7 +141,7 @@ def test_profile_of_a_singular_fit_is_finite():
         ci.loc["sd_(Intercept)|Subject"].to_numpy(), lme4.loc["sd_(Intercept)|Subject"].to_numpy(dtype=float),
         rtol=3e-3,
     )
-    est = dict(zip(*sdcor_estimates(fit)))
+    est = fit.sdcor.to_dict()
     for name in ci.index[:6]:
         assert ci.loc[name, "lower"] <= est[name] <= ci.loc[name, "upper"]
         if name.startswith("cor_"):
@@ -209,8 +209,8 @@ def test_collinear_slopes_are_refused_as_collinear():
 
 
 def test_bootstrap_redoes_replicates_that_did_not_converge():
-    """The batched pass's replicates that failed the checks are finished one by one (bootstrap._first_pass_restarts)."""
-    from jaxlmm.bootstrap import ESCAPE, Refit, _first_pass_restarts
+    """The batched pass's replicates that failed the checks are finished one by one (replicates._first_pass_restarts)."""
+    from jaxlmm.replicates import Refit, _first_pass_restarts
 
     theta = np.array([[0.5, 0.2], [0.0, 1.0], [0.7, 0.3], [0.4, 0.4]])
     res = Refit(
@@ -218,12 +218,12 @@ def test_bootstrap_redoes_replicates_that_did_not_converge():
         converged=np.array([True, False, False, True]), n_iter=np.array([3, 4, 8, 2]),
         stuck=np.array([[False, False], [True, False], [False, False], [False, False]]),
     )
-    idx, start = _first_pass_restarts(res, 8)
+    idx, start = _first_pass_restarts(res, 8, 0.1)
     assert idx.tolist() == [1, 2]  # a saddle on the bound; out of iterations
-    assert start[1].tolist() == [ESCAPE, 1.0] and start[2].tolist() == theta[2].tolist()
+    assert start[1].tolist() == [0.1, 1.0] and start[2].tolist() == theta[2].tolist()
     res = res._replace(converged=np.array([True, False, True, False]), n_iter=np.array([3, 4, 2, 2]),
                        stuck=np.zeros((4, 2), dtype=bool))
-    idx, _ = _first_pass_restarts(res, 8)
+    idx, _ = _first_pass_restarts(res, 8, 0.1)
     assert idx.tolist() == [1, 3]  # a failed line search or negative curvature away from the bound
 
 
@@ -278,7 +278,7 @@ def test_correlation_limits_of_a_singular_fit_are_where_the_profile_crosses():
             return 1e10  # not a covariance matrix
         S = (Q * np.maximum(lam, 0.0)) @ Q.T + 1e-14 * np.eye(3)
         T = np.linalg.cholesky(S)
-        return fit.model.deviance(T[np.tril_indices(3)[0], np.tril_indices(3)[1]][[0, 1, 3, 2, 4, 5]], reml=False)
+        return fit.criterion(T[np.tril_indices(3)[0], np.tril_indices(3)[1]][[0, 1, 3, 2, 4, 5]], reml=False)
 
     rng = np.random.default_rng(0)
     for side in ("lower", "upper"):
@@ -303,7 +303,7 @@ def test_sd_limits_of_a_singular_fit_are_where_the_profile_crosses():
     from jaxlmm.likelihood import factor_parts
 
     _, fit = singular_fit()
-    data = fit.model.data
+    data = fit.products
     ci = fit.confint(method="profile", which=["sd_Days|Subject", "sd_z|Subject"])
     parts = jax.jit(lambda th: (lambda fp: (fp.logdet_L - data.ldw, fp.r2))(factor_parts(th, data)))
     rows = {"sd_Days|Subject": [1, 3], "sd_z|Subject": [2, 4, 5]}  # theta's entries of each row of T

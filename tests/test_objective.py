@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import get_fit, get_model, load_json
-from jaxlmm.objective import deviance, relative_factors
+from jaxlmm.objective import deviance
+from jaxlmm.theta import relative_factors
 
 OBJ = load_json("objective_at_theta.json")
 DATASET = {
@@ -48,7 +49,7 @@ def dense_criterion(model, theta, reml):
     d = model.design
     n, p = d.n, d.p
     cols, lam = [], []
-    for t, T in zip(d.terms, relative_factors(jnp.asarray(theta), model.data.term_dims)):
+    for t, T in zip(d.terms, relative_factors(jnp.asarray(theta), model.products.term_dims)):
         Zt = np.zeros((n, t.nlevels * t.k))
         for c in range(t.k):
             Zt[np.arange(n), t.codes * t.k + c] = t.X[:, c]
@@ -108,15 +109,15 @@ def test_gradient_and_hessian_match_finite_differences(formula, dataset):
     th = _random_theta(model, np.random.default_rng(7))
     h = 1e-5
     for reml in (True, False):
-        ga = np.asarray(g(jnp.asarray(th), model.data, reml))
-        Ha = np.asarray(H(jnp.asarray(th), model.data, reml))
+        ga = np.asarray(g(jnp.asarray(th), model.products, reml))
+        Ha = np.asarray(H(jnp.asarray(th), model.products, reml))
         gfd, Hfd = np.zeros_like(th), np.zeros((th.size, th.size))
         for i in range(th.size):
             e = np.zeros_like(th)
             e[i] = h
-            gfd[i] = (float(f(th + e, model.data, reml)) - float(f(th - e, model.data, reml))) / (2 * h)
+            gfd[i] = (float(f(th + e, model.products, reml)) - float(f(th - e, model.products, reml))) / (2 * h)
             Hfd[:, i] = (
-                np.asarray(g(jnp.asarray(th + e), model.data, reml)) - np.asarray(g(jnp.asarray(th - e), model.data, reml))
+                np.asarray(g(jnp.asarray(th + e), model.products, reml)) - np.asarray(g(jnp.asarray(th - e), model.products, reml))
             ) / (2 * h)
         np.testing.assert_allclose(ga, gfd, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(Ha, Hfd, rtol=1e-5, atol=1e-4)
@@ -139,6 +140,6 @@ def test_deviance_is_jittable_and_vmappable():
     """The objective is a pure function of (theta, data): vmap over theta equals a loop."""
     model = get_model(*SMALL[0])
     thetas = np.stack([_random_theta(model, np.random.default_rng(s)) for s in range(4)])
-    batched = jax.vmap(deviance, in_axes=(0, None, None))(jnp.asarray(thetas), model.data, True)
+    batched = jax.vmap(deviance, in_axes=(0, None, None))(jnp.asarray(thetas), model.products, True)
     looped = [model.deviance(t) for t in thetas]
     np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-12)

@@ -65,7 +65,7 @@ def test_residuals_plot_draws_fitted_and_residuals(sleep, scaled):
     np.testing.assert_allclose(xy[:, 1], sleep.residuals(scaled=scaled), rtol=1e-12)
     # independent check of what is drawn: fitted + residual * scale = response
     scale = sleep.sigma if scaled else 1.0
-    np.testing.assert_allclose(xy[:, 0] + scale * xy[:, 1], sleep.model.design.y, rtol=1e-12)
+    np.testing.assert_allclose(xy[:, 0] + scale * xy[:, 1], sleep.design.y, rtol=1e-12)
 
 
 # ---- normal QQ --------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_caterpillar_all_groups_and_level(penicillin):
         x, _, seg, labels = _caterpillar_panel(ax)
         # balanced design: tied modes, so check the order through the values
         ref = lme4_ranef("penicillin_crossed", group, "(Intercept)").loc[labels]
-        assert sorted(labels) == sorted(penicillin.model.design.terms[0 if group == "plate" else 1].levels)
+        assert sorted(labels) == sorted(penicillin.design.terms[0 if group == "plate" else 1].levels)
         assert np.all(np.diff(x) >= 0)
         np.testing.assert_allclose(x, ref["condval"], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(seg[:, 1] - seg[:, 0], 2 * z * ref["condsd"], rtol=1e-3)

@@ -95,11 +95,11 @@ def test_penalized_rss_identity(pair):
     reference values needed: sigma^2 * (n - p) (REML) or sigma^2 * n (ML).
     """
     fit, _, _ = pair
-    d = fit.model.design
+    d = fit.design
     resid = fit.residuals()
-    from jaxlmm.objective import relative_factors
+    from jaxlmm.theta import relative_factors
 
-    Ts = relative_factors(np.asarray(fit.theta), fit.model.data.term_dims)
+    Ts = relative_factors(np.asarray(fit.theta), fit.products.term_dims)
     u2 = 0.0
     for T, b in zip(Ts, fit.b):
         T = np.asarray(T)

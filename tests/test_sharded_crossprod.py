@@ -25,7 +25,6 @@ from scipy.linalg import block_diag
 import jaxlmm
 from jaxlmm import crossprod
 from jaxlmm.crossprod import (
-    CHUNK_ROWS,
     chunk_length,
     chunk_sums,
     cross_products,
@@ -111,13 +110,13 @@ def check_against_dense(cp, design):
 
 
 @pytest.mark.parametrize("case", ["penicillin", "pastes", "three_terms"])
-def test_schur_pairs_give_the_dense_update(case, monkeypatch):
+def test_schur_pairs_give_the_dense_update(case):
     """sum over pairs of <W_j, C_a C_b'> into (col a, col b) is the lower triangle of sum_j C_j' W_j C_j.
 
     C_j (k1 x q2) is level j's rows of Z1'Zr from a dense Z; W_j random symmetric.
     """
     design = design_of(case)
-    cp = cross_products(design, chunk_rows=SMALL_CHUNK)
+    cp = cross_products(design, control=jaxlmm.Control(chunk_rows=SMALL_CHUNK))
     n, t1 = design.n, design.terms[0]
     l1, k1 = t1.nlevels, t1.k
     Z1 = dense_z(t1, n)
@@ -139,8 +138,7 @@ def test_schur_pairs_give_the_dense_update(case, monkeypatch):
     E = len(cp.e_j1)
     Cflat = np.concatenate([np.swapaxes(np.asarray(v), 1, 2).reshape(-1, k1) for v in cp.c_val])
     for step in (1, 5):  # built a few pairs at a time: the same list
-        monkeypatch.setattr(crossprod, "PAIR_CHUNK", step)
-        again = crossprod.schur_pairs(np.asarray(cp.e_j1), np.asarray(cp.e_col), Cflat, q2)
+        again = crossprod.schur_pairs(np.asarray(cp.e_j1), np.asarray(cp.e_col), Cflat, q2, pair_chunk=step)
         assert E and all(np.array_equal(a, b) for a, b in zip(again, (j, flat, prod)))
 
 
@@ -148,7 +146,7 @@ def test_schur_pairs_give_the_dense_update(case, monkeypatch):
 def test_chunked_sums_equal_dense_products(case):
     design = design_of(case)
     assert design.n > 2 * SMALL_CHUNK and design.n % SMALL_CHUNK != 0  # several chunks, the last padded
-    small = cross_products(design, chunk_rows=SMALL_CHUNK)
+    small = cross_products(design, control=jaxlmm.Control(chunk_rows=SMALL_CHUNK))
     check_against_dense(small, design)
     whole = cross_products(design)  # one chunk of all rows
     for name in FLOATS:
@@ -189,7 +187,7 @@ def _scalar(v):
 
 @pytest.mark.parametrize("ref_case", list(OBJ_CASES))
 def test_criterion_from_chunked_sums_matches_lme4(ref_case):
-    cp = cross_products(design_of(OBJ_CASES[ref_case]), chunk_rows=SMALL_CHUNK)
+    cp = cross_products(design_of(OBJ_CASES[ref_case]), control=jaxlmm.Control(chunk_rows=SMALL_CHUNK))
     for pt in OBJ[ref_case]["points"]:
         value = _deviance(np.atleast_1d(np.asarray(pt["theta"], dtype=float)), cp, bool(_scalar(pt["reml"])))
         assert float(value) == pytest.approx(_scalar(pt["value"]), rel=1e-9)
@@ -198,7 +196,7 @@ def test_criterion_from_chunked_sums_matches_lme4(ref_case):
 def test_chunks_are_padded_with_zero_rows():
     design = design_of("penicillin")
     plan = row_plan(design)
-    assert chunk_length(plan.n) == plan.n <= CHUNK_ROWS  # small data: one chunk, no padding
+    assert chunk_length(plan.n) == plan.n <= jaxlmm.Control().chunk_rows  # small data: one chunk, no padding
     assert chunk_length(10, 7, 4) == 8 and chunk_length(3, 7, 4) == 4 and chunk_length(100, 7) == 7
     chunks = list(device_chunks(plan, SMALL_CHUNK))
     assert len(chunks) == -(-plan.n // SMALL_CHUNK)
@@ -238,7 +236,7 @@ CHILD = textwrap.dedent(
             for leaf in jax.tree.leaves(chunk)
         ]
         for label, rows in [("small", 7), ("whole", None)]:
-            cp = cross_products(design) if rows is None else cross_products(design, chunk_rows=rows)
+            cp = cross_products(design) if rows is None else cross_products(design, control=jaxlmm.Control(chunk_rows=rows))
             res = {k: np.asarray(getattr(cp, k)).tolist() for k in floats}
             res["c_val"] = [np.asarray(v).tolist() for v in cp.c_val]
             out["cp"][f"{case}/{label}"] = res

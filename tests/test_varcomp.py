@@ -178,7 +178,7 @@ def test_variance_parts_at_lme4s_estimates_equal_insight(case):
 
     ref, lme4 = SHARES[case], load_fit_reference(LME4_FITS[case])["REML"]
     fit = get_fit(ref["formula"], SHARE_DATA[case])
-    parts = variance_parts(np.atleast_1d(lme4["beta"]), np.atleast_1d(lme4["theta"]), lme4["sigma"], fit.model.design)
+    parts = variance_parts(np.atleast_1d(lme4["beta"]), np.atleast_1d(lme4["theta"]), lme4["sigma"], fit.design)
     row = parts.iloc[0]
     for ours, theirs in (("fixed", "var_fixed"), ("random", "var_random"), ("residual", "var_residual")):
         assert row[ours] == pytest.approx(ref[theirs], rel=1e-10, abs=1e-10)
@@ -215,7 +215,7 @@ def test_icc_and_r2_intervals_are_percentiles_of_the_bootstrap_replicates():
     ok = boot.table[boot.table["converged"]]
     beta = ok[list(fit.fixef.index)].to_numpy()
     parts = variance_parts(beta, ok[["theta_Subject.(Intercept)"]].to_numpy(), ok["sigma"].to_numpy(),
-                           fit.model.design)
+                           fit.design)
     adjusted = parts["random"] / (parts["random"] + parts["residual"])
     marginal = parts["fixed"] / parts.sum(axis=1)
     assert icc.loc["adjusted", ["lower", "upper"]].tolist() == pytest.approx(np.quantile(adjusted, [0.05, 0.95]))

@@ -112,7 +112,7 @@ def test_weights_as_text_and_their_scale():
     ref = weighted_fit("intercept", "REML")
     by_name = jaxlmm.lmm(INTERCEPT, data, weights="w")
     assert by_name.objective == pytest.approx(ref.objective, rel=1e-12)
-    assert by_name.model.design.weights_arg == "w" and "Weights: w" in by_name.summary()
+    assert by_name.design.weights_arg == "w" and "Weights: w" in by_name.summary()
     doubled = jaxlmm.lmm(INTERCEPT, data, weights="2 * w")
     # -sum(log 2w) = -sum(log w) - n log 2 cancels the n log 2 of the doubled residual sum of squares
     assert doubled.objective == pytest.approx(ref.objective, rel=1e-10)
@@ -136,7 +136,7 @@ def test_zero_weights_drop_rows_and_missing_weights_are_missing_data():
     with pytest.warns(jaxlmm.MissingDataWarning, match=r"weights= \(3\)"):
         again = jaxlmm.lmm(z["formula"], data, weights=missing)
     assert again.nobs == 177 and again.objective == pytest.approx(fit.objective, rel=1e-10)
-    assert np.array_equal(again.model.design.rows, fit.model.design.rows)
+    assert np.array_equal(again.design.rows, fit.design.rows)
     assert len(fit.fitted) == len(fit.residuals(type="pearson")) == 177
 
 
@@ -186,9 +186,9 @@ def test_simulated_residual_variance_scales_as_one_over_w():
     """y_i - y_j of two rows of one subject (random intercept): variance sigma^2 (1/w_i + 1/w_j)."""
     fit = weighted_fit("intercept", "REML")
     ys = fit.simulate(4000, seed=5)
-    w = fit.model.design.weights
+    w = fit.design.weights
     d = ys[:, 0::2] - ys[:, 1::2]  # rows 2k and 2k+1: the same subject (10 rows each)
-    codes = fit.model.design.terms[0].codes
+    codes = fit.design.terms[0].codes
     assert np.array_equal(codes[0::2], codes[1::2])
     ratio = d.var(axis=0) / (fit.sigma**2 * (1 / w[0::2] + 1 / w[1::2]))
     assert ratio.mean() == pytest.approx(1.0, abs=0.01)  # 90 pairs, each with SD ~0.022

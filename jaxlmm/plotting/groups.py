@@ -64,7 +64,7 @@ def _draw_panel(ax, x, y, cond, pop) -> None:
 
 def groups_plot(fit, x=None, ncols: int = 6, group=None, data=None, max_panels: int = 100):
     """One panel per level of ``group`` with its data, its fitted line and the population line."""
-    design = fit.model.design
+    design = fit.design
     term = group_term(fit, group)
     if term.nlevels > max_panels:
         raise JaxLMMError(

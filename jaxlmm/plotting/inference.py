@@ -44,9 +44,7 @@ def _select(names, params, what: str) -> list[str]:
 
 def observed_estimates(fit) -> pd.Series:
     """The fit's SDs, correlations, sigma and fixed effects under lme4's confint names."""
-    from ..profile import sdcor_estimates
-
-    names, values = sdcor_estimates(fit)
+    names, values = list(fit.sdcor.index), fit.sdcor.to_numpy()
     return pd.concat([pd.Series(values, index=names), fit.fixef])
 
 

@@ -1,0 +1,158 @@
+"""theta, the variance parameters the criteria are minimized over: its layout, bounds, start and names.
+
+Each random-effect term m with k_m columns has a lower-triangular relative
+covariance factor T_m (Sigma_m = sigma^2 T_m T_m'); theta lists the lower
+triangles column by column, term after term (lme4's ``Lind``). Everything
+that depends only on that layout lives here: which entry is where
+(:func:`theta_layout`), the bounds and lme4's start, T_m from theta (for
+JAX: :func:`relative_factors`; for many replicates at once in numpy:
+:func:`factors_batch`), the sign convention that makes each diagonal
+non-negative (:func:`canonical_theta`), the per-entry scales the optimizer
+works in (:func:`theta_scales`) and lme4's names of the entries.
+
+``term_dims`` is the sequence of (levels, columns) of the terms, in the
+order of the cross-products (:class:`jaxlmm.crossprod.CrossProducts`);
+only the column counts matter here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class TermTheta(NamedTuple):
+    """Where one term's theta entries sit in its k x k factor: ``rows[i]``, ``cols[i]`` of entry i."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+def theta_layout(term_dims) -> list[TermTheta]:
+    """Per term, the (row, col) of each theta entry: lower triangle, column-wise (lme4)."""
+    out = []
+    for _, k in term_dims:
+        rows = np.concatenate([np.arange(j, k) for j in range(k)])
+        cols = np.concatenate([np.full(k - j, j) for j in range(k)])
+        out.append(TermTheta(rows, cols))
+    return out
+
+
+def dims_of(terms) -> list[tuple[int, int]]:
+    """``term_dims`` of design terms (anything with ``nlevels`` and ``k``)."""
+    return [(t.nlevels, t.k) for t in terms]
+
+
+def n_theta(term_dims) -> int:
+    """The number of theta entries: k (k + 1) / 2 per term."""
+    return sum(k * (k + 1) // 2 for _, k in term_dims)
+
+
+def theta_lower_bounds(term_dims) -> np.ndarray:
+    """0 for diagonal entries of each relative factor, -inf below the diagonal."""
+    return np.concatenate(
+        [np.where(r == c, 0.0, -np.inf) for r, c in theta_layout(term_dims)] or [np.zeros(0)]
+    )
+
+
+def theta_start(term_dims) -> np.ndarray:
+    """lme4's start: identity relative factors."""
+    return np.concatenate(
+        [np.where(r == c, 1.0, 0.0) for r, c in theta_layout(term_dims)] or [np.zeros(0)]
+    )
+
+
+def relative_factors(theta, term_dims) -> list[jax.Array]:
+    """The lower-triangular k x k relative covariance factor T_m of each term (JAX, differentiable)."""
+    out, i = [], 0
+    for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
+        m = len(rows)
+        # a product with a constant 0/1 matrix, not a scatter: cheaper to batch and differentiate
+        place = np.zeros((k * k, m))
+        place[rows * k + cols, np.arange(m)] = 1.0
+        out.append((jnp.asarray(place, dtype=theta.dtype) @ theta[i : i + m]).reshape(k, k))
+        i += m
+    return out
+
+
+def factors_batch(theta, term_dims) -> list[np.ndarray]:
+    """T_m of every row of ``theta`` (B, n_theta) in numpy: arrays (B, k_m, k_m)."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    out, lo = [], 0
+    for (rows, cols), (_, k) in zip(theta_layout(term_dims), term_dims):
+        T = np.zeros((theta.shape[0], k, k))
+        T[:, rows, cols] = theta[:, lo : lo + len(rows)]
+        lo += len(rows)
+        out.append(T)
+    return out
+
+
+def theta_columns(term_dims) -> np.ndarray:
+    """For each theta entry, the index of the diagonal entry of its column (see ``optimize.column_flip``)."""
+    out, i = [], 0
+    for rows, cols in theta_layout(term_dims):
+        diag_pos = np.array([np.flatnonzero((rows == c) & (cols == c))[0] for c in cols])
+        out.append(i + diag_pos)
+        i += len(rows)
+    return np.concatenate(out) if out else np.zeros(0, dtype=int)
+
+
+def canonical_theta(x, term_dims):
+    """Multiply each column of every relative factor by the sign of its diagonal.
+
+    Lambda Lambda' is unchanged, so the criterion is too; the result has a
+    non-negative diagonal (lme4's parameterization).
+    """
+    return x * jnp.where(x[theta_columns(term_dims)] < 0, -1.0, 1.0)
+
+
+def theta_scales(terms) -> np.ndarray:
+    """Per theta entry, a power of ten w that brings the entry to the scale of the criterion.
+
+    Theta entry (r, c) of a term multiplies the term's column r (its
+    relative factor T is applied as X_term T), so a column measured in
+    units c times larger has entries c times smaller. Optimizing over
+    phi = theta * w, with w = 10^round(log10 rms(column r)), is the fit of
+    columns rescaled to unit size: the criterion's minimizer is unchanged
+    and the optimizer sees a well-scaled problem. Columns whose RMS lies
+    within 10^(+-1.5) keep w = 1. ``terms``: the design's terms (their
+    columns ``X``).
+    """
+    out = []
+    for t, (rows, _) in zip(terms, theta_layout(dims_of(terms))):
+        rms = np.sqrt((t.X**2).mean(axis=0))
+        power = np.round(np.log10(np.where(rms > 0, rms, 1.0)))
+        out.append(10.0 ** np.where(np.abs(power) >= 2, power, 0.0)[rows])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta
+
+
+def is_singular(theta, terms, lower, tolerance: float = SINGULAR_TOL) -> bool:
+    """lme4's isSingular: an entry of theta with a lower bound of 0 (a diagonal entry of a relative
+    factor) below ``tolerance``, on theta in the units of the optimizer (:func:`theta_scales`)."""
+    return bool(np.any((np.asarray(theta) * theta_scales(terms))[np.asarray(lower) == 0] < tolerance))
+
+
+def term_group_names(terms) -> list[str]:
+    """lme4's labels of the terms in VarCorr: repeated factors get '.1', '.2', ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for t in terms:
+        c = seen.get(t.name, 0)
+        out.append(t.name if c == 0 else f"{t.name}.{c}")
+        seen[t.name] = c + 1
+    return out
+
+
+def theta_names(terms) -> list[str]:
+    """lme4's names of theta: 'Subject.(Intercept)', 'Subject.Days.(Intercept)', ..."""
+    out = []
+    for grp, t, (rows, cols) in zip(term_group_names(terms), terms, theta_layout(dims_of(terms))):
+        for r, c in zip(rows, cols):
+            out.append(f"{grp}.{t.colnames[r]}" if r == c else f"{grp}.{t.colnames[r]}.{t.colnames[c]}")
+    return out
