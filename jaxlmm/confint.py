@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ._config import uses_float64
-from .distributions import norm_quantile
+from .bootstrap import bootstrap
+from .distributions import two_sided_z
 from .errors import JaxLMMError
 from .memory import check_fits, profile_bytes
 from .profile import profile_limits
@@ -41,7 +42,7 @@ def confint_method(method) -> str:
 
 def wald_limits(fit, level: float = 0.95) -> pd.DataFrame:
     """Wald intervals of the fixed effects; NaN rows for the variance parameters."""
-    z = norm_quantile((1 + level) / 2)
+    z = two_sided_z(level)
     names = list(fit.sdcor.index)
     est, se = fit.fixef.to_numpy(), fit.se.to_numpy()
     lower = np.concatenate([np.full(len(names), np.nan), est - z * se])
@@ -74,8 +75,6 @@ def confint(fit, method: str = "profile", level: float = 0.95, n: int = 1000, se
     if method == "wald":
         out = wald_limits(fit, level)
     else:
-        from .bootstrap import bootstrap
-
         n, seed = check_count(n, "n (the number of bootstrap replicates)"), check_seed(seed)
         out = bootstrap(fit, n=n, seed=seed).confint(level=level, method="percentile")
         out.attrs["seed"] = seed

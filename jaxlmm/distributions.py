@@ -21,9 +21,15 @@ def norm_sf2(z):
     return np.asarray(2.0 * ndtr(-np.abs(np.asarray(z, dtype=np.float64))))
 
 
-def norm_quantile(p: float) -> float:
-    """The p-quantile of the standard normal."""
-    return float(ndtri(float(p)))
+def norm_quantile(p):
+    """The p-quantile of the standard normal (R's ``qnorm``), elementwise; a float for a number."""
+    q = np.asarray(ndtri(np.asarray(p, dtype=np.float64)))
+    return float(q) if q.ndim == 0 else q
+
+
+def two_sided_z(level: float) -> float:
+    """z with P(|Z| <= z) = level for a standard normal Z (1.96 for 0.95): the half-width of a Wald interval."""
+    return norm_quantile(0.5 + level / 2.0)
 
 
 def t_sf2(t, df):
@@ -82,6 +88,7 @@ __all__ = [
     "f_quantile",
     "f_sf",
     "norm_quantile",
+    "two_sided_z",
     "norm_sf2",
     "t_sf2",
 ]

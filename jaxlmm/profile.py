@@ -43,34 +43,47 @@ computed gets NaN limits and a warning naming it, and the others keep theirs.
 
 from __future__ import annotations
 
+import enum
 from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .distributions import two_sided_z
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .likelihood import deviance_ml
-from .theta import theta_columns, theta_layout
-from .varcorr import sdcor_estimates, theta_from_sdcor
 from .optimize import newton
+from .theta import theta_columns, theta_layout
+from .validate import check_level
+from .varcorr import sdcor_estimates, theta_from_sdcor
 
 CORR_LIMIT = 12.0  # |atanh(cor)| beyond which the correlation is taken as +-1
 
 
+class Kind(enum.IntEnum):
+    """What an entry of the profiled parameters w is."""
+
+    SD = 0  # a random-effect SD
+    COR = 1  # a correlation, profiled on the atanh scale
+    SIGMA = 2  # the residual SD
+    BETA = 3  # a fixed effect
+
+
 def _kinds(term_dims, p: int) -> np.ndarray:
-    """Per entry of w: 0 SD, 1 correlation (atanh scale), 2 sigma, 3 fixed effect."""
+    """The :class:`Kind` of each entry of w: the SDs and correlations in theta's layout, sigma, beta."""
     out = []
     for rows, cols in theta_layout(term_dims):
-        out += [0 if r == c else 1 for r, c in zip(rows, cols)]
-    return np.array(out + [2] + [3] * p, dtype=np.int64)
+        out += [Kind.SD if r == c else Kind.COR for r, c in zip(rows, cols)]
+    return np.array(out + [Kind.SIGMA] + [Kind.BETA] * p, dtype=np.int64)
 
 
 def _unpack(w, kinds, term_dims):
     """(theta, sigma, beta) from w = (SDs, atanh(correlations), sigma, beta)."""
-    nv = len(kinds) - int(np.sum(kinds == 3)) - 1
+    nv = len(kinds) - int(np.sum(kinds == Kind.BETA)) - 1
     v = w[:nv]
-    sdcor = jnp.where(jnp.asarray(kinds[:nv] == 1), jnp.tanh(v), v)
+    sdcor = jnp.where(jnp.asarray(kinds[:nv] == Kind.COR), jnp.tanh(v), v)
     sigma = w[nv]
     return theta_from_sdcor(sdcor, sigma, term_dims), sigma, w[nv + 1 :]
 
@@ -133,11 +146,11 @@ def _feasible_start(w, kinds: np.ndarray, dev) -> np.ndarray:
     Undefined correlations (NaN: an SD of 0) become 0. The shrinkage factor
     grows from 1e-10 in steps of 100; at a factor of 1 every correlation is 0.
     """
-    w = np.where((kinds == 1) & ~np.isfinite(w), 0.0, w)
+    w = np.where((kinds == Kind.COR) & ~np.isfinite(w), 0.0, w)
     if np.isfinite(dev(w)):
         return w
     r = np.tanh(w)
-    shrink = kinds == 1
+    shrink = kinds == Kind.COR
     for eps in [1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1e-1, 0.5, 1.0]:
         trial = np.where(shrink, np.arctanh(r * (1.0 - eps)), w)
         if np.isfinite(dev(trial)):
@@ -163,15 +176,15 @@ class Profiler:
         self.names = names + list(ml.fixef.index)
         psi = np.concatenate([values, ml.fixef.to_numpy()])
         self.psi_hat = psi
-        w_hat = np.where(kinds == 1, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi)
+        w_hat = np.where(kinds == Kind.COR, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi)
         self.w_hat = _feasible_start(
             w_hat, kinds, lambda w: float(_deviance_at(jnp.asarray(w), data, self.kinds))
         )
-        self.lower = np.where((kinds == 0) | (kinds == 2), 0.0, -np.inf)
+        self.lower = np.where((kinds == Kind.SD) | (kinds == Kind.SIGMA), 0.0, -np.inf)
         self.dmin = float(ml.objective)
         self.kind = kinds
         # SDs, sigma and the fixed effects are profiled over the engine's theta (_constrained_min_theta)
-        nt = int(np.sum(kinds < 2))
+        nt = int(np.sum(kinds < Kind.SIGMA))
         self.v_hat = np.concatenate([np.asarray(ml.theta), [ml.sigma], ml.fixef.to_numpy()])
         self.v_lower = np.concatenate([np.asarray(fit.lower), [0.0], np.full(len(ml.fixef), -np.inf)])
         self.column = tuple(int(c) for c in theta_columns(data.term_dims)) + tuple(range(nt, len(kinds)))
@@ -198,16 +211,16 @@ class Profiler:
         self.no_pair = (np.zeros((len(kinds), kmax)), np.zeros((len(kinds), kmax)))
 
     def to_value(self, j: int, w: float) -> float:
-        return float(np.tanh(w)) if self.kind[j] == 1 else float(w)
+        return float(np.tanh(w)) if self.kind[j] == Kind.COR else float(w)
 
     def deviance(self, j: int, wj: float, start=None) -> tuple[float, np.ndarray]:
         """min D over v with parameter j at ``wj`` (a correlation: atanh of it); the minimizing v."""
         v0 = np.array(self.v_hat if start is None else start, dtype=np.float64)
-        row = self.rows[j] if self.kind[j] == 0 else np.zeros(len(v0))
-        if self.kind[j] == 0 and not np.any(v0[row > 0]):
+        row = self.rows[j] if self.kind[j] == Kind.SD else np.zeros(len(v0))
+        if self.kind[j] == Kind.SD and not np.any(v0[row > 0]):
             v0[j] = 1.0  # a zero row (an SD of 0) has no direction: start from the diagonal entry
         A, B = self.pairs.get(j, self.no_pair)
-        value = float(np.tanh(wj)) if self.kind[j] == 1 else float(wj)
+        value = float(np.tanh(wj)) if self.kind[j] == Kind.COR else float(wj)
         f, v = _constrained_min_theta(
             jnp.asarray(v0), jnp.asarray(self.v_lower), self.data, self.column, j, jnp.asarray(value),
             jnp.asarray(row), jnp.asarray(A), jnp.asarray(B),
@@ -236,14 +249,14 @@ class Profiler:
         while side * z1 < side * target:
             if self.lower[j] == 0.0 and x1 <= 0.0:
                 return 0.0
-            if self.kind[j] == 1 and abs(x1) >= CORR_LIMIT:
+            if self.kind[j] == Kind.COR and abs(x1) >= CORR_LIMIT:
                 return float(side)
             slope = (z1 - z0) / (x1 - x0) if z1 != z0 else 0.0
             step = (target - z1) / slope if slope * side > 0 else 2.0 * (x1 - x0)
             step = float(np.clip(step, -4.0 * abs(x1 - x0) - 1e-12, 4.0 * abs(x1 - x0) + 1e-12))
             x0, z0, w0 = x1, z1, w1
             x1 = max(x1 + step * 1.05, self.lower[j])
-            if self.kind[j] == 1:
+            if self.kind[j] == Kind.COR:
                 x1 = float(np.clip(x1, -CORR_LIMIT, CORR_LIMIT))
             z1, w1 = self.zeta(j, x1, w0)
             evals += 1
@@ -283,11 +296,7 @@ class Profiler:
 
 def profile_limits(fit, level: float = 0.95, which=None) -> pd.DataFrame:
     """Profile-likelihood confidence limits (columns lower, upper), lme4's ``confint``."""
-    from .distributions import norm_quantile
-
-    if not 0 < level < 1:
-        raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
-    z = norm_quantile((1 + level) / 2)
+    z = two_sided_z(check_level(level))
     pr = Profiler(fit)
     rows = {pr.names[j]: (_safe_limit(pr, j, -z), _safe_limit(pr, j, z)) for j in pr.select(which)}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
@@ -315,16 +324,14 @@ def profile(fit, which=None, level: float = 0.99, n_points: int = 8) -> pd.DataF
     evenly spaced (on the SD, atanh-correlation, sigma or beta scale) up to
     the limit of the ``level`` profile interval, and the estimate (zeta = 0).
     """
-    from .distributions import norm_quantile
-
-    z = norm_quantile((1 + level) / 2)
+    z = two_sided_z(check_level(level))
     pr = Profiler(fit)
     out = []
     for j in pr.select(which):
         out.append((pr.names[j], pr.psi_hat[j], 0.0))
         for side in (-1.0, 1.0):
             end = pr.limit(j, side * z)
-            wend = np.arctanh(np.clip(end, -1 + 1e-12, 1 - 1e-12)) if pr.kind[j] == 1 else end
+            wend = np.arctanh(np.clip(end, -1 + 1e-12, 1 - 1e-12)) if pr.kind[j] == Kind.COR else end
             start = None
             for x in np.linspace(pr.w_hat[j], wend, n_points + 1)[1:]:
                 zeta, start = pr.zeta(j, x, start)

@@ -7,9 +7,6 @@ shows the returned figure once, and ``fig.savefig(path)`` writes it anywhere.
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..distributions import norm_quantile
 from ..errors import JaxLMMError
 
 
@@ -33,15 +30,3 @@ def drop_unused(fig, axes, used: int) -> None:
         fig.delaxes(ax)
 
 
-def normal_quantile(p) -> np.ndarray:
-    """Standard normal quantile function, elementwise (R's ``qnorm``)."""
-    from jax.scipy.special import ndtri
-
-    return np.asarray(ndtri(np.asarray(p, dtype=np.float64)))
-
-
-def two_sided_z(level: float) -> float:
-    """z with P(|Z| <= z) = level for a standard normal Z (1.96 for 0.95)."""
-    if not 0.0 < level < 1.0:
-        raise JaxLMMError(f"level must lie strictly between 0 and 1, not {level!r}.")
-    return norm_quantile(0.5 + level / 2.0)

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import JaxLMMError, closest_name
-from ._mpl import new_figure, normal_quantile, two_sided_z
+from ..distributions import norm_quantile, two_sided_z
+from ..validate import check_level
+from ._mpl import new_figure
 
 
 def ppoints(n: int) -> np.ndarray:
@@ -24,7 +26,7 @@ def ppoints(n: int) -> np.ndarray:
 def qq_points(values) -> tuple[np.ndarray, np.ndarray]:
     """Theoretical normal quantiles at ``ppoints`` and the sorted sample (R's ``qqnorm``)."""
     y = np.sort(np.asarray(values, dtype=np.float64))
-    return normal_quantile(ppoints(len(y))), y
+    return norm_quantile(ppoints(len(y))), y
 
 
 def qq_line(values) -> tuple[float, float]:
@@ -34,7 +36,7 @@ def qq_line(values) -> tuple[float, float]:
     sample quartiles of type 7 (numpy's default, R's default).
     """
     q1, q3 = np.quantile(np.asarray(values, dtype=np.float64), [0.25, 0.75])
-    z1, z3 = normal_quantile(np.array([0.25, 0.75]))
+    z1, z3 = norm_quantile(np.array([0.25, 0.75]))
     slope = (q3 - q1) / (z3 - z1)
     return float(q1 - slope * z1), float(slope)
 
@@ -117,7 +119,7 @@ def caterpillar_plot(fit, group: str | None = None, level: float = 0.95, max_lab
     One column of panels per (group, term), all terms of a group in the same
     order; z is the normal quantile of ``level`` (1.96 for 0.95).
     """
-    z = two_sided_z(level)
+    z = two_sided_z(check_level(level))
     groups = list(dict.fromkeys(fit.ranef["group"])) if group is None else [group]
     if not groups:
         raise JaxLMMError("The model has no random-effect terms: there are no conditional modes to plot.")

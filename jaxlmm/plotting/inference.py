@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import JaxLMMError, closest_name
-from ._mpl import drop_unused, new_figure, two_sided_z
+from ..distributions import two_sided_z
+from ..validate import check_level
+from ._mpl import drop_unused, new_figure
 
 
 def _grid(n: int, ncols: int, panel=(3.4, 2.6)):
@@ -128,7 +130,7 @@ def profile_interval(value, zeta, level: float = 0.95) -> tuple[float, float]:
     interpolated locally by a quadratic (lme4 fits an interpolation spline of
     v on zeta; see :func:`_crossing`).
     """
-    z = two_sided_z(level)
+    z = two_sided_z(check_level(level))
     order = np.argsort(zeta, kind="stable")
     zs, vs = np.asarray(zeta, dtype=np.float64)[order], np.asarray(value, dtype=np.float64)[order]
     return _crossing(zs, vs, -z), _crossing(zs, vs, z)
@@ -143,7 +145,7 @@ def plot_profile(profile_df: pd.DataFrame, params=None, level: float = 0.95, nco
             f"missing {sorted(missing)}."
         )
     names = _select(dict.fromkeys(profile_df["parameter"]), params, "parameter")
-    z = two_sided_z(level)
+    z = two_sided_z(check_level(level))
     fig, axes = _grid(len(names), ncols)
     for ax, name in zip(axes, names):
         sub = profile_df[profile_df["parameter"] == name].sort_values("value", kind="stable")
