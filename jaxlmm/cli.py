@@ -27,6 +27,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__, datasets
+from .bootstrap import bootstrap
+from .confint import confint, confint_method
+from .errors import DataError, JaxLMMError
+from .model import lmm
+from .pbtest import pb_test
+from .tidy import records
+
 FORMATS = ("text", "json", "csv")
 OPTIMIZERS = ("newton", "lbfgs")
 
@@ -45,9 +53,6 @@ PARQUET_MAGIC = b"PAR1"
 def _read_data(spec: str, sep: str | None = None):
     """``--data``: a file on disk (it wins over a bundled dataset of the same name), else a bundled
     dataset's name; ``bundled:NAME`` always names the bundled dataset. Every failure is a DataError."""
-    from . import datasets
-    from .errors import DataError
-
     if spec.lower().startswith(BUNDLED_PREFIX):
         name = spec[len(BUNDLED_PREFIX):]
         if name.lower() not in datasets.NAMES:
@@ -67,8 +72,6 @@ def _read_file(path: Path, spec: str, sep: str | None):
     import csv
 
     import pandas as pd
-
-    from .errors import DataError
 
     try:
         with open(path, "rb") as fh:
@@ -157,8 +160,6 @@ def bootstrap_summary(fit, boot, level: float = 0.95):
 
 
 def _fit(args, formula=None):
-    from .model import lmm
-
     data = _read_data(args.data, args.sep)
     return lmm(formula or args.formula, data, reml=not args.ml, method=args.optimizer)
 
@@ -172,9 +173,6 @@ def _cmd_fit(args) -> None:
 
 
 def _cmd_bootstrap(args) -> None:
-    from .bootstrap import bootstrap
-    from .tidy import records
-
     fit = _fit(args)
     boot = bootstrap(fit, n=args.n, seed=args.seed, progress=sys.stderr.isatty())
     table = bootstrap_summary(fit, boot, level=args.level)
@@ -194,9 +192,6 @@ def _cmd_bootstrap(args) -> None:
 
 def _cmd_pbtest(args) -> None:
     import pandas as pd
-
-    from .model import lmm
-    from .pbtest import pb_test
 
     data = _read_data(args.data, args.sep)
     null = lmm(args.null_formula, data, reml=False, method=args.optimizer)
@@ -221,10 +216,6 @@ def _cmd_pbtest(args) -> None:
 
 
 def _cmd_confint(args) -> None:
-    from .tidy import records
-
-    from .confint import confint, confint_method
-
     method = confint_method(args.method)
     fit = _fit(args)
     ci = confint(fit, method=method, level=args.level, n=args.n, seed=args.seed)
@@ -260,8 +251,6 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="jaxlmm", description="Fit linear mixed models with JAX.")
     parser.add_argument("--version", action="version", version=f"jaxlmm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,bootstrap,pbtest,confint}")
@@ -318,8 +307,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-
-    from .errors import JaxLMMError
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")

@@ -119,37 +119,7 @@ def _find_bars(rhs: str, full: str) -> tuple[str, list[tuple[str, str, bool]]]:
                     "e.g. (1 | g) for a random intercept."
                 )
             if "|" in inner:
-                pieces = _top_level_split(inner, "||")
-                double = len(pieces) == 2
-                if not double:
-                    pieces = _top_level_split(inner, "|")
-                if len(pieces) != 2:
-                    if "|" in inner and len(pieces) == 1:
-                        # the bar sits inside a further pair of parentheses: ((x | g))
-                        sub_fixed, sub_bars = _find_bars(inner, full)
-                        if sub_fixed.strip(" +"):
-                            raise FormulaError(
-                                f"Cannot read the random-effect term '({inner})' in '{full}'."
-                            )
-                        bars.extend(sub_bars)
-                        i = j + 1
-                        continue
-                    raise FormulaError(
-                        f"Random-effect term '({inner})' in '{full}' has more than one bar; "
-                        "write one term per grouping factor, e.g. (1 | a) + (1 | b)."
-                    )
-                lhs, grp = pieces[0].strip(), pieces[1].strip()
-                if not lhs:
-                    raise FormulaError(
-                        f"Empty random-effect term '({inner})' in '{full}': put the effects "
-                        "left of the bar, e.g. (1 | g) for a random intercept."
-                    )
-                if not grp:
-                    raise FormulaError(
-                        f"Random-effect term '({inner})' in '{full}' names no grouping factor "
-                        "right of the bar."
-                    )
-                bars.append((lhs, grp, double))
+                bars.extend(_bars_in(inner, full))
                 fixed.append(" ")
             else:
                 fixed.append(rhs[i : j + 1])
@@ -163,6 +133,36 @@ def _find_bars(rhs: str, full: str) -> tuple[str, list[tuple[str, str, bool]]]:
         fixed.append(ch)
         i += 1
     return "".join(fixed), bars
+
+
+def _bars_in(inner: str, full: str) -> list[tuple[str, str, bool]]:
+    """The ``(lhs, group, double)`` of the parenthesized group ``(inner)``, which holds a bar."""
+    pieces = _top_level_split(inner, "||")
+    double = len(pieces) == 2
+    if not double:
+        pieces = _top_level_split(inner, "|")
+    if len(pieces) == 1:
+        # the bar sits inside a further pair of parentheses: ((x | g))
+        sub_fixed, sub_bars = _find_bars(inner, full)
+        if sub_fixed.strip(" +"):
+            raise FormulaError(f"Cannot read the random-effect term '({inner})' in '{full}'.")
+        return sub_bars
+    if len(pieces) != 2:
+        raise FormulaError(
+            f"Random-effect term '({inner})' in '{full}' has more than one bar; "
+            "write one term per grouping factor, e.g. (1 | a) + (1 | b)."
+        )
+    lhs, grp = pieces[0].strip(), pieces[1].strip()
+    if not lhs:
+        raise FormulaError(
+            f"Empty random-effect term '({inner})' in '{full}': put the effects "
+            "left of the bar, e.g. (1 | g) for a random intercept."
+        )
+    if not grp:
+        raise FormulaError(
+            f"Random-effect term '({inner})' in '{full}' names no grouping factor right of the bar."
+        )
+    return [(lhs, grp, double)]
 
 
 def _clean_fixed(text: str) -> str:

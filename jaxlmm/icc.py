@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .bootstrap import percentile_interval
+from .bootstrap import bootstrap, percentile_interval
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .validate import check_bool, check_level
 from .theta import dims_of, factors_batch, is_singular, theta_names
@@ -83,8 +83,6 @@ def _shares(parts: pd.DataFrame, which: str) -> pd.DataFrame:
 
 def _replicates(fit, boot, n: int, seed: int):
     """beta, theta, sigma of the converged replicates of a parametric bootstrap of ``fit``."""
-    from .bootstrap import bootstrap
-
     if boot is None:
         boot = bootstrap(fit, n=n, seed=seed, progress=False)
     tab = boot.table[boot.table["converged"]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .errors import JaxLMMError
+
 
 def _fmt_table(df: pd.DataFrame, index: bool = True) -> str:
     return df.to_string(index=index)
@@ -44,53 +46,63 @@ def format_summary(fit, correlation: bool | None = None) -> str:
     default: when there are at most 12 of them).
     """
     if correlation is not None and not isinstance(correlation, (bool, np.bool_)):
-        from .errors import JaxLMMError
-
         raise JaxLMMError(f"correlation must be True, False or None, not {correlation!r}.")
+    lines = _heading(fit) + [""] + _criterion(fit) + [""] + _scaled_residuals(fit) + [""]
+    lines += ["Random effects:"] + _random_effects_block(fit) + _counts(fit) + [""]
+    lines += ["Fixed effects:", _fixed_effects(fit)] + correlation_block(fit, correlation)
+    notes = _notes(fit)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _heading(fit) -> list[str]:
     kind = "REML" if fit.reml else "maximum likelihood"
     lines = [f"Linear mixed model fit by {kind}. t-tests use Satterthwaite's method [lmerModLmerTest]"]
     lines.append(f"Fitted by jaxlmm ({fit.method} optimizer)")
     lines.append(f"Formula: {fit.formula}")
-    name = fit.data_name
-    if name:
-        lines.append(f"   Data: {name}")
+    if fit.data_name:
+        lines.append(f"   Data: {fit.data_name}")
     weights = fit.design.weights_arg
     if weights is not None:
         lines.append(f"Weights: {weights if weights != 'numbers' else '(one number per row)'}")
-    lines.append("")
+    return lines
+
+
+def _criterion(fit) -> list[str]:
+    """The REML criterion, or AIC, BIC, logLik, deviance and df.resid of an ML fit."""
     if fit.reml:
-        lines.append(f"REML criterion at convergence: {fit.objective:.4f}")
-    else:
-        stats = pd.DataFrame(
-            [[fit.aic, fit.bic, fit.loglik, fit.objective, fit.df_resid]],
-            columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
-        )
-        lines.append(stats.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    lines.append("")
+        return [f"REML criterion at convergence: {fit.objective:.4f}"]
+    stats = pd.DataFrame(
+        [[fit.aic, fit.bic, fit.loglik, fit.objective, fit.df_resid]],
+        columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+    )
+    return [stats.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+
+
+def _scaled_residuals(fit) -> list[str]:
     res = fit.residuals(type="pearson", scaled=True)  # as lme4's summary
     q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1])
-    lines.append("Scaled residuals:")
-    lines.append(
-        pd.DataFrame([q], columns=["Min", "1Q", "Median", "3Q", "Max"]).to_string(
-            index=False, float_format=lambda v: f"{v:.4f}"
-        )
-    )
-    lines.append("")
-    lines.append("Random effects:")
-    lines.extend(_random_effects_block(fit))
+    table = pd.DataFrame([q], columns=["Min", "1Q", "Median", "3Q", "Max"])
+    return ["Scaled residuals:", table.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+
+
+def _counts(fit) -> list[str]:
+    """Observations, levels per grouping factor, rows dropped."""
     groups = {}
     for t in fit.terms:
         groups.setdefault(t.name, t.nlevels)
     grp_txt = "; ".join(f"{g}, {n}" for g, n in groups.items())
-    lines.append(f"Number of obs: {fit.nobs}" + (f", groups:  {grp_txt}" if groups else ""))
+    lines = [f"Number of obs: {fit.nobs}" + (f", groups:  {grp_txt}" if groups else "")]
     if fit.n_dropped:
         lines.append(f"({fit.n_dropped} observation(s) deleted due to missingness)")
-    lines.append("")
-    lines.append("Fixed effects:")
-    table = fit_fixed_table(fit)
+    return lines
+
+
+def _fixed_effects(fit) -> str:
     number = lambda v: f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"  # noqa: E731
-    lines.append(table.to_string(float_format=number, formatters={"df": lambda v: f"{v:.2f}"}))
-    lines.extend(correlation_block(fit, correlation))
+    return fit_fixed_table(fit).to_string(float_format=number, formatters={"df": lambda v: f"{v:.2f}"})
+
+
+def _notes(fit) -> list[str]:
     notes = []
     if fit.singular:
         notes.append("boundary (singular) fit: see fit.varcorr")
@@ -99,10 +111,7 @@ def format_summary(fit, correlation: bool | None = None) -> str:
     dropped = fit.design.dropped_columns
     if dropped:
         notes.append(f"fixed-effect model matrix is rank deficient: dropped {', '.join(dropped)}")
-    if notes:
-        lines.append("")
-        lines.extend(notes)
-    return "\n".join(lines)
+    return notes
 
 
 def fit_fixed_table(fit) -> pd.DataFrame:

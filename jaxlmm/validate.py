@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, JaxLMMError
+from .errors import DataError, JaxLMMError, closest_name
 
 # |values| beyond this overflow (or, below its inverse, underflow) when squared and summed
 _HUGE = 1e150
@@ -345,8 +345,6 @@ def check_count(value, what: str) -> int:
 
 def check_names(which, names, what: str = "which") -> list[str]:
     """``which`` (a name or a list of names) as a list of names among ``names``; None: all."""
-    from .errors import closest_name
-
     names = list(names)
     if which is None:
         return names
