@@ -8,7 +8,7 @@ correlations of each random-effect term, ``sigma``, then the fixed effects.
 - ``wald``: beta-hat -/+ z_{(1+level)/2} SE for the fixed effects, NaN for
   the variance parameters (as lme4);
 - ``bootstrap``: percentile intervals of the parametric bootstrap
-  (:func:`jaxlmm.bootstrap.bootstrap`).
+  (:func:`jaxlmm.bootstrap`).
 """
 
 from __future__ import annotations

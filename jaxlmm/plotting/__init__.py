@@ -7,7 +7,7 @@ a figure is drawn. Every function returns a :class:`matplotlib.figure.Figure`.
   ``caterpillar(group)``, ``groups(x, ncols)``;
 - :func:`plot_bootstrap`: bootstrap distributions (``jaxlmm.bootstrap``) or
   the LRT* distribution of a parametric bootstrap test (``jaxlmm.pb_test``);
-- :func:`plot_profile`: likelihood-profile zeta traces (``jaxlmm.profile.profile``).
+- :func:`plot_profile`: likelihood-profile zeta traces (:func:`jaxlmm.profile`).
 """
 
 from __future__ import annotations
