@@ -28,7 +28,7 @@ import pandas as pd
 from .design import group_codes
 from .distributions import f_quantile, f_sf
 from .errors import DataError, JaxLMMError
-from .validate import as_frame
+from .validate import as_frame, check_level
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,7 @@ class OneWayAnova:
 
     def critical_value(self, alpha: float = 0.05) -> float:
         """F_{1-alpha; a-1, a(n-1)}: reject H0 when F exceeds it."""
-        if not 0 < alpha < 1:
-            raise JaxLMMError(f"alpha must lie strictly between 0 and 1, not {alpha!r}.")
+        alpha = check_level(alpha, "alpha")
         return f_quantile(1.0 - alpha, self.df_a, self.df_e)
 
     def power(self, ratio, alpha: float = 0.05) -> np.ndarray:
