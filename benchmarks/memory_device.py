@@ -43,8 +43,8 @@ def one(n: int, l1: int, l2: int) -> dict:
     try:
         model = jaxlmm.LinearMixedModel("rating ~ 1 + (1 | user) + (1 | movie)", data)
         d = model.products
-        out["pairs"] = int(d.pair_j.shape[0])
-        out["parts"] = memory.fit_parts(d.term_dims, d.p, int(d.e_j1.shape[0]), out["pairs"])
+        out["pairs"] = d.n_pairs
+        out["parts"] = memory.fit_parts(d.term_dims, d.p, d.n_entries, out["pairs"])
         lowered = optimize_theta.lower(
             jnp.asarray(model.theta0), jnp.asarray(model.lower), d, True, method="newton", max_iter=200,
             scale=None, hessian=model.control.newton_hessian(d.q_rest).value,

@@ -1,23 +1,29 @@
 """Cross-products A = [Z X y]'[Z X y], computed once per dataset, in blocks.
 
-Layout (terms sorted largest first; term 1's block of Z'Z is block diagonal):
+Layout (:class:`CrossProducts`; terms sorted largest first, term 1's block
+of Z'Z is block diagonal; l1 levels and k1 columns of term 1, q2 columns of
+the further terms, p of X):
 
-- ``d1``   (l1, k1, k1): the diagonal blocks of Z1'Z1, one per level;
-- ``z1x``, ``z1y``: Z1'X and Z1'y per level of term 1;
-- for each further term m, the nonzero k1 x km blocks of Z1'Zm in
-  block-COO form (level of term 1, level of term m, block);
-- ``zz``, ``zx``, ``zy``: the dense block of Zr'Zr, Zr'X, Zr'y for the
-  further terms r = 2..M together (order: term, level, column);
-- ``xtx``, ``xty``, ``yty``.
+- ``first`` (:class:`FirstTerm`): per level of term 1, its diagonal block
+  of Z1'Z1 (``blocks``, (l1, k1, k1)) and of Z1'X (``zx``, (l1, k1, p));
+- ``coupling``: for each further term m, the nonzero k1 x km blocks of
+  Z1'Zm in block-COO form (:class:`Coupling`: level of term 1, level of
+  term m, block);
+- ``rest`` (:class:`Rest`): the dense Zr'Zr and Zr'X of the further terms
+  r = 2..M together (order: term, level, column);
+- ``xtx``: X'X;
+- ``response`` (:class:`Response`): everything that depends on y: Z1'y,
+  Zr'y, X'y and y'y.
 
 With prior weights w (``Design.weights``) every row of [Z X y] is scaled by
 sqrt(w_i) first, so that A = [Z X y]'W[Z X y]: the weighted least-squares
 form of lme4's ``lmerResp`` (its ``sqrtXwt``); ``ldw`` = sum log w_i enters
 the criteria (:func:`jaxlmm.objective.deviance`).
 
-The only pieces that change with y are ``z1y``, ``zy``, ``xty`` and ``yty``
-(``with_response`` swaps them), so a refit for a new response never touches
-the rows again. Nothing of size n x q or n x n is ever formed.
+The only pieces that change with y are in ``response`` (``with_response``
+swaps it for that of :func:`response_products`), so a refit for a new
+response never touches the rows again. Nothing of size n x q or n x n is
+ever formed.
 
 How the rows are read. The integer work is done once on the host, in numpy
 (:func:`row_plan`): the block-COO pattern of each pair of terms (``np.unique``
@@ -37,21 +43,22 @@ sharded across all of them (:func:`row_sharding`: a one-axis ``Mesh`` named
 ``"rows"``): every device sums its share of the rows and XLA adds the
 partial sums across devices (an all-reduce), so the rows are never on one
 device all at once and the sums come back replicated. At the end the sums
-are unpacked on the host and the dense ``zz`` filled from its nonzero
+are unpacked on the host and the dense ``rest.zz`` filled from its nonzero
 blocks.
 
 For the Schur complement of term 1 (see :mod:`jaxlmm.objective`) the
 block-COO entries are flattened to scalar columns of the further terms
-(``e_j1``, ``e_col``), and the pairs of entries that share a level of term 1
-(lower triangle: level ``pair_j``, target ``pair_flat`` and the outer
-product ``pair_prod`` of their blocks, :func:`schur_pairs`) are listed once
-here.
+(``entries``, :class:`Entries`: level of term 1, column), and the pairs of
+entries that share a level of term 1 (lower triangle, :class:`Pairs`: their
+level, their target in Zr'Zr and the outer product of their blocks,
+:func:`schur_pairs`) are listed once here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,32 +70,117 @@ from .control import Control
 from .design import Design
 from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_count, rows_bytes
 
-@dataclass(frozen=True)
-class CrossProducts:
-    """The data argument of the objective: a pytree of float64 arrays.
 
-    ``term_dims`` (static) holds (levels, columns) per sorted term.
+@register_dataclass
+@dataclass(frozen=True)
+class FirstTerm:
+    """Term 1's blocks, one per level j (its block of Z'Z is block diagonal).
+
+    ``blocks`` (l1, k1, k1): the diagonal blocks Z1_j'Z1_j of Z1'Z1;
+    ``zx`` (l1, k1, p): Z1_j'X.
     """
 
-    d1: jax.Array
-    z1x: jax.Array
-    z1y: jax.Array
-    c_j1: tuple
-    c_jm: tuple
-    c_val: tuple
-    e_j1: jax.Array
-    e_col: jax.Array
-    pair_j: jax.Array
-    pair_flat: jax.Array
-    pair_prod: jax.Array
+    blocks: jax.Array
+    zx: jax.Array
+
+
+@register_dataclass
+@dataclass(frozen=True)
+class Coupling:
+    """The nonzero k1 x km blocks of Z1'Zm for one further term m, in block-COO form.
+
+    Block b lies at level ``level1[b]`` of term 1 and level ``level_m[b]``
+    of term m (both (B,), int64, sorted by the pair of levels); ``blocks``
+    (B, k1, km) holds the blocks.
+    """
+
+    level1: jax.Array
+    level_m: jax.Array
+    blocks: jax.Array
+
+
+@register_dataclass
+@dataclass(frozen=True)
+class Entries:
+    """The blocks of every :class:`Coupling` flattened to scalar columns of the further terms.
+
+    Entry e is the k1-vector of Z1'Zr at level ``level1[e]`` of term 1 and
+    column ``column[e]`` of Zr (both (E,), int64), in the order of the
+    terms, their blocks and each block's columns.
+    """
+
+    level1: jax.Array
+    column: jax.Array
+
+
+@register_dataclass
+@dataclass(frozen=True)
+class Pairs:
+    """The pairs (a, b) of entries that share a level of term 1, for the Schur update (:func:`schur_pairs`).
+
+    ``level`` (P,) int32: their level of term 1; ``target`` (P,) int32 or
+    int64: column[a] * q2 + column[b], their place in the lower triangle of
+    the flat (q2 x q2) Zr'Zr; ``product`` (P, k1*k1): the outer product
+    C[a] C[b]' of their k1-vectors, flattened.
+    """
+
+    level: jax.Array
+    target: jax.Array
+    product: jax.Array
+
+
+@register_dataclass
+@dataclass(frozen=True)
+class Rest:
+    """The further terms r = 2..M together, dense (columns ordered by term, level, column).
+
+    ``zz`` (q2, q2): Zr'Zr, both triangles; ``zx`` (q2, p): Zr'X.
+    """
+
     zz: jax.Array
     zx: jax.Array
+
+
+@register_dataclass
+@dataclass(frozen=True)
+class Response:
+    """The cross-products that depend on y (with prior weights: of W y); leading axes (...) batch responses.
+
+    ``z1y`` (..., l1, k1): Z1'y per level of term 1; ``zy`` (..., q2): Zr'y;
+    ``xty`` (..., p): X'y; ``yty`` (...): y'y.
+    """
+
+    z1y: jax.Array
     zy: jax.Array
-    xtx: jax.Array
     xty: jax.Array
     yty: jax.Array
+
+    def scaled(self, c) -> Response:
+        """The cross-products of the response c y."""
+        return Response(z1y=self.z1y * c, zy=self.zy * c, xty=self.xty * c, yty=self.yty * (c * c))
+
+
+@register_dataclass
+@dataclass(frozen=True)
+class CrossProducts:
+    """The data argument of the objective: a pytree of the cross-products of [Z X y] (float64) and their indices.
+
+    ``first``, ``coupling`` (a tuple: one :class:`Coupling` per further
+    term), ``entries``, ``pairs``, ``rest`` and ``response`` as in the
+    module docstring; ``xtx`` (p, p): X'X; ``n`` (): the number of rows;
+    ``ldw`` (): sum_i log w_i of the prior weights (lme4's ldW; 0 without
+    weights). ``term_dims`` (static) holds (levels, columns) per sorted term.
+    """
+
+    first: FirstTerm
+    coupling: tuple
+    entries: Entries
+    pairs: Pairs
+    rest: Rest
+    xtx: jax.Array
+    response: Response
     n: jax.Array
-    ldw: jax.Array  # sum_i log w_i of the prior weights (lme4's ldW; 0 without weights)
+    ldw: jax.Array
     term_dims: tuple = field(metadata=dict(static=True))
 
     @property
@@ -103,47 +195,49 @@ class CrossProducts:
     def n_theta(self) -> int:
         return sum(k * (k + 1) // 2 for _, k in self.term_dims)
 
+    @property
+    def n_entries(self) -> int:
+        """The number of flattened entries of Z1'Zr (:class:`Entries`)."""
+        return int(np.shape(self.entries.level1)[0])
 
-register_dataclass(
-    CrossProducts,
-    data_fields=[
-        "d1", "z1x", "z1y", "c_j1", "c_jm", "c_val", "e_j1", "e_col", "pair_j", "pair_flat",
-        "pair_prod", "zz", "zx", "zy", "xtx", "xty", "yty", "n", "ldw",
-    ],
-    meta_fields=["term_dims"],
-)
+    @property
+    def n_pairs(self) -> int:
+        """The number of Schur pairs (:class:`Pairs`)."""
+        return int(np.shape(self.pairs.level)[0])
 
 
-def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int, pair_chunk: int = Control.pair_chunk):
+def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, pair_chunk: int = Control.pair_chunk):
     """The pairs of flattened entries that share a term-1 level, for the Schur update.
 
     Entry e of the off-diagonal block Z1'Zr is the k1-vector ``C[e]`` at
-    term-1 level ``e_j1[e]`` and column ``e_col[e]`` of the further terms. The
-    Schur complement of term 1 subtracts G = sum_j C_j' W_j C_j (W_j from
-    term 1's factor, see :func:`jaxlmm.objective.factorize`), which is linear
-    in W: its lower triangle is, over the pairs (a, b) with the same level j
-    and col[a] >= col[b], the sum of <W_j, C[a] C[b]'> into (col[a], col[b]).
+    term-1 level ``level1[e]`` and column ``column[e]`` of the further terms
+    (:class:`Entries`). The Schur complement of term 1 subtracts
+    G = sum_j C_j' W_j C_j (W_j from term 1's factor, see
+    :func:`jaxlmm.objective.factorize`), which is linear in W: its lower
+    triangle is, over the pairs (a, b) with the same level j and
+    column[a] >= column[b], the sum of <W_j, C[a] C[b]'> into
+    (column[a], column[b]).
 
-    Returns ``(j, flat, prod)``: the level of each pair (int32), its target
-    ``col[a] * q2 + col[b]`` and the outer product C[a] C[b]' (pairs, k1*k1),
-    which does not depend on theta. The pairs are listed by target row
-    col[a] (within a row by level, then column), so that the sum into G
-    writes one row of it at a time. Built ``pair_chunk`` pairs at a time
-    (``Control.pair_chunk``).
+    Returns ``(level, target, product)``, the arrays of :class:`Pairs`: the
+    level of each pair (int32), its target ``column[a] * q2 + column[b]``
+    and the outer product C[a] C[b]' (pairs, k1*k1), which does not depend
+    on theta. The pairs are listed by target row column[a] (within a row by
+    level, then column), so that the sum into G writes one row of it at a
+    time. Built ``pair_chunk`` pairs at a time (``Control.pair_chunk``).
     """
     E, k1 = C.shape
     flat_dtype = np.int32 if q2 * q2 < 2**31 else np.int64
     if E == 0:
         return np.zeros(0, np.int32), np.zeros(0, flat_dtype), np.zeros((0, k1 * k1))
-    e_j1 = np.asarray(e_j1, dtype=np.int64)
-    e_col = np.asarray(e_col, dtype=np.int64)
-    by_level = np.lexsort((e_col, e_j1))  # each level's entries, by column
-    sizes = np.bincount(e_j1)
+    level1 = np.asarray(level1, dtype=np.int64)
+    column = np.asarray(column, dtype=np.int64)
+    by_level = np.lexsort((column, level1))  # each level's entries, by column
+    sizes = np.bincount(level1)
     starts = np.cumsum(sizes) - sizes
     rank = np.empty(E, dtype=np.int64)  # position of an entry among its level's, by column
-    rank[by_level] = np.arange(E) - starts[e_j1[by_level]]
-    by_col = np.argsort(e_col, kind="stable")
-    counts = rank[by_col] + 1  # entry a pairs with its level's entries of columns <= col[a]
+    rank[by_level] = np.arange(E) - starts[level1[by_level]]
+    by_col = np.argsort(column, kind="stable")
+    counts = rank[by_col] + 1  # entry a pairs with its level's entries of columns <= column[a]
     ends = np.cumsum(counts)
     total = int(ends[-1]) if len(ends) else 0
     j_out = np.empty(total, dtype=np.int32)
@@ -157,13 +251,46 @@ def schur_pairs(e_j1: np.ndarray, e_col: np.ndarray, C: np.ndarray, q2: int, pai
         cnt = counts[lo:hi]
         a = np.repeat(a_idx, cnt)
         local = np.arange(len(a)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        b = by_level[starts[e_j1[a]] + local]
+        b = by_level[starts[level1[a]] + local]
         sl = slice(base, base + len(a))
-        j_out[sl] = e_j1[a]
-        flat_out[sl] = e_col[a] * q2 + e_col[b]
+        j_out[sl] = level1[a]
+        flat_out[sl] = column[a] * q2 + column[b]
         prod_out[sl] = (C[a][:, :, None] * C[b][:, None, :]).reshape(len(a), k1 * k1)
         lo = hi
     return j_out, flat_out, prod_out
+
+
+class TermPair(NamedTuple):
+    """A pair a < b of further terms (their indices among terms 2..M) and the nonzero blocks of Za'Zb."""
+
+    a: int
+    b: int
+    blocks: int
+
+
+class Layout(NamedTuple):
+    """The numbers of segments of the flat sums (static for :func:`chunk_sums`)."""
+
+    levels1: int  # levels of term 1
+    coupling_blocks: tuple  # per further term m, the nonzero blocks of Z1'Zm
+    rest_levels: tuple  # per further term, its levels
+    pairs: tuple  # per pair of further terms, a TermPair
+
+
+class Family(NamedTuple):
+    """One family of blocks of the flat sums (:func:`_families`): per segment, the sum of A_r B_r' (ka x kb)."""
+
+    key: str  # the rows' segment indices (:attr:`RowPlan.rows`): "g" (levels), "coo" or "pair" (blocks)
+    index: int  # which of them: the term, the further term, the pair of further terms
+    segments: int
+    ka: int
+    kb: int
+    offset: int  # where in the flat sums its blocks start
+
+    @property
+    def size(self) -> int:
+        """Its length in the flat sums."""
+        return self.segments * self.ka * self.kb
 
 
 @dataclass(frozen=True)
@@ -175,15 +302,14 @@ class RowPlan:
     ``coo`` (for each further term m, the index of the row's block among the
     nonzero blocks of Z1'Zm) and ``pair`` (for each pair m < m2 of further
     terms, the index of the row's block among the nonzero blocks of Zm'Zm2).
-    ``layout`` holds the numbers of segments, static for :func:`chunk_sums`:
-    (levels of term 1, blocks of each Z1'Zm, levels of each further term,
-    (m, m2, blocks) of each pair). ``coo`` holds the (level of term 1, level of
+    ``layout`` (:class:`Layout`) holds the numbers of segments, static for
+    :func:`chunk_sums`. ``coo`` holds the (level of term 1, level of
     term m) of each block of Z1'Zm, ``pair_blocks`` the (m, m2, level of m,
     level of m2) of the blocks of each pair of further terms.
     """
 
     rows: dict
-    layout: tuple
+    layout: Layout
     coo: tuple
     pair_blocks: tuple
 
@@ -221,11 +347,11 @@ def row_plan(design: Design) -> RowPlan:
                 a, b, inv = _blocks_of(tm.codes, rest[m2].codes, rest[m2].nlevels)
                 pair_blocks.append((m, m2, a, b))
                 pair_idx.append(inv)
-    layout = (
-        terms[0].nlevels if terms else 0,
-        tuple(len(j1) for j1, _ in coo),
-        tuple(t.nlevels for t in terms[1:]),
-        tuple((m, m2, len(a)) for m, m2, a, _ in pair_blocks),
+    layout = Layout(
+        levels1=terms[0].nlevels if terms else 0,
+        coupling_blocks=tuple(len(j1) for j1, _ in coo),
+        rest_levels=tuple(t.nlevels for t in terms[1:]),
+        pairs=tuple(TermPair(m, m2, len(a)) for m, m2, a, _ in pair_blocks),
     )
     size = _families(layout, tuple(t.k for t in terms), design.X.shape[1])[1]  # of the flat sums
     index = np.int32 if size < 2**31 else np.int64
@@ -242,26 +368,25 @@ def row_plan(design: Design) -> RowPlan:
     return RowPlan(rows=rows, layout=layout, coo=tuple(coo), pair_blocks=tuple(pair_blocks))
 
 
-def _families(layout: tuple, ks: tuple, p: int):
-    """The families of blocks summed by :func:`flat_sums`, and the length of the flat sums.
+def _families(layout: Layout, ks: tuple, p: int) -> tuple[list[Family], int]:
+    """The families of blocks summed by :func:`flat_sums` (:class:`Family`), and the length of the flat sums.
 
-    Each family is (rows key, index, segments, ka, kb, offset): the sums of
-    A_r B_r' (ka x kb) per segment, stored from ``offset`` on. Families, in
-    order: each term t against [Z_t X y] per level of t; Z1'Zm per block of
-    each further term m; Zm'Zm2 per block of each pair of further terms.
+    Families, in order: each term t against [Z_t X y] per level of t; Z1'Zm
+    per block of each further term m; Za'Zb per block of each pair of
+    further terms.
     """
-    l1, coo_sizes, rest_levels, pair_sizes = layout
-    fams = [("g", t, lt, k, k + p + 1) for t, (lt, k) in enumerate(zip((l1, *rest_levels), ks))]
-    fams += [("coo", m, nb, ks[0], ks[1 + m]) for m, nb in enumerate(coo_sizes)]
-    fams += [("pair", j, nb, ks[1 + m], ks[1 + m2]) for j, (m, m2, nb) in enumerate(pair_sizes)]
+    levels = (layout.levels1, *layout.rest_levels)
+    fams = [("g", t, lt, k, k + p + 1) for t, (lt, k) in enumerate(zip(levels, ks))]
+    fams += [("coo", m, nb, ks[0], ks[1 + m]) for m, nb in enumerate(layout.coupling_blocks)]
+    fams += [("pair", j, pr.blocks, ks[1 + pr.a], ks[1 + pr.b]) for j, pr in enumerate(layout.pairs)]
     out, offset = [], 0
     for key, i, nseg, ka, kb in fams:
-        out.append((key, i, nseg, ka, kb, offset))
-        offset += nseg * ka * kb
+        out.append(Family(key, i, nseg, ka, kb, offset))
+        offset += out[-1].size
     return out, offset
 
 
-def flat_sums(rows: dict, layout: tuple):
+def flat_sums(rows: dict, layout: Layout):
     """All cross-products of one chunk of rows, as (flat group sums, [X y]'[X y]).
 
     ``rows`` is a dict as :attr:`RowPlan.rows`. Every sum over groups is a
@@ -278,17 +403,18 @@ def flat_sums(rows: dict, layout: tuple):
     W = jnp.concatenate([X, y[:, None]], axis=1)
     fams, size = _families(layout, tuple(Zt.shape[1] for Zt in z), p)
     values, index = [], []
-    for key, i, _, ka, kb, offset in fams:
-        if key == "g":
-            A, B = z[i], jnp.concatenate([z[i], W], axis=1)
-        elif key == "coo":
-            A, B = z[0], z[1 + i]
+    for fam in fams:
+        if fam.key == "g":
+            A, B = z[fam.index], jnp.concatenate([z[fam.index], W], axis=1)
+        elif fam.key == "coo":
+            A, B = z[0], z[1 + fam.index]
         else:
-            m, m2, _ = layout[3][i]
-            A, B = z[1 + m], z[1 + m2]
-        seg = rows[key][i]
-        values.append((A[:, :, None] * B[:, None, :]).reshape(c, ka * kb))
-        index.append(offset + seg[:, None] * (ka * kb) + jnp.arange(ka * kb, dtype=seg.dtype)[None, :])
+            pair = layout.pairs[fam.index]
+            A, B = z[1 + pair.a], z[1 + pair.b]
+        seg = rows[fam.key][fam.index]
+        width = fam.ka * fam.kb
+        values.append((A[:, :, None] * B[:, None, :]).reshape(c, width))
+        index.append(fam.offset + seg[:, None] * width + jnp.arange(width, dtype=seg.dtype)[None, :])
     if values:
         flat = jax.ops.segment_sum(
             jnp.concatenate(values, axis=1).ravel(), jnp.concatenate(index, axis=1).ravel(), num_segments=size
@@ -298,36 +424,42 @@ def flat_sums(rows: dict, layout: tuple):
     return flat, W.T @ W
 
 
-def unpack(flat, wtw, layout: tuple, ks: tuple) -> dict:
+def unpack(flat, wtw, layout: Layout, ks: tuple) -> dict:
     """The arrays of :class:`CrossProducts` in the output of :func:`flat_sums` (views, no sums).
 
-    Returns ``xtx``, ``xty``, ``yty`` and, with random-effect terms
-    (``ks``: their numbers of columns), ``d1``, ``z1x``, ``z1y``, ``c_val``
-    (one per further term), ``zx``, ``zy``, and ``zz`` as its nonzero blocks:
-    ``zz_diag`` (per further term, its (levels, k, k) diagonal blocks) and
-    ``zz_pair`` (per pair of further terms, its COO blocks).
+    Keyed by their place in :class:`CrossProducts`: ``xtx``, ``first.blocks``,
+    ``first.zx``, ``coupling.blocks`` (a tuple: one per further term),
+    ``rest.zx`` and ``response.z1y``, ``response.zy``, ``response.xty``,
+    ``response.yty``; and Zr'Zr as its nonzero blocks: ``zz_diag`` (per
+    further term, its (levels, k, k) diagonal blocks) and ``zz_pair`` (per
+    pair of further terms, its COO blocks). Without random-effect terms
+    (``ks``: their numbers of columns) the terms' arrays are empty.
     """
     xp = jnp if isinstance(flat, jax.Array) else np
     p = wtw.shape[0] - 1
-    out = {"xtx": wtw[:p, :p], "xty": wtw[:p, p], "yty": wtw[p, p]}
-    if not ks:
-        return out
-    fams, _ = _families(layout, ks, p)
-    blocks = {}
-    for key, i, nseg, ka, kb, offset in fams:
-        blocks.setdefault(key, []).append(flat[offset : offset + nseg * ka * kb].reshape(nseg, ka, kb))
+    blocks = {"g": [], "coo": [], "pair": []}
+    for fam in _families(layout, ks, p)[0]:
+        blocks[fam.key].append(flat[fam.offset : fam.offset + fam.size].reshape(fam.segments, fam.ka, fam.kb))
     per_term = [(s[:, :, : s.shape[1]], s[:, :, s.shape[1] : -1], s[:, :, -1]) for s in blocks["g"]]
-    out["d1"], out["z1x"], out["z1y"] = per_term[0]
+    empty = (xp.zeros((0, 0, 0)), xp.zeros((0, 0, p)), xp.zeros((0, 0)))
+    first_blocks, first_zx, first_zy = per_term[0] if per_term else empty
     rest = per_term[1:]
-    out["c_val"] = tuple(blocks.get("coo", ()))
-    out["zx"] = xp.concatenate([zx.reshape(-1, p) for _, zx, _ in rest]) if rest else xp.zeros((0, p))
-    out["zy"] = xp.concatenate([zy.reshape(-1) for _, _, zy in rest]) if rest else xp.zeros(0)
-    out["zz_diag"] = tuple(diag for diag, _, _ in rest)
-    out["zz_pair"] = tuple(blocks.get("pair", ()))
-    return out
+    return {
+        "xtx": wtw[:p, :p],
+        "first.blocks": first_blocks,
+        "first.zx": first_zx,
+        "coupling.blocks": tuple(blocks["coo"]),
+        "rest.zx": xp.concatenate([zx.reshape(-1, p) for _, zx, _ in rest]) if rest else xp.zeros((0, p)),
+        "response.z1y": first_zy,
+        "response.zy": xp.concatenate([zy.reshape(-1) for _, _, zy in rest]) if rest else xp.zeros(0),
+        "response.xty": wtw[:p, p],
+        "response.yty": wtw[p, p],
+        "zz_diag": tuple(diag for diag, _, _ in rest),
+        "zz_pair": tuple(blocks["pair"]),
+    }
 
 
-def chunk_sums(rows: dict, layout: tuple) -> dict:
+def chunk_sums(rows: dict, layout: Layout) -> dict:
     """The partial sums of every float array of :class:`CrossProducts` over one chunk of rows.
 
     :func:`flat_sums` and :func:`unpack` together; see there for the arrays.
@@ -336,7 +468,7 @@ def chunk_sums(rows: dict, layout: tuple) -> dict:
     return unpack(*flat_sums(rows, layout), layout, ks)
 
 
-def _add_chunk(acc: tuple, rows: dict, layout: tuple) -> tuple:
+def _add_chunk(acc: tuple, rows: dict, layout: Layout) -> tuple:
     """The running sums ``acc`` (flat sums, [X y]'[X y]) plus those of one chunk of rows."""
     flat, wtw = flat_sums(rows, layout)
     return acc[0] + flat, acc[1] + wtw
@@ -440,6 +572,51 @@ def _dense_zz(plan: RowPlan, sums: dict, rest, offsets: np.ndarray) -> np.ndarra
     return zz
 
 
+def _as_f64(a) -> jax.Array:
+    return jnp.asarray(a, dtype=jnp.float64)
+
+
+def _as_i64(a) -> jax.Array:
+    return jnp.asarray(a, dtype=jnp.int64)
+
+
+def _entries(plan: RowPlan, rest, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The blocks of Z1'Zr flattened to entries: their levels of term 1 and columns of Zr (:class:`Entries`)."""
+    level1 = [np.repeat(j1, tm.k) for (j1, _), tm in zip(plan.coo, rest)]
+    column = [
+        (offsets[m] + jm[:, None] * tm.k + np.arange(tm.k)[None, :]).ravel()
+        for m, ((_, jm), tm) in enumerate(zip(plan.coo, rest))
+    ]
+    level1 = np.concatenate(level1) if level1 else np.zeros(0, dtype=np.int64)
+    column = np.concatenate(column) if column else np.zeros(0, dtype=np.int64)
+    return level1, column
+
+
+def _check_memory(design: Design, plan: RowPlan, level1: np.ndarray, control: Control, memory_limit) -> None:
+    """Raise when the fit's estimated memory (:mod:`jaxlmm.memory`) exceeds ``memory_limit``.
+
+    ``level1``: the level of term 1 of each flattened entry (:func:`_entries`).
+    """
+    p = design.X.shape[1]
+    terms = design.terms
+    term_dims = tuple((t.nlevels, t.k) for t in terms)
+    ks = tuple(t.k for t in terms)
+    per_row = sum(fam.ka * fam.kb for fam in _families(plan.layout, ks, p)[0])
+    chunk = chunk_bytes(chunk_length(design.n, control.chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
+    needed = chunk + estimate_fit_bytes(term_dims, p, len(level1), pair_count(level1), pair_chunk=control.pair_chunk)
+    needed += rows_bytes(design.n, p + 1 + sum(ks))
+    names = ", ".join(f"({t.name})" for t in terms)
+    check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
+
+
+def _pairs(level1: np.ndarray, column: np.ndarray, coupling_blocks: tuple, k1: int, q2: int, pair_chunk) -> Pairs:
+    """The Schur pairs (:func:`schur_pairs`) of the entries, from the blocks of each Z1'Zm."""
+    C = [np.swapaxes(v, 1, 2).reshape(-1, k1) for v in coupling_blocks]  # per entry, as column
+    C = np.concatenate(C) if C else np.zeros((0, k1))
+    level, target, product = schur_pairs(level1, column, C, q2, pair_chunk)
+    return Pairs(level=jnp.asarray(level), target=jnp.asarray(target), product=_as_f64(product))
+
+
 def cross_products(design: Design, memory_limit: int | None = None, control: Control | None = None) -> CrossProducts:
     """Accumulate all cross-products of ``design`` (see the module docstring).
 
@@ -452,78 +629,44 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
     at a time.
     """
     control = Control() if control is None else control
-    chunk_rows = control.chunk_rows
-    p = design.X.shape[1]
     terms = design.terms
-    term_dims = tuple((t.nlevels, t.k) for t in terms)
-    f64 = lambda a: jnp.asarray(a, dtype=jnp.float64)  # noqa: E731
-    i64 = lambda a: jnp.asarray(a, dtype=jnp.int64)  # noqa: E731
     plan = row_plan(design)
     rest = terms[1:]
     offsets = np.concatenate([[0], np.cumsum([t.nlevels * t.k for t in rest])]).astype(np.int64)
-    q2 = int(offsets[-1])
-    e_j1 = [np.repeat(j1, tm.k) for (j1, _), tm in zip(plan.coo, rest)]
-    e_col = [
-        (offsets[m] + jm[:, None] * tm.k + np.arange(tm.k)[None, :]).ravel()
-        for m, ((_, jm), tm) in enumerate(zip(plan.coo, rest))
-    ]
-    e_j1 = np.concatenate(e_j1) if e_j1 else np.zeros(0, dtype=np.int64)
-    e_col = np.concatenate(e_col) if e_col else np.zeros(0, dtype=np.int64)
-    ks = tuple(t.k for t in terms)
-    per_row = sum(ka * kb for _, _, _, ka, kb, _ in _families(plan.layout, ks, p)[0])
-    chunk = chunk_bytes(chunk_length(design.n, chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
-    needed = estimate_fit_bytes(term_dims, p, len(e_j1), pair_count(e_j1), pair_chunk=control.pair_chunk) + chunk
-    needed += rows_bytes(design.n, p + 1 + sum(ks))
-    names = ", ".join(f"({t.name})" for t in terms)
-    check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
-    sums = accumulate(plan, chunk_rows)
-    if terms:
-        d1, z1x, z1y = _symmetric(sums["d1"]), sums["z1x"], sums["z1y"]
-        zx, zy = sums["zx"], sums["zy"]
-    else:
-        d1, z1x, z1y = np.zeros((0, 0, 0)), np.zeros((0, 0, p)), np.zeros((0, 0))
-        zx, zy = np.zeros((0, p)), np.zeros(0)
+    level1, column = _entries(plan, rest, offsets)
+    _check_memory(design, plan, level1, control, memory_limit)
+    sums = accumulate(plan, control.chunk_rows)
     k1 = terms[0].k if terms else 0
-    C = [np.swapaxes(v, 1, 2).reshape(-1, k1) for v in sums.get("c_val", ())]  # per entry, as e_col
-    C = np.concatenate(C) if C else np.zeros((0, k1))
-    pair_j, pair_flat, pair_prod = schur_pairs(e_j1, e_col, C, q2, control.pair_chunk)
     return CrossProducts(
-        d1=f64(d1),
-        z1x=f64(z1x),
-        z1y=f64(z1y),
-        c_j1=tuple(i64(j1) for j1, _ in plan.coo),
-        c_jm=tuple(i64(jm) for _, jm in plan.coo),
-        c_val=tuple(f64(v) for v in sums.get("c_val", ())),
-        e_j1=i64(e_j1),
-        e_col=i64(e_col),
-        pair_j=jnp.asarray(pair_j),
-        pair_flat=jnp.asarray(pair_flat),
-        pair_prod=f64(pair_prod),
-        zz=f64(_dense_zz(plan, sums, rest, offsets)),
-        zx=f64(zx),
-        zy=f64(zy),
-        xtx=f64(sums["xtx"]),
-        xty=f64(sums["xty"]),
-        yty=f64(sums["yty"]),
-        n=f64(float(design.n)),
-        ldw=f64(design.log_det_weights),
-        term_dims=term_dims,
+        first=FirstTerm(blocks=_as_f64(_symmetric(sums["first.blocks"])), zx=_as_f64(sums["first.zx"])),
+        coupling=tuple(
+            Coupling(level1=_as_i64(j1), level_m=_as_i64(jm), blocks=_as_f64(v))
+            for (j1, jm), v in zip(plan.coo, sums["coupling.blocks"], strict=True)
+        ),
+        entries=Entries(level1=_as_i64(level1), column=_as_i64(column)),
+        pairs=_pairs(level1, column, sums["coupling.blocks"], k1, int(offsets[-1]), control.pair_chunk),
+        rest=Rest(zz=_as_f64(_dense_zz(plan, sums, rest, offsets)), zx=_as_f64(sums["rest.zx"])),
+        xtx=_as_f64(sums["xtx"]),
+        response=Response(**{name: _as_f64(sums[f"response.{name}"]) for name in ("z1y", "zy", "xty", "yty")}),
+        n=_as_f64(float(design.n)),
+        ldw=_as_f64(design.log_det_weights),
+        term_dims=tuple((t.nlevels, t.k) for t in terms),
     )
 
 
-def response_products(design: Design, y) -> dict:
+def response_products(design: Design, y) -> Response:
     """The y-dependent cross-products (Z1'Wy, Zr'Wy, X'Wy, y'Wy) for a new response ``y``.
 
-    ``y`` may carry leading batch dimensions (..., n); computed as dense
-    products with the group indicator structure through segment sums.
-    ``design`` is a :class:`~jaxlmm.design.Design` or anything with its
-    ``X``, ``terms`` and ``weights`` (W = diag(weights), the identity when None).
+    ``y`` may carry leading batch dimensions (..., n), and so then does every
+    array of the :class:`Response`; computed as dense products with the
+    group indicator structure through segment sums. ``design`` is a
+    :class:`~jaxlmm.design.Design` or anything with its ``X``, ``terms`` and
+    ``weights`` (W = diag(weights), the identity when None).
     """
     y = jnp.asarray(y, dtype=jnp.float64)
     terms = design.terms
     weights = getattr(design, "weights", None)
     wy = y if weights is None else y * jnp.asarray(weights, dtype=jnp.float64)
-    out = {"xty": wy @ jnp.asarray(design.X), "yty": jnp.sum(wy * y, axis=-1)}
 
     def zty(t):
         w = wy[..., :, None] * jnp.asarray(t.X)  # (..., n, k)
@@ -532,15 +675,15 @@ def response_products(design: Design, y) -> dict:
         return jnp.moveaxis(s, 0, -2)  # (..., l, k)
 
     if terms:
-        out["z1y"] = zty(terms[0])
+        z1y = zty(terms[0])
         rest = [zty(t).reshape(y.shape[:-1] + (-1,)) for t in terms[1:]]
-        out["zy"] = jnp.concatenate(rest, axis=-1) if rest else jnp.zeros(y.shape[:-1] + (0,))
+        zy = jnp.concatenate(rest, axis=-1) if rest else jnp.zeros(y.shape[:-1] + (0,))
     else:
-        out["z1y"] = jnp.zeros(y.shape[:-1] + (0, 0))
-        out["zy"] = jnp.zeros(y.shape[:-1] + (0,))
-    return out
+        z1y = jnp.zeros(y.shape[:-1] + (0, 0))
+        zy = jnp.zeros(y.shape[:-1] + (0,))
+    return Response(z1y=z1y, zy=zy, xty=wy @ jnp.asarray(design.X), yty=jnp.sum(wy * y, axis=-1))
 
 
-def with_response(data: CrossProducts, parts: dict) -> CrossProducts:
-    """``data`` with its y-dependent cross-products replaced by ``parts``."""
-    return replace(data, **parts)
+def with_response(data: CrossProducts, response: Response) -> CrossProducts:
+    """``data`` with its y-dependent cross-products replaced by ``response``."""
+    return replace(data, response=response)

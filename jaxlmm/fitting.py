@@ -254,7 +254,7 @@ def scale_response(data: CrossProducts, c: float) -> CrossProducts:
     """The cross-products of the response c y (``c`` a power of two: exact)."""
     if c == 1.0:
         return data
-    return dataclasses.replace(data, z1y=data.z1y * c, zy=data.zy * c, xty=data.xty * c, yty=data.yty * (c * c))
+    return dataclasses.replace(data, response=data.response.scaled(c))
 
 
 def criterion_shift(data: CrossProducts, c: float, reml: bool) -> float:

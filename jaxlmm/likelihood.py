@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
-from .objective import LOG2PI, factorize
+from .objective import LOG2PI, factorize, pieces_of_diagonals
 
 
 class FactorParts(NamedTuple):
@@ -54,16 +54,9 @@ def factor_parts(theta, data: CrossProducts) -> FactorParts:
     """log|L|^2, log|R_X|^2, r^2(theta), R_X' and r_X from a single factorization."""
     fac = factorize(theta, data)
     q2, p = data.q_rest, data.p
-    d22 = jnp.diagonal(fac.L22)
-    ld1 = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.L1, axis1=1, axis2=2)))
+    pc = pieces_of_diagonals(fac.L1, jnp.diagonal(fac.L22), q2, p)
     x = slice(q2, q2 + p)
-    return FactorParts(
-        ld1 + 2.0 * jnp.sum(jnp.log(d22[:q2])),
-        2.0 * jnp.sum(jnp.log(d22[x])),
-        d22[-1] ** 2,
-        fac.L22[x, x],
-        fac.L22[-1, x],
-    )
+    return FactorParts(pc.logdet_L, pc.logdet_RX, pc.r2, fac.L22[x, x], fac.L22[-1, x])
 
 
 def deviance_ml(theta, sigma, beta, data: CrossProducts):

@@ -11,9 +11,9 @@ rows are summed.
 
 The fit (:func:`estimate_fit_bytes`). The compiled fit's arguments are the
 cross-products (:mod:`jaxlmm.crossprod`): per pair of off-diagonal entries
-sharing a level of the first term (``CrossProducts.pair_*``) two integer
+sharing a level of the first term (``CrossProducts.pairs``) two integer
 indices and k1^2 products; per entry its indices and k1 values; the dense
-``zz`` of the further terms, X and y, ``s = q_2 + p + 1`` on a side. Its
+``rest.zz`` of the further terms, X and y, ``s = q_2 + p + 1`` on a side. Its
 temporaries (XLA's ``memory_analysis`` of the compiled Newton fit agrees
 within a few percent on the shapes of ``benchmarks/memory_peak.py``) are
 about 24 + 8 k1^2 bytes per pair (their terms, tangents and cotangents),
@@ -145,7 +145,7 @@ def rows_bytes(n: int, columns: int) -> int:
 
 def fit_bytes_of(data) -> int:
     """:func:`estimate_fit_bytes` for a model's :class:`~jaxlmm.crossprod.CrossProducts`."""
-    return estimate_fit_bytes(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
+    return estimate_fit_bytes(data.term_dims, data.p, data.n_entries, data.n_pairs)
 
 
 def simulate_bytes(n: int, design) -> int:
@@ -161,7 +161,7 @@ def simulate_bytes(n: int, design) -> int:
 
 def replicate_bytes(data, rows: int) -> int:
     """Working bytes of one replicate in a batched refit: its response, products and one fit's temporaries."""
-    parts = fit_parts(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
+    parts = fit_parts(data.term_dims, data.p, data.n_entries, data.n_pairs)
     kmax = max([k for _, k in data.term_dims] or [1])
     q = sum(l * k for l, k in data.term_dims)
     batched = 1.0 if platform() == "cpu" else GPU_BATCH_FACTOR
@@ -192,7 +192,7 @@ def profile_bytes(fit) -> int:
     """Peak bytes of profiling ``fit``: its Newton's temporaries (the ML deviance in theta, sigma, beta;
     a share of the fit's) and two thirds of a fit's compilation (measured, benchmarks/memory_peak.py)."""
     data = fit.products
-    parts = fit_parts(data.term_dims, data.p, int(np.shape(data.e_j1)[0]), int(np.shape(data.pair_j)[0]))
+    parts = fit_parts(data.term_dims, data.p, data.n_entries, data.n_pairs)
     return int(PROFILE_SHARE * parts["temporaries"] + 2 * _runtime() // 3)
 
 

@@ -96,62 +96,75 @@ def _first_term_unrolled(theta, k, d1, C1):
     return L1, small_solve_lower(L1, B)
 
 
-def _reduced(theta, data: CrossProducts):
-    """Term 1's factor and the dense matrix left for the rest: (L1, F, V, Omega, dense).
+class _Reduced(NamedTuple):
+    """Term 1's factor and the dense matrix left for the rest (:func:`_reduced`).
 
-    ``Omega`` is the Schur complement of term 1 in the augmented PLS system;
-    ``dense`` is False when its factor is made by :func:`small_cholesky`
-    instead (no further terms: Omega is [X y]'s (p+1)^2 block).
+    ``L1``, ``F`` and ``V`` as in :class:`Factor`; ``omega`` ((q2+p+1)^2) is
+    the Schur complement of term 1 in the augmented PLS system; ``dense`` is
+    False when its factor is made by :func:`small_cholesky` instead (no
+    further terms: omega is [X y]'s (p+1)^2 block).
     """
+
+    L1: jax.Array
+    F: jax.Array
+    V: jax.Array
+    omega: jax.Array
+    dense: bool
+
+
+def _reduced(theta, data: CrossProducts) -> _Reduced:
+    """Term 1's factor and the Schur complement of term 1 at ``theta`` (:class:`_Reduced`)."""
     dims = data.term_dims
     p = data.p
     q2 = data.q_rest
-    f = jnp.concatenate([data.xtx, data.xty[:, None]], axis=1)
+    resp = data.response
+    f = jnp.concatenate([data.xtx, resp.xty[:, None]], axis=1)
     omega_ff = jnp.concatenate(
-        [f, jnp.concatenate([data.xty, data.yty[None]])[None, :]], axis=0
+        [f, jnp.concatenate([resp.xty, resp.yty[None]])[None, :]], axis=0
     )
     if not dims:
         z = jnp.zeros((0, 0, 0))
-        return z, jnp.zeros((0, 0, p + 1)), jnp.zeros((0, 0)), omega_ff, True
+        return _Reduced(z, jnp.zeros((0, 0, p + 1)), jnp.zeros((0, 0)), omega_ff, dense=True)
     Ts = relative_factors(theta, dims)
     T1 = Ts[0]
     l1, k1 = dims[0]
-    C1 = jnp.concatenate([data.z1x, data.z1y[:, :, None]], axis=2)
+    C1 = jnp.concatenate([data.first.zx, resp.z1y[:, :, None]], axis=2)
     if k1 <= SMALL:
-        L1, F = _first_term_unrolled(theta, k1, data.d1, C1)
+        L1, F = _first_term_unrolled(theta, k1, data.first.blocks, C1)
     else:
-        L1 = jnp.linalg.cholesky(jnp.einsum("ba,jbc,cd->jad", T1, data.d1, T1) + jnp.eye(k1))
+        L1 = jnp.linalg.cholesky(jnp.einsum("ba,jbc,cd->jad", T1, data.first.blocks, T1) + jnp.eye(k1))
         F = solve_triangular(L1, jnp.einsum("ba,jbf->jaf", T1, C1), lower=True)
     omega_ff = omega_ff - jnp.einsum("jka,jkb->ab", F, F)
     if q2 == 0:
-        return L1, F, jnp.zeros((0, k1)), omega_ff, False
+        return _Reduced(L1, F, jnp.zeros((0, k1)), omega_ff, dense=False)
     Vs = []
-    for m, (T, (_, km)) in enumerate(zip(Ts[1:], dims[1:])):
-        G = jnp.einsum("ba,ebc,cd->ead", T1, data.c_val[m], T)
-        G = small_solve_lower(L1[data.c_j1[m]], G)  # (E_m, k1, km)
+    for coupling, T in zip(data.coupling, Ts[1:]):
+        G = jnp.einsum("ba,ebc,cd->ead", T1, coupling.blocks, T)
+        G = small_solve_lower(L1[coupling.level1], G)  # (blocks, k1, km)
         Vs.append(jnp.swapaxes(G, 1, 2).reshape(-1, k1))
     V = jnp.concatenate(Vs, axis=0)
     # Schur update V'V = Lambda_r' G Lambda_r with G = sum_j C_j' W_j C_j, W_j = T1 (L1_j L1_j')^{-1} T1'
     R = small_solve_lower(L1, jnp.broadcast_to(T1.T, (l1, k1, k1)))
     W = jnp.einsum("jka,jkb->jab", R, R).reshape(l1, k1 * k1)
-    dots = jnp.sum(W[data.pair_j] * data.pair_prod, axis=1)
-    G = jax.ops.segment_sum(dots, data.pair_flat, num_segments=q2 * q2).reshape(q2, q2)
+    dots = jnp.sum(W[data.pairs.level] * data.pairs.product, axis=1)
+    G = jax.ops.segment_sum(dots, data.pairs.target, num_segments=q2 * q2).reshape(q2, q2)
     G = G + G.T - jnp.diag(jnp.diag(G))
-    zz = _scale_rest(_scale_rest(data.zz - G, Ts[1:], dims[1:]).T, Ts[1:], dims[1:]) + jnp.eye(q2)
-    zf = _scale_rest(jnp.concatenate([data.zx, data.zy[:, None]], axis=1), Ts[1:], dims[1:])
+    zz = _scale_rest(_scale_rest(data.rest.zz - G, Ts[1:], dims[1:]).T, Ts[1:], dims[1:]) + jnp.eye(q2)
+    zf = _scale_rest(jnp.concatenate([data.rest.zx, resp.zy[:, None]], axis=1), Ts[1:], dims[1:])
     zf = zf - jax.ops.segment_sum(
-        jnp.einsum("ek,ekf->ef", V, F[data.e_j1]), data.e_col, num_segments=q2
+        jnp.einsum("ek,ekf->ef", V, F[data.entries.level1]), data.entries.column, num_segments=q2
     )
     omega = jnp.concatenate(
         [jnp.concatenate([zz, zf], axis=1), jnp.concatenate([zf.T, omega_ff], axis=1)], axis=0
     )
-    return L1, F, V, omega, True
+    return _Reduced(L1, F, V, omega, dense=True)
 
 
 def factorize(theta, data: CrossProducts) -> Factor:
     """Blocked Cholesky factor of the augmented PLS system at ``theta``."""
-    L1, F, V, omega, dense = _reduced(theta, data)
-    return Factor(L1, F, V, cholesky(omega) if dense else small_cholesky(omega))
+    red = _reduced(theta, data)
+    L22 = cholesky(red.omega) if red.dense else small_cholesky(red.omega)
+    return Factor(red.L1, red.F, red.V, L22)
 
 
 class Pieces(NamedTuple):
@@ -162,16 +175,22 @@ class Pieces(NamedTuple):
     r2: jax.Array  # penalized residual sum of squares
 
 
-def pieces(theta, data: CrossProducts) -> Pieces:
-    """The criterion's scalars from the diagonals of the factor (:func:`cholesky_diagonal`)."""
-    L1, _, _, omega, dense = _reduced(theta, data)
-    q2, p = data.q_rest, data.p
-    d22 = cholesky_diagonal(omega) if dense else jnp.diagonal(small_cholesky(omega))
+def pieces_of_diagonals(L1, d22, q2: int, p: int) -> Pieces:
+    """The criterion's scalars from the factor's diagonals: those of term 1's blocks ``L1``
+    (l1, k1, k1) and ``d22``, the diagonal of the dense factor L22 (rows: q2 further
+    random effects, p fixed effects, y)."""
     ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L1, axis1=1, axis2=2))) + 2.0 * jnp.sum(
         jnp.log(d22[:q2])
     )
     ldx = 2.0 * jnp.sum(jnp.log(d22[q2 : q2 + p]))
     return Pieces(ld, ldx, d22[-1] ** 2)
+
+
+def pieces(theta, data: CrossProducts) -> Pieces:
+    """The criterion's scalars at ``theta``; the dense factor's diagonal alone (:func:`cholesky_diagonal`)."""
+    red = _reduced(theta, data)
+    d22 = cholesky_diagonal(red.omega) if red.dense else jnp.diagonal(small_cholesky(red.omega))
+    return pieces_of_diagonals(red.L1, d22, data.q_rest, data.p)
 
 
 def deviance(theta, data: CrossProducts, reml=True):
@@ -219,7 +238,8 @@ def solve(theta, data: CrossProducts) -> Solution:
     l1, k1 = data.term_dims[0]
     c = fac.F[:, :, p] - fac.F[:, :, :p] @ beta
     if q2:
-        c = c - jax.ops.segment_sum(fac.V * u_rest[data.e_col][:, None], data.e_j1, num_segments=l1)
+        entries = data.entries
+        c = c - jax.ops.segment_sum(fac.V * u_rest[entries.column][:, None], entries.level1, num_segments=l1)
     u1 = solve_triangular(jnp.swapaxes(fac.L1, 1, 2), c[:, :, None], lower=False)[:, :, 0]
     return Solution(beta, u1, u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
 
@@ -245,8 +265,8 @@ def conditional_variances(theta, data: CrossProducts) -> list[jax.Array]:
     if q2 == 0:
         return [A_inv]
     Lz = fac.L22[:q2, :q2]
-    # C' (q2 x l1*k1): column (j, a) holds V[e, a] at row e_col[e] for entries of level j
-    Ct = jnp.zeros((q2, l1, k1)).at[data.e_col, data.e_j1].add(fac.V)
+    # C' (q2 x l1*k1): column (j, a) holds V[e, a] at row column[e] for the entries e of level j
+    Ct = jnp.zeros((q2, l1, k1)).at[data.entries.column, data.entries.level1].add(fac.V)
     W = solve_triangular(Lz, Ct.reshape(q2, l1 * k1), lower=True).reshape(q2, l1, k1)
     WL = jnp.einsum("rja,jab->rjb", W, L1inv)  # (L22z^-1 C_j') L1_j^-1
     first = A_inv + jnp.einsum("rja,rjb->jab", WL, WL)

@@ -37,7 +37,7 @@ from jax.tree_util import register_dataclass
 
 from ._config import ensure_x64
 from .control import Control
-from .crossprod import CrossProducts, response_products, row_sharding, with_response
+from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
 from .fitting import fit_theta, minimize_theta
 from .memory import bootstrap_bytes, check_fits, replicate_bytes
 from .objective import sigma_hat, solve
@@ -205,7 +205,7 @@ class _Waiting(NamedTuple):
 
     index: np.ndarray
     start: np.ndarray
-    parts: dict
+    parts: Response
 
 
 class _Pending:

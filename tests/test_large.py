@@ -67,7 +67,7 @@ def test_newton_leaves_a_saddle_on_the_bound():
 
 def test_pair_count_matches_listed_pairs():
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
-    assert pair_count(np.asarray(m.products.e_j1)) == m.products.pair_j.shape[0]
+    assert pair_count(np.asarray(m.products.entries.level1)) == m.products.n_pairs
 
 
 def test_memory_estimate_grows_with_pairs_and_schur_size():
@@ -99,9 +99,9 @@ def test_memory_check_counts_the_chunk_of_rows():
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
     d = m.products
     # the fit's estimate and the design's rows (both counted before the rows are summed)
-    fit_only = estimate_fit_bytes(d.term_dims, d.p, len(d.e_j1), pair_count(np.asarray(d.e_j1)))
+    fit_only = estimate_fit_bytes(d.term_dims, d.p, d.n_entries, pair_count(np.asarray(d.entries.level1)))
     fit_only += rows_bytes(m.design.n, 1 + 1 + 2)
-    per_row = sum(f[3] * f[4] for f in _families(row_plan(m.design).layout, (1, 1), 1)[0])
+    per_row = sum(f.ka * f.kb for f in _families(row_plan(m.design).layout, (1, 1), 1)[0])
     assert per_row == 1 * 3 + 1 * 3 + 1  # (1 | plate) and (1 | sample) against [z X y]; Z1'Z2
     chunk = chunk_bytes(m.design.n, per_row, 1 + 1 + 2 + 4)
     assert chunk == m.design.n * (12 * 7 + 8 * 8)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from operator import attrgetter
 
 import jax
 import numpy as np
@@ -37,7 +38,10 @@ from jaxlmm.objective import deviance
 
 SMALL_CHUNK = 7
 THREE_TERMS = "y ~ 1 + x + (1 | g1) + (1 + x | g2) + (1 | g3)"
-FLOATS = ["d1", "z1x", "z1y", "zz", "zx", "zy", "xtx", "xty", "yty", "n"]
+FLOATS = [
+    "first.blocks", "first.zx", "rest.zz", "rest.zx", "xtx",
+    "response.z1y", "response.zy", "response.xty", "response.yty", "n",
+]
 
 
 def synthetic_frame() -> pd.DataFrame:
@@ -86,27 +90,27 @@ def check_against_dense(cp, design):
     """Every float array of ``cp`` against the products of dense Z, X and y."""
     n, X, y = design.n, design.X, design.y
     assert_close(cp.xtx, X.T @ X)
-    assert_close(cp.xty, X.T @ y)
-    assert_close(cp.yty, y @ y)
+    assert_close(cp.response.xty, X.T @ y)
+    assert_close(cp.response.yty, y @ y)
     assert float(cp.n) == n
     if not design.terms:
-        assert cp.d1.shape == (0, 0, 0) and cp.zz.shape == (0, 0) and cp.c_val == ()
+        assert cp.first.blocks.shape == (0, 0, 0) and cp.rest.zz.shape == (0, 0) and cp.coupling == ()
         return
     Zs = [dense_z(t, n) for t in design.terms]
     t1, Z1 = design.terms[0], Zs[0]
     l1, k1 = t1.nlevels, t1.k
-    assert_close(block_diag(*np.asarray(cp.d1)), Z1.T @ Z1)  # off-diagonal blocks are zero
-    assert_close(cp.z1x, (Z1.T @ X).reshape(l1, k1, -1))
-    assert_close(cp.z1y, (Z1.T @ y).reshape(l1, k1))
-    for tm, Zm, j1, jm, val in zip(design.terms[1:], Zs[1:], cp.c_j1, cp.c_jm, cp.c_val):
+    assert_close(block_diag(*np.asarray(cp.first.blocks)), Z1.T @ Z1)  # off-diagonal blocks are zero
+    assert_close(cp.first.zx, (Z1.T @ X).reshape(l1, k1, -1))
+    assert_close(cp.response.z1y, (Z1.T @ y).reshape(l1, k1))
+    for tm, Zm, c in zip(design.terms[1:], Zs[1:], cp.coupling, strict=True):
         coo = np.zeros((l1 * k1, tm.nlevels * tm.k))
-        for a, b, v in zip(np.asarray(j1), np.asarray(jm), np.asarray(val)):
+        for a, b, v in zip(np.asarray(c.level1), np.asarray(c.level_m), np.asarray(c.blocks)):
             coo[a * k1 : (a + 1) * k1, b * tm.k : (b + 1) * tm.k] = v
         assert_close(coo, Z1.T @ Zm)  # the COO blocks hold all of Z1'Zm
     Zr = np.hstack(Zs[1:]) if len(Zs) > 1 else np.zeros((n, 0))
-    assert_close(cp.zz, Zr.T @ Zr)
-    assert_close(cp.zx, Zr.T @ X)
-    assert_close(cp.zy, Zr.T @ y)
+    assert_close(cp.rest.zz, Zr.T @ Zr)
+    assert_close(cp.rest.zx, Zr.T @ X)
+    assert_close(cp.response.zy, Zr.T @ y)
 
 
 @pytest.mark.parametrize("case", ["penicillin", "pastes", "three_terms"])
@@ -127,7 +131,7 @@ def test_schur_pairs_give_the_dense_update(case):
     A = rng.normal(size=(l1, k1, k1))
     W = A + np.swapaxes(A, 1, 2)
     dense = np.einsum("jar,jab,jbs->rs", C, W, C)
-    j, flat, prod = (np.asarray(a) for a in (cp.pair_j, cp.pair_flat, cp.pair_prod))
+    j, flat, prod = (np.asarray(a) for a in (cp.pairs.level, cp.pairs.target, cp.pairs.product))
     G = np.zeros(q2 * q2)
     np.add.at(G, flat, np.sum(W.reshape(l1, -1)[j] * prod, axis=1))
     G = G.reshape(q2, q2)
@@ -135,10 +139,11 @@ def test_schur_pairs_give_the_dense_update(case):
     assert_close(np.tril(G), np.tril(dense))
     rows = flat // q2
     assert np.all(np.diff(rows) >= 0)  # listed by target row
-    E = len(cp.e_j1)
-    Cflat = np.concatenate([np.swapaxes(np.asarray(v), 1, 2).reshape(-1, k1) for v in cp.c_val])
+    E = cp.n_entries
+    Cflat = np.concatenate([np.swapaxes(np.asarray(c.blocks), 1, 2).reshape(-1, k1) for c in cp.coupling])
     for step in (1, 5):  # built a few pairs at a time: the same list
-        again = crossprod.schur_pairs(np.asarray(cp.e_j1), np.asarray(cp.e_col), Cflat, q2, pair_chunk=step)
+        level1, column = np.asarray(cp.entries.level1), np.asarray(cp.entries.column)
+        again = crossprod.schur_pairs(level1, column, Cflat, q2, pair_chunk=step)
         assert E and all(np.array_equal(a, b) for a, b in zip(again, (j, flat, prod)))
 
 
@@ -150,14 +155,14 @@ def test_chunked_sums_equal_dense_products(case):
     check_against_dense(small, design)
     whole = cross_products(design)  # one chunk of all rows
     for name in FLOATS:
-        assert_close(getattr(small, name), getattr(whole, name))
-    for a, b in zip(small.c_val, whole.c_val):
-        assert_close(a, b)
-    for name in ["e_j1", "e_col", "pair_j", "pair_flat"]:
-        np.testing.assert_array_equal(getattr(small, name), getattr(whole, name))
-    assert_close(small.pair_prod, whole.pair_prod)
-    for a, b in zip(small.c_j1 + small.c_jm, whole.c_j1 + whole.c_jm):
-        np.testing.assert_array_equal(a, b)
+        assert_close(attrgetter(name)(small), attrgetter(name)(whole))
+    for a, b in zip(small.coupling, whole.coupling, strict=True):
+        assert_close(a.blocks, b.blocks)
+        np.testing.assert_array_equal(a.level1, b.level1)
+        np.testing.assert_array_equal(a.level_m, b.level_m)
+    for name in ["entries.level1", "entries.column", "pairs.level", "pairs.target"]:
+        np.testing.assert_array_equal(attrgetter(name)(small), attrgetter(name)(whole))
+    assert_close(small.pairs.product, whole.pairs.product)
 
 
 def test_chunk_sums_of_all_rows_are_the_cross_products():
@@ -165,14 +170,14 @@ def test_chunk_sums_of_all_rows_are_the_cross_products():
     plan = row_plan(design)
     sums = jax.jit(chunk_sums, static_argnames="layout")(plan.rows, layout=plan.layout)
     cp = cross_products(design)
-    for name in ["d1", "z1x", "z1y", "zx", "zy", "xtx", "xty", "yty"]:
-        assert_close(sums[name], getattr(cp, name))
-    for a, b in zip(sums["c_val"], cp.c_val, strict=True):
-        assert_close(a, b)
+    for name in ["first.blocks", "first.zx", "rest.zx", "xtx"] + [f"response.{r}" for r in ("z1y", "zy", "xty", "yty")]:
+        assert_close(sums[name], attrgetter(name)(cp))
+    for a, b in zip(sums["coupling.blocks"], cp.coupling, strict=True):
+        assert_close(a, b.blocks)
     (m, m2, a, b), = plan.pair_blocks  # g2 (with a slope) against g3
     k2, k3 = design.terms[1 + m].k, design.terms[1 + m2].k
     lo2, lo3 = 0, design.terms[1].nlevels * k2
-    zz = np.asarray(cp.zz)
+    zz = np.asarray(cp.rest.zz)
     for block, i, j in zip(np.asarray(sums["zz_pair"][0]), a, b):
         assert_close(block, zz[lo2 + i * k2 : lo2 + (i + 1) * k2, lo3 + j * k3 : lo3 + (j + 1) * k3])
 
@@ -210,6 +215,7 @@ def test_chunks_are_padded_with_zero_rows():
 CHILD = textwrap.dedent(
     """
     import json, sys
+    from operator import attrgetter
     import jax, numpy as np, pandas as pd
     import jaxlmm
     from jax.sharding import NamedSharding, PartitionSpec
@@ -237,8 +243,8 @@ CHILD = textwrap.dedent(
         ]
         for label, rows in [("small", 7), ("whole", None)]:
             cp = cross_products(design) if rows is None else cross_products(design, control=jaxlmm.Control(chunk_rows=rows))
-            res = {k: np.asarray(getattr(cp, k)).tolist() for k in floats}
-            res["c_val"] = [np.asarray(v).tolist() for v in cp.c_val]
+            res = {k: np.asarray(attrgetter(k)(cp)).tolist() for k in floats}
+            res["coupling.blocks"] = [np.asarray(c.blocks).tolist() for c in cp.coupling]
             out["cp"][f"{case}/{label}"] = res
     print(json.dumps(out))
     """
@@ -272,9 +278,9 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
         for label in ["small", "whole"]:
             sharded = child["cp"][f"{case}/{label}"]
             for name in FLOATS:
-                assert_close(sharded[name], getattr(one, name))
-            assert len(sharded["c_val"]) == len(one.c_val)
-            for a, b in zip(sharded["c_val"], one.c_val):
-                assert_close(a, b)
+                assert_close(sharded[name], attrgetter(name)(one))
+            assert len(sharded["coupling.blocks"]) == len(one.coupling)
+            for a, b in zip(sharded["coupling.blocks"], one.coupling):
+                assert_close(a, b.blocks)
         if case == "three_terms":
             check_against_dense(one, design)
