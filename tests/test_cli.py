@@ -1,22 +1,22 @@
-"""The command line: --version, fit/bootstrap/pbtest/confint, their formats, data files, errors, warnings."""
+"""The command line: --version, fit/bootstrap/pbtest/confint, their formats, data files, errors, warnings,
+and lme4's numbers in its printed summary."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import get_fit
 
 import jaxlmm
 from jaxlmm import cli
-
-SLOPE = "Reaction ~ Days + (Days | Subject)"
-DYE0, DYE1 = "Yield ~ 1", "Yield ~ 1 + (1 | Batch)"
+from models import get_fit
+from oracle import DYE, DYE0, DYE1, ROOT, SLOPE, load_fit_reference
 
 
 def _run(capsys, *argv):
@@ -161,3 +161,115 @@ def test_warnings_are_one_clean_line(capsys, tmp_path):
     assert rc == 0 and json.loads(out)["n_dropped"] == 1
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("jaxlmm: warning: MissingDataWarning: 1 row(s) with missing")
+
+
+# ---- the command line's --data ----------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    "name,content,words",
+    [
+        ("bin.csv", bytes(range(256)) * 8, "binary"),
+        ("empty.csv", b"", "empty file"),
+        ("latin.csv", "Yield,Batch\n1,\xe9\n".encode("latin-1"), "not UTF-8"),
+        ("blank.csv", b"\n\n\n", "Cannot read"),
+        ("header.csv", b"Yield,Batch\n", "no rows"),
+        ("passwd", b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+                   b"bin:x:2:2:bin:/bin:/usr/sbin/nologin\n", "Column 'Yield'"),
+        ("fake.parquet", b"PAR1 not really", "Parquet"),
+    ],
+)
+def test_unreadable_data_files_exit_2(tmp_path, capsys, name, content, words):
+    import importlib.util
+
+    if name.endswith(".parquet") and importlib.util.find_spec("pyarrow") is not None:
+        words = "Cannot read"
+    path = tmp_path / name
+    path.write_bytes(content)
+    rc, out, err = _cli(capsys, "fit", DYE, "--data", str(path))
+    assert rc == 2 and out == "", err
+    assert err.startswith("jaxlmm: error: ") and words in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name == "pyarrow":
+            raise ImportError("No module named 'pyarrow'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    path = tmp_path / "data.parquet"
+    path.write_bytes(b"PAR1....PAR1")
+    rc, _, err = _cli(capsys, "fit", DYE, "--data", str(path))
+    assert rc == 2 and "optional extra 'parquet'" in err and 'pip install ".[parquet]"' in err
+    extras = (ROOT / "pyproject.toml").read_text()
+    assert 'parquet = ["pyarrow>=' in extras
+
+
+def test_a_file_on_disk_wins_over_a_bundled_name(tmp_path, capsys, monkeypatch):
+    other = jaxlmm.datasets.load("dyestuff2")
+    (tmp_path / "dyestuff").write_text(other.to_csv(index=False))
+    folder = tmp_path / "sleepstudy"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = _cli(capsys, "fit", DYE, "--data", "dyestuff", "--ml", "--format", "json")
+    mine = json.loads(out)
+    rc2, out2, _ = _cli(capsys, "fit", DYE, "--data", "bundled:dyestuff", "--ml", "--format", "json")
+    bundled = json.loads(out2)
+    assert rc == rc2 == 0
+    assert mine["data"] == "dyestuff" and bundled["data"] == "dyestuff"
+    ref2 = get_fit(DYE, "dyestuff2", reml=False)
+    ref = get_fit(DYE, "dyestuff", reml=False)
+    assert mine["fixef"]["(Intercept)"] == pytest.approx(ref2.fixef.iloc[0], rel=1e-8)
+    assert bundled["fixef"]["(Intercept)"] == pytest.approx(ref.fixef.iloc[0], rel=1e-8)
+    # a folder of a bundled dataset's name is not a file: the bundled dataset
+    rc3, _, _ = _cli(capsys, "fit", SLOPE, "--data", "sleepstudy", "--format", "json")
+    assert rc3 == 0
+    rc4, _, err = _cli(capsys, "fit", DYE, "--data", "bundled:nope")
+    assert rc4 == 2 and "no bundled dataset 'nope'" in err
+
+
+# ---- lme4's numbers in the printed summary ---------------------------------------------------
+
+
+def _number_after(label, text):
+    m = re.search(re.escape(label) + r"\s*(-?[0-9.]+)", text)
+    assert m, f"'{label}' not in output"
+    return float(m.group(1))
+
+
+def test_cli_prints_sleepstudy_summary(capsys):
+    assert cli.main(["fit", "Reaction ~ Days + (Days | Subject)", "--data", "sleepstudy"]) == 0
+    out = capsys.readouterr().out
+    ref = load_fit_reference("sleepstudy_slope")["REML"]
+    assert _number_after("REML criterion at convergence:", out) == pytest.approx(ref["objective"], abs=1e-3)
+    assert _number_after("(Intercept)", out.split("Fixed effects:")[1]) == pytest.approx(ref["beta"][0], abs=1e-3)
+    assert "Number of obs: 180, groups:  Subject, 18" in out
+
+
+def test_cli_ml_from_csv(tmp_path, capsys):
+    path = tmp_path / "dye.csv"
+    jaxlmm.datasets.load("dyestuff").to_csv(path, index=False)
+    assert cli.main(["fit", "Yield ~ 1 + (1 | Batch)", "--data", str(path), "--ml"]) == 0
+    out = capsys.readouterr().out
+    ref = load_fit_reference("dyestuff")["ML"]
+    assert "maximum likelihood" in out
+    for key in ("aic", "bic", "loglik", "objective"):
+        assert f"{ref[key]:.4f}" in out
+
+
+def test_cli_reports_bad_input_without_traceback(capsys):
+    assert cli.main(["fit", "Reaction ~ Dayz + (1 | Subject)", "--data", "sleepstudy"]) == 2
+    err = capsys.readouterr().err
+    assert "Dayz" in err and "Days" in err and "Traceback" not in err

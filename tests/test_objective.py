@@ -1,24 +1,49 @@
-"""The objective itself: lme4's values at fixed theta, the dense textbook formula,
-finite-difference derivatives, and the two optimizers reaching one optimum."""
+"""The profiled criterion (jaxlmm.objective): lme4's values at fixed theta, the dense textbook formula,
+finite-difference derivatives, closed forms without random effects, invariances on random data, and
+the conditional modes of every reference fit.
+
+Invariances (checked with hypothesis on random data of one shape, see
+random_data.py): for y = X beta + Z b + e (Bates et al., JSS 2015, eqs. 2-3),
+at any fixed theta,
+
+- y -> y + c (with an intercept in X): the GLS residuals do not change, so
+  neither does the profiled criterion. The cross-products [Z X y]'[Z X y]
+  lose about (c / sd(y))^2 eps of relative precision to cancellation (as
+  lme4's), so c is drawn within a hundred standard deviations of y;
+- y -> c y: r^2 -> c^2 r^2, so the REML criterion gains 2 (n - p) log|c| and
+  the ML deviance 2 n log|c|;
+- permuting the rows, renaming the levels of a grouping factor or reordering
+  its categories permutes Z's rows or columns: the criterion is unchanged.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import get_fit, get_model, load_json
+import jaxlmm
 from jaxlmm.objective import deviance
-from jaxlmm.theta import relative_factors
+from models import SMALL, get_fit, get_model
+from oracle import CASES, FIT_PARAMS, dense_criterion, load_fit_reference, load_json
+from random_data import G, LABELS, N, SETTINGS, close, deviances, factors, make_data, seeds, shifts, thetas
+
 
 OBJ = load_json("objective_at_theta.json")
+
+
 DATASET = {
     "sleepstudy_slope": "sleepstudy",
     "dyestuff": "dyestuff",
     "penicillin_crossed": "penicillin",
     "pastes_nested": "pastes",
 }
+
+
 POINTS = [(case, i) for case in OBJ for i in range(len(OBJ[case]["points"]))]
 
 
@@ -38,48 +63,6 @@ def test_objective_at_theta_matches_lme4(case, i):
     model = get_model(_formula(case), DATASET[case])
     value = model.deviance(np.atleast_1d(pt["theta"]), reml=bool(_scalar(pt["reml"])))
     assert value == pytest.approx(_scalar(pt["value"]), rel=1e-9)
-
-
-def dense_criterion(model, theta, reml):
-    """The lecture notes' textbook form with V0 = Z Lambda Lambda' Z' + I built explicitly.
-
-    -2 l_R = log|V0| + log|X'V0^{-1}X| + (n-p)(1 + log(2 pi r^2/(n-p))), with
-    r^2 = (y - X b)' V0^{-1} (y - X b) at the GLS b; ML drops log|X'V0^{-1}X| and uses n.
-    """
-    d = model.design
-    n, p = d.n, d.p
-    cols, lam = [], []
-    for t, T in zip(d.terms, relative_factors(jnp.asarray(theta), model.products.term_dims)):
-        Zt = np.zeros((n, t.nlevels * t.k))
-        for c in range(t.k):
-            Zt[np.arange(n), t.codes * t.k + c] = t.X[:, c]
-        cols.append(Zt)
-        lam.append(np.kron(np.eye(t.nlevels), np.asarray(T)))
-    Z = np.hstack(cols)
-    Lam = np.zeros((Z.shape[1], Z.shape[1]))
-    lo = 0
-    for blk in lam:
-        Lam[lo : lo + blk.shape[0], lo : lo + blk.shape[0]] = blk
-        lo += blk.shape[0]
-    ZL = Z @ Lam
-    V0 = ZL @ ZL.T + np.eye(n)
-    Vi = np.linalg.inv(V0)
-    XtViX = d.X.T @ Vi @ d.X
-    b = np.linalg.solve(XtViX, d.X.T @ Vi @ d.y)
-    e = d.y - d.X @ b
-    r2 = e @ Vi @ e
-    logdetV = np.linalg.slogdet(V0)[1]
-    if reml:
-        return logdetV + np.linalg.slogdet(XtViX)[1] + (n - p) * (1 + np.log(2 * np.pi * r2 / (n - p)))
-    return logdetV + n * (1 + np.log(2 * np.pi * r2 / n))
-
-
-SMALL = [
-    ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
-    ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin"),
-    ("strength ~ 1 + (1 | batch/cask)", "pastes"),
-    ("Reaction ~ Days + (Days || Subject)", "sleepstudy"),
-]
 
 
 def _random_theta(model, rng):
@@ -123,19 +106,6 @@ def test_gradient_and_hessian_match_finite_differences(formula, dataset):
         np.testing.assert_allclose(Ha, Hfd, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "formula,dataset",
-    [SMALL[0], SMALL[1], ("Yield ~ 1 + (1 | Batch)", "dyestuff2")],
-)
-def test_newton_and_lbfgs_reach_the_same_optimum(formula, dataset):
-    nt = get_fit(formula, dataset, reml=True, method="newton")
-    lb = get_fit(formula, dataset, reml=True, method="lbfgs")
-    assert nt.converged and lb.converged
-    assert lb.objective == pytest.approx(nt.objective, rel=1e-8)
-    np.testing.assert_allclose(lb.theta, nt.theta, atol=2e-4)
-    np.testing.assert_allclose(lb.fixef.to_numpy(), nt.fixef.to_numpy(), rtol=1e-5)
-
-
 def test_deviance_is_jittable_and_vmappable():
     """The objective is a pure function of (theta, data): vmap over theta equals a loop."""
     model = get_model(*SMALL[0])
@@ -143,3 +113,105 @@ def test_deviance_is_jittable_and_vmappable():
     batched = jax.vmap(deviance, in_axes=(0, None, None))(jnp.asarray(thetas), model.products, True)
     looped = [model.deviance(t) for t in thetas]
     np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-12)
+
+
+def test_no_random_effect_closed_forms():
+    y = jaxlmm.datasets.load("dyestuff").Yield.to_numpy(dtype=float)
+    n, rss = len(y), np.sum((y - y.mean()) ** 2)
+    ml = get_fit("Yield ~ 1", "dyestuff", reml=False)
+    assert ml.objective == pytest.approx(n * (1 + np.log(2 * np.pi * rss / n)), rel=1e-12)
+    reml = get_fit("Yield ~ 1", "dyestuff")
+    closed = (n - 1) * (1 + np.log(2 * np.pi * rss / (n - 1))) + np.log(n)  # log|X'X| = log n
+    assert reml.objective == pytest.approx(closed, rel=1e-12)
+    assert reml.sigma == pytest.approx(np.sqrt(rss / (n - 1)), rel=1e-12)
+    assert reml.npar == 2 and ml.converged
+
+
+# ---- invariances on random data ------------------------------------------------------------
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(seeds, thetas, shifts)
+def test_shifting_the_response_leaves_the_criterion_unchanged(seed, theta, c):
+    d = make_data(seed)
+    close(deviances(d.assign(y=d.y + c * d.y.std()), theta), deviances(d, theta))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(seeds, thetas, factors)
+def test_scaling_the_response_shifts_the_criterion_by_log_c(seed, theta, c):
+    d = make_data(seed)
+    reml, ml = deviances(d, theta)
+    reml_c, ml_c = deviances(d.assign(y=d.y * c), theta)
+    shift = 2 * np.log(abs(c))
+    close([reml_c, ml_c], [reml + (N - 2) * shift, ml + N * shift])
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(seeds, thetas, st.permutations(range(N)))
+def test_permuting_rows_leaves_the_criterion_unchanged(seed, theta, perm):
+    d = make_data(seed)
+    close(deviances(d.iloc[list(perm)], theta), deviances(d, theta))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(seeds, thetas, st.permutations(range(G)), st.sampled_from(["", "grp_", "9", "Z"]))
+def test_relabelling_levels_leaves_the_criterion_unchanged(seed, theta, perm, prefix):
+    """New names in a new (sorted) order: a plain text column, R's factor() rule."""
+    d = make_data(seed)
+    names = {old: f"{prefix}{LABELS[j]}" for old, j in zip(LABELS, perm)}
+    relabelled = d.assign(g=d.g.astype(str).map(names))
+    close(deviances(relabelled, theta), deviances(d, theta))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(seeds, thetas, st.permutations(LABELS))
+def test_reordering_categories_leaves_the_criterion_unchanged(seed, theta, order):
+    d = make_data(seed)
+    reordered = d.assign(g=d.g.cat.reorder_categories(list(order)))
+    close(deviances(reordered, theta), deviances(d, theta))
+
+
+# ---- conditional modes and the penalized residual sum of squares of every reference fit -------
+
+
+RANEF_PARAMS = [(c, k) for c, k in FIT_PARAMS if "ranef" in load_fit_reference(c)[k]]
+
+
+@pytest.mark.parametrize("case,crit", RANEF_PARAMS, ids=[f"{c}-{k}" for c, k in RANEF_PARAMS])
+def test_ranef(case, crit):
+    ref_all = load_fit_reference(case)
+    fit = get_fit(ref_all["formula"], CASES[case], reml=(crit == "REML"))
+    re = ref_all[crit]["ranef"]
+    ref = pd.DataFrame(
+        {"group": re["grpvar"], "term": re["term"], "level": re["grp"], "value": re["condval"], "sd": re["condsd"]}
+    )
+    ours = fit.ranef
+    merged = ref.merge(ours, on=["group", "term", "level"], how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all()
+    scale = max(1.0, float(np.abs(ref.value).max()))
+    np.testing.assert_allclose(merged.value_y, merged.value_x, atol=1e-3 * scale)
+    np.testing.assert_allclose(merged.cond_sd, merged.sd, atol=1e-3 * max(1.0, float(ref.sd.max())), rtol=1e-3)
+
+
+def test_penalized_rss_identity(pair):
+    """r^2 = |y - X beta - Z b|^2 + |u|^2 at the estimates (PLS, JSS 2015 eq. 15).
+
+    Checks the conditional modes of every case, InstEval included, with no
+    reference values needed: sigma^2 * (n - p) (REML) or sigma^2 * n (ML).
+    """
+    fit, _, _ = pair
+    d = fit.design
+    resid = fit.residuals()
+    from jaxlmm.theta import relative_factors
+
+    Ts = relative_factors(np.asarray(fit.theta), fit.products.term_dims)
+    u2 = 0.0
+    for T, b in zip(Ts, fit.b):
+        T = np.asarray(T)
+        # b = u T' per level; T may be singular on the boundary, where b = 0
+        u = np.linalg.lstsq(T, b.T, rcond=None)[0].T if np.any(b) else np.zeros_like(b)
+        u2 += float((u**2).sum())
+    r2 = float(resid @ resid) + u2
+    denom = d.n - d.p if fit.reml else d.n
+    assert r2 == pytest.approx(fit.sigma**2 * denom, rel=1e-7)

@@ -8,7 +8,7 @@ import pytest
 import scipy.stats as st
 
 import jaxlmm
-from conftest import get_fit
+from models import get_fit
 
 FORMULA = "Yield ~ 1 + (1 | Batch)"
 DATASETS = ["dyestuff", "dyestuff2"]

@@ -16,7 +16,7 @@ import warnings
 import matplotlib
 import pytest
 
-from conftest import ROOT
+from oracle import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +87,7 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         run_blocks(blocks, namespace)
     # the quickstart's fit is lme4's sleepstudy fit
-    from conftest import load_fit_reference
+    from oracle import load_fit_reference
 
     fit = namespace["fit"]
     ref = load_fit_reference("sleepstudy_slope")["REML"]

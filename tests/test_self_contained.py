@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import REF, ROOT
+from oracle import REF, ROOT
 
 # spelled in pieces so that this file does not match itself
 FORBIDDEN = ("../" + "shared", "JAXLMM_" + "REFERENCE")

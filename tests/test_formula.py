@@ -1,15 +1,16 @@
-"""Formulas are data: R's meaning against lme4, code never executed, names that never change a model.
+"""Formulas (jaxlmm.terms, jaxlmm.formula): R's meaning against lme4, syntax errors that name the culprit,
+code never executed, names that never change a model.
 
 lme4's values: tests/reference/formulas.json, written by tests/reference/formulas.R.
+Bad formulas raise FormulaError (beneath JaxLMMError, itself a ValueError) naming
+the offending part; none of them reaches the optimizer.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,13 @@ import pytest
 import jaxlmm
 from jaxlmm import DataError, FormulaError, JaxLMMError
 from jaxlmm.design import build_design
+from checks import design_raises as raises
+from checks import sleep_with as sleep
+from oracle import load_json
 
-REF = json.loads((Path(__file__).resolve().parent / "reference" / "formulas.json").read_text())
+REF = load_json("formulas.json")
+
+
 SLEEP = jaxlmm.datasets.load("sleepstudy")
 
 
@@ -37,6 +43,8 @@ def cake() -> pd.DataFrame:
 
 
 SYN = synthetic()
+
+
 DATA = {"sleepstudy": SLEEP, "synthetic": SYN, "cake": cake()}
 
 
@@ -154,7 +162,80 @@ def test_integer_columns_become_float64_before_arithmetic():
     assert design.X[:, 1].min() > 2**32  # an int32 product would have wrapped around
 
 
+# ---- formula syntax --------------------------------------------------------
+
+
+SYNTAX = [
+    ("Reaction Days + (1 | Subject)", ["'~'"]),
+    ("Reaction ~ Days ~ (1 | Subject)", ["'~'"]),
+    ("Reaction ~ Days + (1 | Subject", ["Unbalanced", "not closed"]),
+    ("Reaction ~ Days + 1 | Subject)", ["Unbalanced", "')'"]),
+    ("Reaction ~ Days + 1 | Subject", ["bar '|' outside parentheses"]),
+    ("Reaction ~ Days + ( | Subject)", ["Empty random-effect term", "( | Subject)"]),
+    ("Reaction ~ Days + (1 | )", ["names no grouping factor", "(1 | )"]),
+    ("Reaction ~ Days + ()", ["Empty parentheses"]),
+    ("Reaction ~ Days + (1 | Subject | Days)", ["more than one bar"]),
+    ("Reaction ~ Days + (1 | Subject + Days)", ["Grouping factor 'Subject + Days'"]),
+    ("Reaction ~ Days $ Subject + (1 | Subject)", ["Unknown operator '$'", "Reaction ~ Days $ Subject"]),
+    ("Reaction ~ Days + (Days ? 1 | Subject)", ["Unknown operator '?'", "Days ? 1"]),
+    ("Reaction | Days ~ (1 | Subject)", ["response"]),
+    (" ~ Days + (1 | Subject)", ["no response"]),
+    ("Reaction ~ ", ["nothing right of '~'"]),
+    ("Reaction ~ . + (1 | Subject)", ["'.' (all other columns)"]),
+]
+
+
+@pytest.mark.parametrize("formula,names", SYNTAX, ids=[s for s, _ in SYNTAX])
+def test_formula_syntax_errors(formula, names):
+    raises(FormulaError, formula, SLEEP, *names)
+
+
+def test_formula_must_be_text():
+    raises(FormulaError, 3, SLEEP, "string")
+
+
+# ---- names -----------------------------------------------------------------
+
+
+UNKNOWN = [
+    ("Reaction ~ Dayz + (1 | Subject)", ["'Dayz'", "Did you mean 'Days'"]),
+    ("Reacton ~ Days + (1 | Subject)", ["'Reacton'", "Did you mean 'Reaction'"]),
+    ("Reaction ~ Days + (1 | Subjct)", ["'Subjct'", "(1 | Subjct)", "Did you mean 'Subject'"]),
+    ("Reaction ~ Days + (Dys | Subject)", ["'Dys'", "Did you mean 'Days'"]),
+    ("Reaction ~ Days + (1 | Subject/Nite)", ["'Nite'"]),
+    ("Reaction ~ foo(Days) + (1 | Subject)", ["'foo'", "function"]),
+]
+
+
+@pytest.mark.parametrize("formula,names", UNKNOWN, ids=[s for s, _ in UNKNOWN])
+def test_unknown_names_suggest_the_closest_column(formula, names):
+    raises(FormulaError, formula, SLEEP, *names)
+
+
+def test_dotted_column_names_as_in_r():
+    d = sleep(**{"my.days": SLEEP.Days, "my.subject": SLEEP.Subject})
+    for f in ("Reaction ~ my.days + (my.days | my.subject)", "Reaction ~ `my.days` + (`my.days` | my.subject)"):
+        design = build_design(f, d)
+        assert design.fixed_names == ("(Intercept)", "my.days")
+        assert design.terms[0].colnames == ("(Intercept)", "my.days") and design.terms[0].name == "my.subject"
+    raises(FormulaError, "Reaction ~ my.dayz + (1 | my.subject)", d, "'my", "Did you mean 'my.days'")
+
+
+def test_columns_inside_stateful_transforms_are_used():
+    """x in poly(x, 2) or center(x) is a column the formula uses: the rows where it is
+    missing are dropped."""
+    d = sleep(Days=SLEEP.Days.astype(float))
+    d.loc[4, "Days"] = np.nan
+    with pytest.warns(jaxlmm.MissingDataWarning, match="'Days' \\(1\\)"):
+        design = build_design("Reaction ~ center(Days) + (poly(Days, 2) | Subject)", d)
+    days = d.Days.dropna().to_numpy()
+    assert design.n == 179
+    np.testing.assert_allclose(design.X[:, 1], days - days.mean(), atol=1e-12)
+    assert design.terms[0].colnames == ("(Intercept)", "poly(Days, 2)1", "poly(Days, 2)2")
+
+
 # ---- a formula is never executed ---------------------------------------------------
+
 
 PAYLOADS = [
     "I(np.__builtins__['exec']('open(SENTINEL, \"w\")') is None)",

@@ -20,7 +20,6 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_json
 from scipy.linalg import block_diag
 
 import jaxlmm
@@ -35,6 +34,7 @@ from jaxlmm.crossprod import (
 )
 from jaxlmm.design import build_design
 from jaxlmm.objective import deviance
+from oracle import load_json
 
 SMALL_CHUNK = 7
 THREE_TERMS = "y ~ 1 + x + (1 | g1) + (1 + x | g2) + (1 | g3)"

@@ -19,7 +19,8 @@ import pytest
 from scipy import stats
 
 import jaxlmm
-from conftest import get_fit, load_fit_reference, load_json
+from models import get_fit
+from oracle import load_fit_reference, load_json
 from jaxlmm.plotting import plot_bootstrap, plot_profile
 from jaxlmm.plotting.diagnostics import ppoints, qq_line
 from jaxlmm.plotting.inference import profile_interval

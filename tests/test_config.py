@@ -1,0 +1,191 @@
+"""The runtime's settings (jaxlmm._config): float64 whatever the JAX context, the compilation cache,
+LAPACK threads, and no new compilation for repeated shapes."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlmm
+from checks import assert_same_fit, of_type, raises
+from jaxlmm import JaxLMMWarning
+from jaxlmm._config import ensure_x64
+from models import dye_fit, get_fit, get_model
+from oracle import DYE, SLOPE
+
+SLEEP = jaxlmm.datasets.load("sleepstudy")
+
+
+# ---- float64 whatever the JAX context --------------------------------------------------------
+
+
+def test_fit_inside_enable_x64_false_is_float64_with_a_true_warning():
+    ref = get_fit(SLOPE, "sleepstudy")
+    model = get_model(SLOPE, "sleepstudy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with jax.enable_x64(False):
+            fit = model.fit()
+            value = model.deviance(ref.theta)
+            ranef = fit.ranef
+            sim = fit.simulate(2, seed=1)
+            assert jnp.zeros(1).dtype == jnp.float32  # the user's block still holds for the user's code
+        fresh = jaxlmm.LinearMixedModel(SLOPE, jaxlmm.datasets.load("sleepstudy"))
+    assert jax.config.jax_enable_x64
+    assert fit.objective == pytest.approx(ref.objective, rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-7)
+    assert value == pytest.approx(ref.objective, rel=1e-12)
+    assert ranef["value"].dtype == np.float64 and sim.dtype == np.float64
+    msgs = [str(w.message) for w in caught if issubclass(w.category, JaxLMMWarning)]
+    assert len(msgs) == 4 and all("jax.enable_x64(False)" in m and "float64 all the same" in m for m in msgs)
+    assert all(w.filename == __file__ for w in caught if issubclass(w.category, JaxLMMWarning))
+    assert fresh.deviance(ref.theta) == pytest.approx(ref.objective, rel=1e-12)
+
+
+@pytest.mark.parametrize("entry", ["bootstrap", "simulate", "confint", "anova"])
+def test_global_flag_off_is_switched_on_by_every_entry_point(entry):
+    fit = dye_fit()
+    calls = {
+        "bootstrap": lambda: jaxlmm.bootstrap(fit, n=3, seed=1, progress=False).table["objective"].to_numpy(),
+        "simulate": lambda: fit.simulate(2, seed=1),
+        "confint": lambda: fit.confint("wald").to_numpy(),
+        "anova": lambda: jaxlmm.anova(get_fit("Yield ~ 1", "dyestuff", reml=False), get_fit(DYE, "dyestuff", reml=False))
+        ["Chisq"].to_numpy(),
+    }
+    ref = calls[entry]()
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = calls[entry]()
+        assert jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, JaxLMMWarning)]
+    assert msgs == ["JAX's float64 mode (jax_enable_x64) was off; jaxlmm switched it on, since mixed-model "
+                    "fits need float64."]
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_float64_refused_when_no_context_can_switch_it_on(monkeypatch):
+    model = get_model(SLOPE, "sleepstudy")
+    with jax.enable_x64(False):
+        monkeypatch.setattr(jax, "enable_x64", None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", JaxLMMWarning)
+            raises(lambda: model.deviance([1, 0, 1]), "float64", "jax.enable_x64(False)")
+            raises(ensure_x64, "float64")
+
+
+def test_float64_mode_switched_off_by_the_user():
+    """jaxlmm switches float64 back on (with a warning) and the fit is unchanged."""
+    ref = get_fit(SLOPE, "sleepstudy")
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = jaxlmm.LinearMixedModel(SLOPE, SLEEP)
+            fit = model.fit()
+        assert len(of_type(caught, JaxLMMWarning)) == 1
+        assert "jax_enable_x64" in str(caught[0].message)
+        assert jax.config.jax_enable_x64
+        assert fit.theta.dtype == np.float64
+        assert_same_fit(fit, ref, rtol=1e-9)
+        jax.config.update("jax_enable_x64", False)
+        with pytest.warns(JaxLMMWarning, match="jax_enable_x64"):
+            value = model.deviance(ref.theta)
+        assert value == pytest.approx(ref.objective, rel=1e-12)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+# ---- the compilation cache and the BLAS threads -------------------------------------------
+
+
+def _cache_dir_in_child(env_extra: dict, tmp_path) -> str:
+    """The compilation cache folder JAX uses after ``import jaxlmm`` in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "JAXLMM_CACHE_DIR")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), **env_extra)
+    code = "import jax, jaxlmm; print(jax.config.jax_compilation_cache_dir or '')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_compilation_cache_default_choice_and_off(tmp_path):
+    """Compiled programs go to ~/.cache/jaxlmm/xla (XDG), a chosen folder, JAX's own setting, or nowhere."""
+    default = tmp_path / "xdg" / "jaxlmm" / "xla"
+    assert _cache_dir_in_child({}, tmp_path) == str(default) and default.is_dir()
+    assert _cache_dir_in_child({"JAXLMM_CACHE_DIR": str(tmp_path / "mine")}, tmp_path) == str(tmp_path / "mine")
+    assert _cache_dir_in_child({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}, tmp_path) == str(tmp_path / "jax")
+    assert _cache_dir_in_child({"JAXLMM_CACHE_DIR": "off"}, tmp_path) == ""
+
+
+def _blas_threads_in_child(env_extra: dict) -> dict:
+    """{library file: threads} of the BLAS libraries loaded after ``import jaxlmm`` in a fresh process."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXLMM_LAPACK_THREADS", "OPENBLAS_NUM_THREADS")}
+    env.update(env_extra)
+    code = (
+        "import json, numpy, threadpoolctl as t\n"
+        "before = {d['filepath']: d['num_threads'] for d in t.threadpool_info()}\n"
+        "import jaxlmm, scipy.linalg\n"
+        "after = {d['filepath']: d['num_threads'] for d in t.threadpool_info()}\n"
+        "print(json.dumps([before, after]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return _json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("setting,expected", [(None, 1), ("2", 2), ("off", None)])
+def test_lapack_threads_of_scipy_only(setting, expected):
+    """scipy's OpenBLAS (behind JAX's CPU LAPACK) gets the chosen threads; numpy's is left alone."""
+    before, after = _blas_threads_in_child({} if setting is None else {"JAXLMM_LAPACK_THREADS": setting})
+    numpy_libs = set(before)
+    scipy_libs = [f for f in after if f not in numpy_libs]
+    assert scipy_libs  # scipy brings its own OpenBLAS in the wheels this project installs
+    for f in numpy_libs:
+        assert after[f] == before[f]
+    # left alone, scipy's OpenBLAS starts with the same default as numpy's (the cores it may use)
+    default = max(before.values())
+    for f in scipy_libs:
+        assert after[f] == (default if expected is None else expected)
+
+
+def test_repeated_calls_with_the_same_shapes_compile_nothing():
+    """A second simulate, predict, bootstrap or Wald confint of the same shapes traces no new program
+    (counted with JAX's monitoring events: every trace of a jitted function reports its duration)."""
+    import collections
+
+    import jax
+
+    fit = get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    newdata = jaxlmm.datasets.load("sleepstudy").head(7)
+    calls = {
+        "simulate": lambda seed: fit.simulate(4, seed=seed),
+        "predict": lambda seed: fit.predict(newdata),
+        "bootstrap": lambda seed: jaxlmm.bootstrap(fit, n=8, seed=seed, progress=False),
+        "confint": lambda seed: fit.confint("wald"),
+    }
+    events = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.update([name]))
+    for name, call in calls.items():
+        call(1)
+        events.clear()
+        call(2)
+        assert events["/jax/core/compile/jaxpr_trace_duration"] == 0, (name, dict(events))
+    # the counter does see a trace: a new shape of simulate compiles
+    fit.simulate(5, seed=3)
+    assert events["/jax/core/compile/jaxpr_trace_duration"] >= 1

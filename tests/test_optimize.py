@@ -1,0 +1,133 @@
+"""The optimizers (jaxlmm.optimize): derivatives, Newton's and BFGS-Newton's steps off saddles and corners,
+the second-order check of the bound-constrained problem."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlmm
+from jaxlmm.optimize import grad_and_hessian, newton, second_order
+from models import get_fit, get_model
+
+
+def test_grad_and_hessian_closed_form():
+    """f = sum(a x^3) + x0 x1: gradient 3 a x^2 + (x1, x0), Hessian diag(6 a x) + offdiag 1."""
+    a = jnp.array([1.0, 2.0])
+    f = lambda x, a: jnp.sum(a * x**3) + x[0] * x[1]  # noqa: E731
+    x = jnp.array([0.5, -1.5])
+    v, g, H = grad_and_hessian(f)(x, a)
+    assert float(v) == pytest.approx(0.125 - 6.75 - 0.75)
+    np.testing.assert_allclose(g, [3 * 0.25 - 1.5, 3 * 2 * 2.25 + 0.5])
+    np.testing.assert_allclose(H, [[3.0, 1.0], [1.0, -18.0]])
+
+
+def test_second_order_sees_joint_negative_curvature():
+    """Two entries at their bound with zero gradient: each curves upward, together downward."""
+    H = jnp.array([[2.0, -3.0], [-3.0, 2.0]])
+    ok, v = second_order(jnp.zeros(2), 1.0, jnp.zeros(2), H, jnp.zeros(2), 1e-6)
+    assert not bool(ok)
+    np.testing.assert_allclose(np.asarray(v), [np.sqrt(0.5)] * 2, rtol=1e-10)
+    # a clearly positive gradient holds an entry at its bound: not part of the check
+    ok, v = second_order(jnp.zeros(2), 1.0, jnp.array([1.0, 0.0]), H, jnp.zeros(2), 1e-6)
+    assert bool(ok) and not np.any(np.asarray(v))
+    ok, _ = second_order(jnp.ones(2), 1.0, jnp.zeros(2), jnp.eye(2), jnp.zeros(2), 1e-6)
+    assert bool(ok)
+
+
+# ---- saddles and corners ----------------------------------------------------------------------
+
+
+def even(x):
+    """Even in x0 (as the criterion in a zero diagonal theta entry): a saddle at x0 = 0."""
+    return -x[0] ** 2 + x[0] ** 4 + (x[1] - 1.0) ** 2
+
+
+def test_newton_reports_a_saddle_as_not_converged():
+    # without the escape step Newton stays at x0 = 0, where the gradient vanishes by symmetry
+    res = newton(even, jnp.zeros(2), jnp.zeros(2), escape=0.0)
+    assert float(res.theta[0]) == 0.0 and abs(float(res.theta[1]) - 1.0) < 1e-8
+    assert not bool(res.converged)
+    assert bool(res.stuck[0]) and float(res.descent[0]) > 0
+    res = newton(even, jnp.zeros(2), jnp.zeros(2))
+    assert bool(res.converged)
+    np.testing.assert_allclose(np.asarray(res.theta), [np.sqrt(0.5), 1.0], atol=1e-8)
+
+
+def test_newton_leaves_a_saddle_on_the_bound():
+    """f = (x^2 - 1)^2 is even: x = 0 (the bound) is stationary but a maximum; the minimum is x = 1."""
+    f = lambda x: jnp.sum((x**2 - 1.0) ** 2)  # noqa: E731
+    res = newton(f, jnp.zeros(1), jnp.zeros(1))
+    assert float(res.theta[0]) == pytest.approx(1.0, abs=1e-8)
+    assert float(res.fun) == pytest.approx(0.0, abs=1e-14)
+    assert bool(res.converged)
+
+
+def test_newton_leaves_a_corner_where_a_correlated_column_has_a_zero_diagonal():
+    """At theta_11 = 0 with theta_21 != 0 and d f / d theta_11 > 0, flipping the column's sign is a descent.
+
+    The data: a response simulated from the ML fit of ``Reaction ~ 1 + (Days | Subject)``
+    (replicate 96 of seed 1, as the bootstrap draws it). Started at the corner (a local
+    optimum of the theta parameterization, 4.3 deviance units above the optimum), Newton
+    reaches the optimum that L-BFGS finds from lme4's start.
+    """
+    from jaxlmm.replicates import fit_params, rows_of, simulate
+
+    sleep = jaxlmm.datasets.load("sleepstudy")
+    null = get_fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy", reml=False)
+    key = jax.random.split(jax.random.key(1), 1000)[96]
+    frame = sleep.copy()
+    frame["Reaction"] = np.asarray(simulate(key, rows_of(null.design), fit_params(null)))
+    model = jaxlmm.LinearMixedModel("Reaction ~ Days + (Days | Subject)", frame)
+    corner = np.array([0.0, 0.37891048, 0.01250314])
+    from jaxlmm.objective import deviance
+
+    g = np.asarray(jax.grad(deviance)(jax.numpy.asarray(corner), model.products, False))
+    assert g[0] > 0  # held at its bound by the projected gradient, without the flip
+    ref = model.fit(reml=False, method="lbfgs")
+    fit = model.fit(reml=False, theta0=corner)
+    assert fit.converged
+    assert fit.objective == pytest.approx(ref.objective, rel=1e-10)
+    assert model.deviance(corner, reml=False) > ref.objective + 4
+
+
+# ---- BFGS-Newton (hessian="bfgs") -------------------------------------------------------------
+
+
+def test_bfgs_newton_leaves_a_saddle_on_the_bound():
+    """The quasi-Newton variant confirms a stopping point with the exact Hessian: x = 0 is a saddle."""
+    f = lambda x: jnp.sum((x**2 - 1.0) ** 2)  # noqa: E731
+    res = newton(f, jnp.zeros(1), jnp.zeros(1), hessian="bfgs")
+    assert float(res.theta[0]) == pytest.approx(1.0, abs=1e-8)
+    assert bool(res.converged)
+
+
+def test_bfgs_newton_on_a_curved_valley():
+    """Rosenbrock's function (minimum 0 at (1, 1)) from (-1.2, 1), bounded below by -5."""
+    f = lambda x: 100.0 * (x[1] - x[0] ** 2) ** 2 + (1.0 - x[0]) ** 2  # noqa: E731
+    res = newton(f, jnp.array([-1.2, 1.0]), jnp.full(2, -5.0), hessian="bfgs")
+    np.testing.assert_allclose(np.asarray(res.theta), [1.0, 1.0], atol=1e-6)
+    assert bool(res.converged)
+
+
+@pytest.mark.parametrize(
+    "case", ["penicillin_crossed", "sleepstudy_slope", "dyestuff2_singular"]
+)
+def test_bfgs_newton_reaches_lme4s_optimum(case):
+    """hessian="bfgs" (used for large Schur complements) on small models: lme4's ML deviance and theta."""
+    from oracle import CASES, load_fit_reference
+    from jaxlmm.fitting import optimize_theta
+    from jaxlmm.theta import canonical_theta
+
+    ref = load_fit_reference(case)
+    m = get_model(ref["formula"], CASES[case])
+    opt = optimize_theta(
+        jnp.asarray(m.theta0), jnp.asarray(m.lower), m.products, False, method="newton", hessian="bfgs"
+    )
+    r = ref["ML"]
+    assert bool(opt.converged)
+    assert float(opt.fun) == pytest.approx(r["objective"], rel=1e-8)
+    theta = np.asarray(canonical_theta(opt.theta, m.term_dims))
+    np.testing.assert_allclose(theta, np.atleast_1d(r["theta"]), rtol=1e-3, atol=1e-4)

@@ -1,0 +1,114 @@
+"""Satterthwaite's degrees of freedom and F tests (jaxlmm.satterthwaite) against lmerTest and dense oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats as st
+
+import jaxlmm
+from jaxlmm.satterthwaite import satterthwaite_df
+from models import get_fit, weighted_fit
+from oracle import DYE, SLOPE, WEIGHTS, load_fit_reference
+
+SATT_CASES = {
+    "sleepstudy_slope": "sleepstudy",
+    "dyestuff": "dyestuff",
+    "dyestuff2_singular": "dyestuff2",
+}
+CASES = WEIGHTS["cases"]  # the weighted fits of tests/reference/weights.R
+
+
+def _ref_vec(v):
+    return np.array([np.nan if x == "NA" else x for x in np.atleast_1d(v)], dtype=np.float64)
+
+
+@pytest.mark.parametrize("case", list(SATT_CASES))
+def test_satterthwaite_df_matches_lmertest(case):
+    ref = load_fit_reference(case)
+    fit = get_fit(ref["formula"], SATT_CASES[case])
+    df = satterthwaite_df(fit)
+    # largest relative difference over all reference cases: 9e-5 (penicillin, not run here)
+    np.testing.assert_allclose(df, _ref_vec(ref["REML"]["satterthwaite_df"]), rtol=1e-3)
+    table = fit.coef_table()
+    np.testing.assert_allclose(table["p"], _ref_vec(ref["REML"]["satterthwaite_p"]), rtol=5e-3)
+
+
+def _dense_reml(y, X, Z, tau, sigma):
+    """-2 REML log-likelihood from V = sigma^2 I + tau^2 Z Z' (the lecture notes' form)."""
+    n, p = X.shape
+    V = sigma**2 * np.eye(n) + tau**2 * Z @ Z.T
+    Vi = np.linalg.inv(V)
+    XtViX = X.T @ Vi @ X
+    b = np.linalg.solve(XtViX, X.T @ Vi @ y)
+    r = y - X @ b
+    return (
+        np.linalg.slogdet(V)[1] + np.linalg.slogdet(XtViX)[1] + r @ Vi @ r + (n - p) * np.log(2 * np.pi)
+    )
+
+
+def test_satterthwaite_df_dense_finite_differences():
+    """Dyestuff: df from a dense V, numerical derivatives in (tau, sigma) (parameterization-free)."""
+    fit = get_fit(DYE, "dyestuff")
+    data = jaxlmm.datasets.load("dyestuff")
+    y = data.Yield.to_numpy(dtype=float)
+    X = np.ones((len(y), 1))
+    Z = pd.get_dummies(data.Batch).to_numpy(dtype=float)
+    x0 = np.array([fit.sigma * fit.theta[0], fit.sigma])
+
+    def var_mean(x):
+        V = x[1] ** 2 * np.eye(len(y)) + x[0] ** 2 * Z @ Z.T
+        return 1.0 / (X.T @ np.linalg.solve(V, X))[0, 0]
+
+    h = 1e-3 * x0
+    g = np.array([(var_mean(x0 + h[i] * e) - var_mean(x0 - h[i] * e)) / (2 * h[i]) for i, e in enumerate(np.eye(2))])
+    H = np.zeros((2, 2))
+    for i, ei in enumerate(np.eye(2)):
+        for j, ej in enumerate(np.eye(2)):
+            f = lambda a, b: _dense_reml(y, X, Z, *(x0 + a * h[i] * ei + b * h[j] * ej))  # noqa: E731
+            H[i, j] = (f(1, 1) - f(1, -1) - f(-1, 1) + f(-1, -1)) / (4 * h[i] * h[j])
+    df = 2 * var_mean(x0) ** 2 / (g @ (2 * np.linalg.inv(H)) @ g)
+    assert satterthwaite_df(fit)[0] == pytest.approx(df, rel=1e-5)
+
+
+def test_coef_table_residual_and_wald():
+    fit = get_fit(SLOPE, "sleepstudy")
+    t = fit.fixef / fit.se
+    res = fit.coef_table(ddf="residual")
+    np.testing.assert_allclose(res["df"], fit.nobs - 2)
+    np.testing.assert_allclose(res["p"], 2 * st.t.sf(np.abs(t), fit.nobs - 2), rtol=1e-8)
+    wald = fit.coef_table(ddf="wald")
+    np.testing.assert_allclose(wald["p"], 2 * st.norm.sf(np.abs(t)), rtol=1e-8)
+    np.testing.assert_allclose(wald["t"], t, rtol=1e-12)
+    with pytest.raises(jaxlmm.JaxLMMError, match="ddf"):
+        fit.coef_table(ddf="kenward")
+
+
+def test_f_test():
+    fit = get_fit(SLOPE, "sleepstudy")
+    ct = fit.coef_table()
+    one = fit.test([[0.0, 1.0]])
+    assert one["F"][0] == pytest.approx(ct["t"]["Days"] ** 2, rel=1e-10)
+    assert one["den_df"][0] == pytest.approx(ct["df"]["Days"], rel=1e-10)
+    assert one["p"][0] == pytest.approx(ct["p"]["Days"], rel=1e-6)
+    both = fit.test(np.eye(2))
+    beta, V = fit.fixef.to_numpy(), fit.vcov.to_numpy()
+    assert both["F"][0] == pytest.approx(beta @ np.linalg.solve(V, beta) / 2, rel=1e-10)
+    assert both["num_df"][0] == 2
+    # the two eigen-contrasts share nu = 17 here, so ddf is their mean (lmerTest)
+    assert both["den_df"][0] == pytest.approx(17.0, rel=1e-3)
+    assert both["p"][0] == pytest.approx(st.f.sf(both["F"][0], 2, both["den_df"][0]), rel=1e-6)
+    named = fit.test(pd.DataFrame({"Days": [1.0]}), rhs=10.0)
+    tt = (fit.fixef["Days"] - 10.0) / fit.se["Days"]
+    assert named["F"][0] == pytest.approx(tt**2, rel=1e-10)
+    with pytest.raises(jaxlmm.JaxLMMError, match="columns"):
+        fit.test(np.eye(3))
+    with pytest.raises(jaxlmm.JaxLMMError, match="Slope"):
+        fit.test(pd.DataFrame({"Slope": [1.0]}))
+
+
+def test_satterthwaite_df_match_lmertest():
+    for case in ("intercept", "slope"):
+        fit = weighted_fit(case, "REML")
+        np.testing.assert_allclose(fit.coef_table()["df"], CASES[case]["REML"]["satterthwaite_df"], rtol=1e-3)
