@@ -75,7 +75,7 @@ def batched(n: int, l1: int, l2: int) -> dict:
 
     import jaxlmm
     from jaxlmm import memory, synthetic
-    from jaxlmm.replicates import chunk_length, fit_params, refit_chunk, rows_of, target_of
+    from jaxlmm.replicates import chunk_length, fit_params, refit_batch, rows_of, simulate_products, target_of
     from jaxlmm.replicates import simulate as simulate_one
 
     warnings.simplefilter("ignore")
@@ -84,7 +84,9 @@ def batched(n: int, l1: int, l2: int) -> dict:
     tg = target_of(fit)
     chunk = chunk_length((tg,), 10**9, None, fit.control)
     keys = jax.random.split(jax.random.key(0), chunk)
-    ma = refit_chunk.lower(keys, tg.rows, fit_params(fit), (tg,), True, jnp.asarray(fit.control.first_pass)).compile().memory_analysis()
+    (parts,) = simulate_products(keys, tg.rows, fit_params(fit), (tg.rows,))
+    starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
+    ma = refit_batch.lower(parts, starts, tg.data, tg.lower, True, jnp.asarray(fit.control.first_pass)).compile().memory_analysis()
     boot_est = memory.bootstrap_bytes([fit.products], fit.nobs, chunk, chunk)
     k = 100
     draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))

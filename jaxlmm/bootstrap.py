@@ -17,7 +17,7 @@ import pandas as pd
 from ._config import uses_float64
 from .control import Control, as_control
 from .errors import ConvergenceWarning, JaxLMMError, warn
-from .replicates import Job, Refit, fit_params, run_replicates, target_of
+from .replicates import Job, Passes, Refit, fit_params, run_replicates, target_of
 from .results import LmmFit
 from .theta import theta_names
 from .validate import check_bool, check_count, check_level, check_seed
@@ -91,6 +91,7 @@ class BootstrapResult:
     seed: int
     n_used: int
     n_failed: int
+    passes: Passes | None = None  # chunk size and the time of the batched passes (jaxlmm.replicates.Passes)
 
     def confint(self, level: float = 0.95, method: str = "percentile") -> pd.DataFrame:
         """Bootstrap intervals for sd_/cor_ parameters, sigma and the fixed effects.
@@ -129,9 +130,9 @@ def bootstrap(fit, n: int = 10_000, seed: int | None = 0, chunk_size: int | None
     control = fit.control if control is None else as_control(control)
     tg = target_of(fit)
     job = Job(n, seed, tg.rows, fit_params(fit), (tg,), fit.reml, control)
-    (res,) = run_replicates(job, chunk_size, progress, "bootstrap")
+    (res,), passes = run_replicates(job, chunk_size, progress, "bootstrap")
     table = replicate_table(res, fit)
     n_failed = int((~table["converged"]).sum())
     warn_failed(n_failed, len(table), "bootstrap")
     names = list(fit.sdcor.index) + list(fit.design.fixed_names)
-    return BootstrapResult(table, tuple(names), fit.reml, int(seed), len(table) - n_failed, n_failed)
+    return BootstrapResult(table, tuple(names), fit.reml, int(seed), len(table) - n_failed, n_failed, passes)

@@ -46,6 +46,8 @@ class Control:
       non-converged Newton fit restarts from (relative to max(1, |phi|)), and how often.
     - ``boundary_restart``: refit once from the start value of entries that ended at 0 (a
       singular fit), keeping the better optimum.
+    - ``convergence_tol``: a fit is converged where the largest projected gradient of the
+      criterion is below ``convergence_tol`` (1 + |criterion|) (and the curvature test passes).
 
     Cross-products (:mod:`jaxlmm.crossprod`, read when the model is built):
 
@@ -55,7 +57,7 @@ class Control:
     Parametric bootstrap (:mod:`jaxlmm.replicates`):
 
     - ``first_pass``: Newton iterations of the batched pass at first; replicates needing more
-      finish one by one at the end. ``pending_share``: above this share of a chunk left
+      are finished by later batched passes. ``pending_share``: above this share of a chunk left
       unfinished, the batched pass of the later chunks gets twice the iterations.
     - ``escape``: the restart value of a diagonal theta entry stuck at a saddle on the bound.
     - ``chunk_entries``: float64 entries one chunk of replicates may use when no ``chunk_size``
@@ -68,6 +70,7 @@ class Control:
     restart_step: float = 0.1
     max_restarts: int = 3
     boundary_restart: bool = True
+    convergence_tol: float = 1e-6
     chunk_rows: int = 2**20
     pair_chunk: int = 2**24
     first_pass: int = 8
@@ -80,7 +83,7 @@ class Control:
         for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "chunk_entries", "cpu_chunk"):
             _positive_int(self, name)
         _count(self, "max_restarts")
-        for name in ("restart_step", "escape"):
+        for name in ("restart_step", "escape", "convergence_tol"):
             _positive_number(self, name)
         if not _number(self.pending_share) or not 0 <= self.pending_share <= 1:
             raise JaxLMMError(f"Control: pending_share must be a number in [0, 1], not {self.pending_share!r}.")

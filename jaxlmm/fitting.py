@@ -36,7 +36,7 @@ def _scaled_deviance(phi, data: CrossProducts, reml, scale):
 
 def minimize_theta(
     theta0, lower, data: CrossProducts, reml, method: str = "newton", max_iter: int = 200, scale=None,
-    hessian: str = "exact",
+    hessian: str = "exact", conv_tol=Control.convergence_tol,
 ):
     """Minimize the profiled criterion over theta (traceable: ``max_iter`` may be traced).
 
@@ -55,11 +55,11 @@ def minimize_theta(
     if method == "newton":
         opt = newton(
             fun, theta0 * w, lower * w, args=args, max_iter=max_iter, column=theta_columns(data.term_dims),
-            hessian=hessian,
+            hessian=hessian, conv_tol=conv_tol,
         )
     elif method == "lbfgs":
         canon = partial(canonical_theta, term_dims=data.term_dims)
-        opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5)
+        opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5, conv_tol=conv_tol)
     else:  # pragma: no cover (checked by the callers)
         raise ValueError(method)
     return opt._replace(theta=opt.theta / w, grad=opt.grad * w, descent=opt.descent / w)
@@ -70,17 +70,33 @@ optimize_theta = jax.jit(minimize_theta, static_argnames=("method", "max_iter", 
 deviance_jit = jax.jit(deviance)
 
 
+def second_is_better(fa, fb, ca, cb) -> np.ndarray:
+    """Whether optimum b (criterion ``fb``, converged ``cb``) is better than a, elementwise: the lower
+    finite criterion, and at a tie within the criterion's rounding level (1e-10 relative) the converged one."""
+    fa, fb = np.asarray(fa, dtype=np.float64), np.asarray(fb, dtype=np.float64)
+    ca, cb = np.asarray(ca, dtype=bool), np.asarray(cb, dtype=bool)
+    tie = np.abs(fa - fb) <= 1e-10 * (1.0 + np.abs(fa))
+    with np.errstate(invalid="ignore"):
+        pick = np.where(tie & (ca != cb), cb, fb < fa)
+    return np.isfinite(fb) & (~np.isfinite(fa) | pick)
+
+
+def moved_start(phi, v, step: float, low) -> np.ndarray:
+    """phi moved along ``v`` by ``step`` relative to max(1, |phi|), kept above ``low``: where a restart
+    along a direction of negative curvature begins (the last axis is the parameter's)."""
+    size = step * np.maximum(1.0, np.max(np.abs(phi), axis=-1, keepdims=True))
+    return np.maximum(phi + size * v / np.max(np.abs(v), axis=-1, keepdims=True), low)
+
+
+def first_order(fun, grad, tol: float) -> np.ndarray:
+    """The first-order test of :func:`jaxlmm.optimize.newton`: max|grad| < tol (1 + |fun|), finite."""
+    g = np.abs(np.asarray(grad, dtype=np.float64))
+    return np.all(np.isfinite(g), axis=-1) & (np.max(g, axis=-1, initial=0.0) < tol * (1.0 + np.abs(fun)))
+
+
 def _better(a: OptResult, b: OptResult) -> OptResult:
-    """The lower optimum of two; a converged one wins a tie at the criterion's rounding level."""
-    fa, fb = float(a.fun), float(b.fun)
-    if not np.isfinite(fb):
-        return a
-    if not np.isfinite(fa):
-        return b
-    tie = 1e-10 * (1.0 + abs(fa))
-    if abs(fa - fb) <= tie and bool(a.converged) != bool(b.converged):
-        return a if bool(a.converged) else b
-    return a if fa <= fb else b
+    """The better optimum of two (:func:`second_is_better`)."""
+    return b if bool(second_is_better(float(a.fun), float(b.fun), bool(a.converged), bool(b.converged))) else a
 
 
 def _below(a: OptResult, b: OptResult, rel: float = 1e-10) -> bool:
@@ -109,19 +125,14 @@ class _Run:
     def moved(self, opt: OptResult, v, step: float) -> np.ndarray:
         """theta moved from ``opt`` along ``v`` (on the scale phi) by ``step`` relative to
         max(1, |phi|), kept feasible: where a restart begins."""
-        phi = np.asarray(opt.theta) * self.w
-        size = step * max(1.0, float(np.max(np.abs(phi))))
-        return np.maximum(phi + size * v / np.max(np.abs(v)), self.low) / self.w
+        return moved_start(np.asarray(opt.theta) * self.w, v, step, self.low) / self.w
 
     def at_bound(self, opt: OptResult) -> np.ndarray:
         return np.asarray(opt.theta) * self.w <= self.low
 
-    def first_order(self, opt: OptResult, tol: float = 1e-6) -> bool:
+    def first_order(self, opt: OptResult) -> bool:
         """The first-order test of :func:`jaxlmm.optimize.newton` on the scale phi."""
-        g = np.asarray(opt.grad) / self.w
-        return bool(np.all(np.isfinite(g))) and float(np.max(np.abs(g), initial=0.0)) < tol * (
-            1.0 + abs(float(opt.fun))
-        )
+        return bool(first_order(float(opt.fun), np.asarray(opt.grad) / self.w, self.kw["conv_tol"]))
 
     def direction(self, opt: OptResult):
         """The direction of negative curvature at ``opt`` on the scale phi, or None."""
@@ -159,7 +170,8 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", s
     costs nothing more.
     """
     control = Control() if control is None else control
-    kw = dict(max_iter=control.max_iter, scale=scale, hessian=control.newton_hessian(data.q_rest).value)
+    kw = dict(max_iter=control.max_iter, scale=scale, hessian=control.newton_hessian(data.q_rest).value,
+              conv_tol=control.convergence_tol)
     w = np.ones(np.shape(start)) if scale is None else np.asarray(scale)
     run = _Run(lower, data, reml, w, np.asarray(lower) * w, kw)
     start = jnp.asarray(start)

@@ -27,7 +27,7 @@ from ._config import uses_float64
 from .anova import require_nested, require_same_likelihood
 from .bootstrap import warn_failed
 from .control import Control, as_control
-from .replicates import Job, fit_params, run_replicates, target_of
+from .replicates import Job, Passes, fit_params, run_replicates, target_of
 from .theta import theta_start
 from .distributions import chi2_sf
 from .errors import JaxLMMError, JaxLMMWarning, SingularFitWarning, warn
@@ -98,6 +98,7 @@ class PBTest:
     n_failed: int
     table: pd.DataFrame
     seed: int | None = None  # the seed of the simulated responses (drawn at random for seed=None)
+    passes: Passes | None = None  # chunk size and the time of the batched passes (jaxlmm.replicates.Passes)
 
     def __repr__(self) -> str:
         return (
@@ -129,7 +130,7 @@ def pb_test(
     control = alt_fit.control if control is None else as_control(control)
     nested = partial(_alt_start, same=_same_random_effects(f0, f1), default=theta_start(f1.products.term_dims))
     job = Job(n, seed, t0.rows, fit_params(f0), (t0, t1), False, control, nested)
-    r0, r1 = run_replicates(job, chunk_size, progress, "pb_test")
+    (r0, r1), passes = run_replicates(job, chunk_size, progress, "pb_test")
     lrt_star = r0.objective - r1.objective
     ok = r0.converged.astype(bool) & r1.converged.astype(bool) & np.isfinite(lrt_star)
     table = pd.DataFrame(
@@ -141,4 +142,4 @@ def pb_test(
     warn_failed(len(ok) - n_used, len(ok), "pb_test")
     df = int(f1.npar - f0.npar)
     p = (1.0 + np.sum(lrt_star[ok] >= lrt)) / (1.0 + n_used)
-    return PBTest(lrt, df, float(p), float(chi2_sf(lrt, df)), n_used, len(ok) - n_used, table, seed)
+    return PBTest(lrt, df, float(p), float(chi2_sf(lrt, df)), n_used, len(ok) - n_used, table, seed, passes)

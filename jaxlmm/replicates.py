@@ -12,8 +12,8 @@ response at a time. Here the whole refit is one batched computation:
    (:func:`jaxlmm.crossprod.response_products`) for the batch;
 3. ``vmap`` the whole fit (projected Newton in a ``lax.while_loop``, started
    at the fitted theta) over the batch. A refit never touches the n rows.
-4. finish the few replicates the batched pass left unfinished one by one
-   (see :func:`run_replicates`).
+4. finish the few replicates the first pass left unfinished by later
+   passes, batched the same way (see :func:`run_replicates`, :func:`_finish`).
 
 Replicate i uses ``jax.random.split(key(seed), B)[i]``, so the simulated
 responses do not depend on the chunk size (chunks bound memory) or on the
@@ -26,6 +26,7 @@ pass, chunk memory, restarts) are those of a :class:`~jaxlmm.control.Control`.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, NamedTuple
@@ -38,7 +39,7 @@ from jax.tree_util import register_dataclass
 from ._config import ensure_x64
 from .control import Control
 from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
-from .fitting import fit_theta, minimize_theta
+from .fitting import first_order, minimize_theta, moved_start, second_is_better
 from .memory import bootstrap_bytes, check_fits, replicate_bytes
 from .objective import sigma_hat, solve
 from .theta import relative_factors, theta_lower_bounds
@@ -120,7 +121,7 @@ def simulate(key, rows: Rows, params: SimParams) -> jax.Array:
 
 
 class Refit(NamedTuple):
-    """A refit of one simulated response: criterion, estimates, convergence."""
+    """A refit of one simulated response: criterion, estimates, convergence (batched: leading axis)."""
 
     objective: jax.Array
     theta: jax.Array
@@ -129,6 +130,8 @@ class Refit(NamedTuple):
     converged: jax.Array
     n_iter: jax.Array
     stuck: jax.Array  # theta entries left at a saddle on the bound
+    grad: jax.Array | None = None  # the projected gradient at theta
+    descent: jax.Array | None = None  # a direction of negative curvature at theta (zeros where none)
 
 
 class Target(NamedTuple):
@@ -144,40 +147,36 @@ def _as_refit(opt, sol, data: CrossProducts, reml: bool) -> Refit:
     """A :class:`Refit` from the optimum and the conditional estimates there."""
     ok = opt.converged & jnp.isfinite(opt.fun) & jnp.all(jnp.isfinite(sol.beta))
     sigma = sigma_hat(sol.r2, data.n, data.p, reml)
-    return Refit(opt.fun, opt.theta, sol.beta, sigma, ok, opt.n_iter, opt.stuck)
+    return Refit(opt.fun, opt.theta, sol.beta, sigma, ok, opt.n_iter, opt.stuck, opt.grad, opt.descent)
 
 
-def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=Control.max_iter) -> Refit:
-    """Minimize the profiled criterion for ``data`` from ``theta0`` (``max_iter`` may be traced)."""
-    opt = minimize_theta(theta0, lower, data, reml, max_iter=max_iter)
+def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=Control.max_iter, method: str = "newton",
+          conv_tol=Control.convergence_tol, hessian: str = "exact") -> Refit:
+    """Minimize the profiled criterion for ``data`` from ``theta0`` (``max_iter``, ``conv_tol`` may be traced)."""
+    opt = minimize_theta(theta0, lower, data, reml, method=method, max_iter=max_iter, conv_tol=conv_tol,
+                         hessian=hessian)
     return _as_refit(opt, solve(opt.theta, data), data, reml)
 
 
-@partial(jax.jit, static_argnames=("reml",))
-def refit_chunk(keys, sim_rows: Rows, params: SimParams, targets: tuple, reml: bool, max_iter) -> tuple:
-    """Simulate one response per key from ``params`` and refit every target on each.
-
-    All targets see the same simulated responses (they must share their rows
-    and response); returns, per target, the batched :class:`Refit` and the
-    response's cross-products (kept for the replicates of a second pass).
-    """
+@jax.jit
+def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> tuple:
+    """Simulate one response per key from ``params`` and return, for each of ``rows``, its batched
+    response cross-products (:class:`~jaxlmm.crossprod.Response`): all the refits need of it."""
     ys = jax.vmap(simulate, in_axes=(0, None, None))(keys, sim_rows, params)
-    out = []
-    for tg in targets:
-        parts = response_products(tg.rows, ys)
-        one = lambda pt, tg=tg: refit(with_response(tg.data, pt), tg.theta0, tg.lower, reml, max_iter)  # noqa: E731
-        out.append((jax.vmap(one)(parts), parts))
-    return tuple(out)
+    return tuple(response_products(r, ys) for r in rows)
 
 
-_solve = jax.jit(solve)
+@partial(jax.jit, static_argnames=("reml", "method", "hessian"))
+def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool, max_iter, method: str = "newton",
+                conv_tol=Control.convergence_tol, hessian: str = "exact"):
+    """:func:`refit` of a batch of responses (their cross-products ``parts``), each from its own start.
 
-
-def refit_one(data: CrossProducts, theta0, lower, reml: bool, control: Control) -> Refit:
-    """``refit`` of one response, through the compiled fit of the model itself (no new compilation),
-    with its restarts and fallback (:func:`jaxlmm.fitting.fit_theta`)."""
-    opt = fit_theta(jnp.asarray(theta0), lower, data, bool(reml), method="newton", scale=None, control=control)
-    return Refit(*(np.asarray(a) for a in _as_refit(opt, _solve(opt.theta, data), data, reml)))
+    Every pass of the bootstrap, the first and the later ones, is this one
+    program (``max_iter`` and ``conv_tol`` are traced): a batch of the same size compiles once.
+    ``hessian``: Newton's (the fit's policy, :meth:`jaxlmm.control.Control.newton_hessian`).
+    """
+    one = lambda pt, st: refit(with_response(data, pt), st, lower, reml, max_iter, method, conv_tol, hessian)  # noqa: E731
+    return jax.vmap(one)(parts, starts)
 
 
 def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +190,8 @@ def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.n
       criterion curves downward; the entry restarts at ``escape``
       (``Control.escape``);
     - not converged otherwise (a failed line search, or negative curvature
-      away from the bound): from where it stopped, through the fit's restarts
-      and fallback (:func:`refit_one`).
+      away from the bound): from where it stopped, then through the restarts
+      and fallback of :func:`_finish`.
     """
     stuck = np.asarray(res.stuck, dtype=bool).reshape(len(res.objective), -1)
     theta = np.asarray(res.theta).reshape(stuck.shape)
@@ -201,44 +200,138 @@ def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.n
 
 
 class _Waiting(NamedTuple):
-    """Replicates of one chunk waiting for a second pass: their indices, starts and response cross-products."""
+    """Replicates waiting for a later pass: their rows in the result, starts and response cross-products."""
 
     index: np.ndarray
     start: np.ndarray
     parts: Response
 
 
-class _Pending:
-    """The replicates of one target waiting for a second pass (a list of :class:`_Waiting`)."""
+def _take(tree, idx):
+    return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
 
-    def __init__(self):
-        self.waiting: list[_Waiting] = []
 
-    def add(self, idx, start, parts, offset: int) -> None:
-        if len(idx):
-            self.waiting.append(_Waiting(idx + offset, start[idx], jax.tree.map(lambda a: np.asarray(a)[idx], parts)))
+def _join(items: list) -> _Waiting:
+    return _Waiting(
+        np.concatenate([w.index for w in items]), np.concatenate([w.start for w in items]),
+        jax.tree.map(lambda *a: np.concatenate(a), *[w.parts for w in items]),
+    )
 
-    def run(self, res: Refit, tg: Target, reml: bool, control: Control) -> Refit:
-        """Refit the pending replicates one by one; keep the better optimum of each.
 
-        They are few (a replicate needing more than ``control.first_pass``
-        Newton iterations is rare), and one by one they reuse the compiled fit
-        of the model instead of compiling a batch of another size.
-        """
-        if not self.waiting:
-            return res
-        out = Refit(*(np.array(a) for a in res))
-        for w in self.waiting:  # a replicate may be pending twice: keep the best
-            for i, row in enumerate(w.index):
-                data = with_response(tg.data, jax.tree.map(lambda a: jnp.asarray(a[i]), w.parts))
-                again = refit_one(data, w.start[i], tg.lower, reml, control)
-                if again.objective <= out.objective[row]:
-                    n_iter = out.n_iter[row] + again.n_iter
-                    for a, b in zip(out, again):
-                        a[row] = b
-                    out.n_iter[row] = n_iter
-        self.waiting = []
-        return out
+@dataclass
+class _Batches:
+    """Runs :func:`refit_batch` for any number of replicates in batches of ``size`` (the last padded)."""
+
+    target: Target
+    reml: bool
+    size: int
+    control: Control = Control()
+
+    def __call__(self, parts: Response, starts: np.ndarray, max_iter: int, method: str = "newton") -> Refit:
+        m = len(starts)
+        out = []
+        for lo in range(0, m, self.size):
+            idx = np.minimum(np.arange(lo, lo + self.size), m - 1)
+            r = refit_batch(_take(parts, idx), jnp.asarray(starts[idx]), self.target.data, self.target.lower,
+                            self.reml, jnp.asarray(max_iter), method, jnp.asarray(self.control.convergence_tol),
+                            self.control.newton_hessian(self.target.data.q_rest).value)
+            out.append(Refit(*(np.asarray(a)[: min(self.size, m - lo)] for a in r)))
+        return Refit(*(np.concatenate(a) for a in zip(*out)))
+
+
+def _better(a: Refit, b: Refit) -> np.ndarray:
+    """Per replicate, whether ``b`` is the better optimum (:func:`jaxlmm.fitting.second_is_better`)."""
+    return second_is_better(a.objective, b.objective, a.converged, b.converged)
+
+
+def _merge(cur: Refit, new: Refit, where, take) -> Refit:
+    """``cur`` with the replicates ``where`` (indices) replaced by ``new`` where ``take``; iterations add up."""
+    out = [np.array(a) for a in cur]
+    rows = np.asarray(where)[take]
+    for a, b in zip(out, new):
+        a[rows] = np.asarray(b)[take]
+    out[5][np.asarray(where)] = cur.n_iter[where] + new.n_iter
+    return Refit(*out)
+
+
+
+
+def _direction(r: Refit) -> np.ndarray:
+    v = r.descent
+    return np.any(v != 0, axis=1) & np.all(np.isfinite(v), axis=1)
+
+
+def _finish(w: _Waiting, run: _Batches, control: Control, lower: np.ndarray) -> Refit:
+    """The later passes, batched, with the rules of :func:`jaxlmm.fitting.fit_theta`.
+
+    Newton with the full iteration cap from each waiting start; then, for
+    those still not converged: restarts along a direction of negative
+    curvature (``control.max_restarts``), L-BFGS followed by Newton, and for
+    those whose first-order conditions hold, the probes that tell a flat
+    valley from a way down. Every step is one :func:`refit_batch` over all
+    the replicates it concerns; the better optimum of each is kept.
+    """
+    cur = run(w.parts, w.start, control.max_iter)
+    active = np.ones(len(w.start), dtype=bool)
+    for _ in range(control.max_restarts):
+        todo = np.flatnonzero(active & ~cur.converged.astype(bool) & _direction(cur))
+        if not len(todo):
+            break
+        again = run(_take(w.parts, todo), moved_start(cur.theta[todo], cur.descent[todo], control.restart_step, lower),
+                    control.max_iter)
+        was = Refit(*(np.asarray(a)[todo] for a in cur))
+        below = again.objective < was.objective - 1e-10 * (1.0 + np.abs(was.objective))
+        active[todo[~below & ~again.converged.astype(bool)]] = False
+        cur = _merge(cur, again, todo, _better(was, again))
+    todo = np.flatnonzero(~cur.converged.astype(bool))
+    if len(todo):
+        lb = run(_take(w.parts, todo), cur.theta[todo], control.max_iter * 5, "lbfgs")
+        ok = np.all(np.isfinite(lb.theta), axis=1)
+        todo, lb = todo[ok], _rows(lb, ok)
+        if len(todo):
+            again = run(_take(w.parts, todo), lb.theta, control.max_iter)
+            lb = lb._replace(converged=np.zeros(len(todo), dtype=bool))  # L-BFGS has no curvature check
+            step = _merge(again, lb, np.arange(len(todo)), _better(again, lb))
+            was = _rows(cur, todo)
+            cur = _merge(cur, step, todo, _better(was, step))
+    return _probe_flat(cur, w, run, control, lower)
+
+
+def _rows(r: Refit, idx) -> Refit:
+    return Refit(*(np.asarray(a)[idx] for a in r))
+
+
+def _select(mask, a: Refit, b: Refit) -> Refit:
+    """Per replicate, ``b`` where ``mask``, else ``a``."""
+    pick = lambda x, y: np.where(mask.reshape(mask.shape + (1,) * (np.ndim(x) - 1)), y, x)  # noqa: E731
+    return Refit(*(pick(np.asarray(x), np.asarray(y)) for x, y in zip(a, b)))
+
+
+def _probe_flat(cur: Refit, w: _Waiting, run: _Batches, control: Control, lower: np.ndarray) -> Refit:
+    """First-order conditions hold but the curvature test fails: Newton again from the point and from a
+    move along the direction of negative curvature; where neither lowers the criterion beyond its
+    rounding level (1e-9 relative), converged, else the lower probe (:func:`jaxlmm.fitting._probe_flat`,
+    batched)."""
+    todo = np.flatnonzero(~cur.converged.astype(bool) & first_order(cur.objective, cur.grad, control.convergence_tol))
+    if not len(todo):
+        return cur
+    was = _rows(cur, todo)
+    probe = run(_take(w.parts, todo), was.theta, control.max_iter)
+    n_iter = np.array(probe.n_iter)
+    has = np.flatnonzero(_direction(was))
+    if len(has):
+        moved = run(_take(w.parts, todo[has]), moved_start(was.theta[has], was.descent[has], control.restart_step, lower),
+                    control.max_iter)
+        n_iter[has] += moved.n_iter
+        lower_moved = np.zeros(len(todo), dtype=bool)
+        lower_moved[has] = moved.objective < probe.objective[has]
+        full = Refit(*(np.array(a) for a in probe))
+        for a, b in zip(full, moved):
+            a[has] = b
+        probe = _select(lower_moved, probe, full)
+    flat = ~(probe.objective < was.objective - 1e-9 * (1.0 + np.abs(was.objective)))
+    chosen = _select(flat, probe, was._replace(converged=np.ones(len(todo), dtype=bool)))
+    return _merge(cur, chosen._replace(n_iter=n_iter), todo, np.ones(len(todo), dtype=bool))
 
 
 def _per_replicate_size(targets) -> int:
@@ -285,16 +378,31 @@ class Job:
     nested: Restart | None = None
 
 
-def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = False, desc: str = "bootstrap") -> tuple:
-    """Refit ``job.targets`` on ``job.n`` simulated responses, chunk by chunk; numpy :class:`Refit` s.
+class Passes(NamedTuple):
+    """How the replicates were refitted: chunk size, the first batched pass (replicates and seconds,
+    simulation included) and the later batched passes (replicates per target, and seconds)."""
+
+    chunk: int
+    first: int
+    first_seconds: float
+    later: tuple
+    later_seconds: float
+
+
+def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = False,
+                   desc: str = "bootstrap") -> tuple[tuple, Passes]:
+    """Refit ``job.targets`` on ``job.n`` simulated responses, chunk by chunk: numpy :class:`Refit` s
+    (one per target) and the :class:`Passes`.
 
     Every chunk has the same shape (the last is padded with repeated keys and
     trimmed), so one compilation serves all; with several devices each chunk's
     replicate axis is sharded across them. Newton runs at most
     ``control.first_pass`` iterations on the batch, which all but a few
-    replicates need; those few (and those stopped at a saddle on the bound)
-    finish one by one at the end, so that one slow replicate does not hold up
-    its chunk.
+    replicates need; those few (and those stopped at a saddle on the bound,
+    and in a nested pair the alternative refits that ended above their
+    null's optimum) wait, and are finished together at the end, batched in
+    chunks of the same size by the same compiled program (:func:`_finish`):
+    nothing is refitted one at a time.
     """
     from tqdm.auto import tqdm
 
@@ -307,28 +415,61 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
         f"{desc}(n={n}) in chunks of {chunk} replicates",
     )
     keys = jax.random.split(jax.random.key(int(seed)), n)
-    pieces, pending = [], [_Pending() for _ in job.targets]
+    pieces, waiting = [], [[] for _ in job.targets]
     cap = job.control.first_pass
-    for c in tqdm(range(math.ceil(n / chunk)), desc=desc, unit="chunk", disable=not progress):
+    bar = tqdm(total=n, desc=desc, unit="replicate", disable=not progress)
+    t0 = time.perf_counter()
+    for c in range(math.ceil(n / chunk)):
         kc = keys[np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)]
         if sharding is not None:
             kc = jax.device_put(kc, sharding)
-        out = refit_chunk(kc, job.rows, job.params, job.targets, job.reml, jnp.asarray(cap))
+        parts = simulate_products(kc, job.rows, job.params, tuple(tg.rows for tg in job.targets))
         keep = int(min(chunk, n - c * chunk))
-        res = [Refit(*(np.asarray(a)[:keep] for a in r)) for r, _ in out]
-        unfinished = 0
-        for r, (_, parts), pend in zip(res, out, pending):
+        res, unfinished = [], 0
+        for tg, pt, wait in zip(job.targets, parts, waiting):
+            starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
+            r = refit_batch(pt, starts, tg.data, tg.lower, job.reml, jnp.asarray(cap), "newton",
+                            jnp.asarray(job.control.convergence_tol), job.control.newton_hessian(tg.data.q_rest).value)
+            r = _rows(r, slice(0, keep))
             idx, start = _first_pass_restarts(r, cap, job.control.escape)
-            pend.add(idx, start, parts, offset=c * chunk)
+            wait.append(_Waiting(idx + c * chunk, start[idx], _take(pt, idx)))
             unfinished = max(unfinished, len(idx))
+            res.append(r)
         if unfinished > job.control.pending_share * keep:  # this model needs more iterations than most
             cap = min(2 * cap, job.control.max_iter)
         if job.nested:  # an alternative refit worse than its null: restart it from the null's optimum
             worse = np.flatnonzero(res[1].objective > res[0].objective + 1e-9 * (1.0 + np.abs(res[0].objective)))
-            pending[1].add(worse, job.nested(res[0].theta, res[1].theta), out[1][1], offset=c * chunk)
+            waiting[1].append(_Waiting(worse + c * chunk, job.nested(res[0].theta, res[1].theta)[worse],
+                                       _take(parts[1], worse)))
         pieces.append(tuple(res))
+        bar.update(keep)
+    bar.close()
+    t1 = time.perf_counter()
     res = [Refit(*(np.concatenate(a, axis=0) for a in zip(*(p[t] for p in pieces)))) for t in range(len(job.targets))]
-    return tuple(pend.run(r, tg, job.reml, job.control) for r, tg, pend in zip(res, job.targets, pending))
+    out = tuple(
+        _finish_all(r, waiting[t], _Batches(tg, job.reml, chunk, job.control), job.control)
+        for t, (r, tg) in enumerate(zip(res, job.targets))
+    )
+    later = tuple(int(sum(len(w.index) for w in wait)) for wait in waiting)
+    return out, Passes(chunk, n, t1 - t0, later, time.perf_counter() - t1)
+
+
+def _finish_all(res: Refit, waiting: list, run: _Batches, control: Control) -> Refit:
+    """``res`` with the waiting replicates finished (:func:`_finish`); a replicate waiting twice keeps
+    its best optimum, and every optimum is compared with the first pass's."""
+    if not any(len(w.index) for w in waiting):
+        return res
+    w = _join(waiting)
+    done = _finish(w, run, control, np.asarray(run.target.lower))
+    out = Refit(*(np.array(a) for a in res))
+    for i, row in enumerate(w.index):  # in order: a replicate may wait twice, the better optimum stays
+        again = _rows(done, i)
+        if again.objective <= out.objective[row]:
+            n_iter = out.n_iter[row] + again.n_iter
+            for a, b in zip(out, again):
+                a[row] = b
+            out.n_iter[row] = n_iter
+    return out
 
 
 def fit_params(fit) -> SimParams:

@@ -30,6 +30,7 @@ def sleep():
         (dict(max_restarts=-1), "max_restarts must be a non-negative integer"),
         (dict(restart_step=0.0), "restart_step must be a positive number"),
         (dict(escape=float("nan")), "escape must be a positive number"),
+        (dict(convergence_tol=0), "convergence_tol must be a positive number"),
         (dict(pending_share=1.5), r"pending_share must be a number in \[0, 1\]"),
         (dict(boundary_restart="yes"), "boundary_restart must be True or False"),
         (dict(hessian="newton"), "hessian must be one of"),

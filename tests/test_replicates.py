@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
+import jaxlmm
+from jaxlmm import replicates
 from jaxlmm.replicates import fit_params, rows_of, simulate
 from models import get_fit
-from oracle import DYE1
+from oracle import DYE1, SLOPE
 
 
 def test_simulation_matches_the_model_moments():
@@ -43,3 +49,130 @@ def test_bootstrap_redoes_replicates_that_did_not_converge():
                        stuck=np.zeros((4, 2), dtype=bool))
     idx, _ = _first_pass_restarts(res, 8, 0.1)
     assert idx.tolist() == [1, 3]  # a failed line search or negative curvature away from the bound
+
+
+# ---- every pass batched: the replicates equal single refits ------------------------------------
+
+
+def _three_terms() -> pd.DataFrame:
+    """A response with three crossed random intercepts (12 x 9 x 6 levels) and a covariate."""
+    rng = np.random.default_rng(3)
+    n = 240
+    a, b, c = rng.integers(0, 12, n), rng.integers(0, 9, n), rng.integers(0, 6, n)
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + 0.8 * rng.normal(size=12)[a] + 0.5 * rng.normal(size=9)[b] + 0.3 * rng.normal(size=6)[c]
+    return pd.DataFrame({"y": y + rng.normal(size=n), "x": x, "a": a.astype(str), "b": b.astype(str),
+                         "c": c.astype(str)})
+
+
+BATCHED = {  # formula, data, REML
+    "random slope": (SLOPE, lambda: jaxlmm.datasets.load("sleepstudy"), True),
+    "crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", lambda: jaxlmm.datasets.load("penicillin"), False),
+    "three terms": ("y ~ x + (1 | a) + (1 | b) + (1 | c)", _three_terms, True),
+    "singular": ("Yield ~ 1 + (1 | Batch)", lambda: jaxlmm.datasets.load("dyestuff2"), True),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _batched_case(case: str):
+    formula, load, reml = BATCHED[case]
+    data = load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxlmm.SingularFitWarning)
+        return formula, data, jaxlmm.lmm(formula, data, reml=reml)
+
+
+def _single_refits(formula, data, fit, ys, **kw) -> list:
+    """Each simulated response fitted on its own by lmm, from the fitted theta (the bootstrap's start)."""
+    response = formula.split("~")[0].strip()
+    rows = data.iloc[fit.design.rows]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxlmm.JaxLMMWarning)
+        return [jaxlmm.lmm(formula, rows.assign(**{response: np.asarray(y)}), reml=fit.reml, theta0=fit.theta, **kw)
+                for y in ys]
+
+
+@pytest.mark.parametrize("case", list(BATCHED))
+def test_replicates_of_the_later_batched_passes_equal_single_refits(case, monkeypatch):
+    """first_pass=1: nearly every replicate is finished by the later batched passes; each one's optimum
+    is that of the same response fitted alone (1e-8 relative), and nothing is refitted one at a time."""
+    formula, data, fit = _batched_case(case)
+    sizes = []
+    batch = replicates._Batches.__call__
+
+    def counted(self, parts, starts, max_iter, method="newton"):
+        sizes.append(len(starts))
+        return batch(self, parts, starts, max_iter, method)
+
+    monkeypatch.setattr(replicates._Batches, "__call__", counted)
+    n = 8
+    res = jaxlmm.bootstrap(fit, n=n, seed=5, progress=False, control=fit.control.replace(first_pass=1))
+    single = _single_refits(formula, data, fit, fit.simulate(n, seed=5))
+    np.testing.assert_allclose(res.table["objective"], [f.objective for f in single], rtol=1e-8)
+    assert res.table["converged"].all() and res.n_failed == 0
+    assert res.passes.later[0] > 0 and sizes[0] == res.passes.later[0]  # the later pass: one batch of all
+    assert res.passes.first == n and res.passes.chunk == n
+
+
+@pytest.mark.parametrize("case", ["random slope", "crossed"])
+def test_forced_failures_are_counted_exactly(case):
+    """A convergence tolerance no fit can meet: every replicate the batched passes leave unconverged is
+    counted (n_failed, the warning), and every one reported converged is at the single refit's optimum."""
+    formula, data, fit = _batched_case(case)
+    n = 8
+    control = fit.control.replace(first_pass=1, max_iter=3, convergence_tol=1e-14)
+    with pytest.warns(jaxlmm.ConvergenceWarning) as record:
+        res = jaxlmm.bootstrap(fit, n=n, seed=5, progress=False, control=control)
+    ok = res.table["converged"].to_numpy()
+    assert res.n_failed == int((~ok).sum()) > 0 and res.n_used == n - res.n_failed
+    assert any(f"{res.n_failed} of {n} bootstrap replicate(s)" in str(w.message) for w in record)
+    single = np.array([f.objective for f in _single_refits(formula, data, fit, fit.simulate(n, seed=5))])
+    obj = res.table["objective"].to_numpy()
+    np.testing.assert_allclose(obj[ok], single[ok], rtol=1e-8)
+    assert np.all(obj[~ok] >= single[~ok] * (1 - 1e-8 * np.sign(single[~ok])))
+
+
+def test_the_later_passes_restart_fall_back_and_probe_as_a_single_fit_does():
+    """replicates._finish on a scripted optimizer: replicate 0 converges at once; 1 stops at negative
+    curvature and its restart along it finds a lower converged optimum; 2 stalls without a direction,
+    L-BFGS and Newton after it converge lower; 3 meets the first-order conditions with a curvature test
+    failing, and no probe lowers it: a flat valley, converged. Iterations add up over the passes."""
+    calls = []
+
+    def refit(objective, theta, converged, n_iter, grad=0.0, descent=0.0):
+        m = len(objective)
+        column = lambda v: np.broadcast_to(np.asarray(v, float), (m,)).reshape(m, 1)  # noqa: E731
+        return replicates.Refit(
+            objective=np.asarray(objective, float), theta=column(theta), beta=np.zeros((m, 1)), sigma=np.ones(m),
+            converged=np.asarray(converged), n_iter=np.asarray(n_iter), stuck=np.zeros((m, 1), bool),
+            grad=column(grad), descent=column(descent))
+
+    def run(parts, starts, max_iter, method="newton"):
+        rows = parts.tolist()
+        calls.append((method, rows))
+        step = len(calls)
+        if step == 1:  # the second Newton pass, from the waiting starts
+            return refit([1.0, 5.0, 7.0, 3.0], [0.5, 0.0, 0.3, 0.2], [True, False, False, False], [2, 3, 4, 5],
+                         grad=[0.0, 0.0, 0.5, 1e-9], descent=[0.0, 1.0, 0.0, 0.0])
+        if step == 2:  # the restart of replicate 1 along its direction
+            assert method == "newton" and rows == [1]
+            assert starts[0, 0] == pytest.approx(0.1)  # moved by restart_step from theta 0
+            return refit([4.0], [0.4], [True], [6])
+        if step == 3:  # L-BFGS for the replicates still not converged
+            assert method == "lbfgs" and rows == [2, 3]
+            return refit([6.5, 3.0], [0.31, 0.2], [True, False], [10, 10])
+        if step == 4:  # Newton from the L-BFGS points
+            assert method == "newton" and rows == [2, 3]
+            return refit([6.0, 3.0], [0.32, 0.2], [True, False], [1, 1])
+        if step == 5:  # the probe of replicate 3 (no direction: one probe)
+            assert rows == [3]
+            return refit([3.0], [0.2], [False], [2])
+        raise AssertionError(f"unexpected call {step}: {method} {rows}")
+
+    waiting = replicates._Waiting(np.arange(4), np.zeros((4, 1)), np.arange(4))
+    control = jaxlmm.Control(max_restarts=2)
+    out = replicates._finish(waiting, run, control, np.zeros(1))
+    assert len(calls) == 5
+    np.testing.assert_array_equal(out.objective, [1.0, 4.0, 6.0, 3.0])
+    np.testing.assert_array_equal(out.converged, [True, True, True, True])
+    np.testing.assert_array_equal(out.n_iter, [2, 3 + 6, 4 + 10 + 1, 5 + 10 + 1 + 2])
