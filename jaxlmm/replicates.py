@@ -423,25 +423,11 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
         kc = keys[np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)]
         if sharding is not None:
             kc = jax.device_put(kc, sharding)
-        parts = simulate_products(kc, job.rows, job.params, tuple(tg.rows for tg in job.targets))
         keep = int(min(chunk, n - c * chunk))
-        res, unfinished = [], 0
-        for tg, pt, wait in zip(job.targets, parts, waiting):
-            starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
-            r = refit_batch(pt, starts, tg.data, tg.lower, job.reml, jnp.asarray(cap), "newton",
-                            jnp.asarray(job.control.convergence_tol), job.control.newton_hessian(tg.data.q_rest).value)
-            r = _rows(r, slice(0, keep))
-            idx, start = _first_pass_restarts(r, cap, job.control.escape)
-            wait.append(_Waiting(idx + c * chunk, start[idx], _take(pt, idx)))
-            unfinished = max(unfinished, len(idx))
-            res.append(r)
+        res, unfinished = _first_pass(job, kc, keep, c * chunk, cap, waiting)
         if unfinished > job.control.pending_share * keep:  # this model needs more iterations than most
             cap = min(2 * cap, job.control.max_iter)
-        if job.nested:  # an alternative refit worse than its null: restart it from the null's optimum
-            worse = np.flatnonzero(res[1].objective > res[0].objective + 1e-9 * (1.0 + np.abs(res[0].objective)))
-            waiting[1].append(_Waiting(worse + c * chunk, job.nested(res[0].theta, res[1].theta)[worse],
-                                       _take(parts[1], worse)))
-        pieces.append(tuple(res))
+        pieces.append(res)
         bar.update(keep)
     bar.close()
     t1 = time.perf_counter()
@@ -452,6 +438,29 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
     )
     later = tuple(int(sum(len(w.index) for w in wait)) for wait in waiting)
     return out, Passes(chunk, n, t1 - t0, later, time.perf_counter() - t1)
+
+
+def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list) -> tuple[tuple, int]:
+    """One chunk's first batched pass: simulate, refit each target with ``cap`` Newton iterations from its
+    start; the first ``keep`` replicates' refits, and the most any target left waiting (appended to
+    ``waiting``, per target, with their rows counted from ``offset``)."""
+    parts = simulate_products(keys, job.rows, job.params, tuple(tg.rows for tg in job.targets))
+    chunk = len(keys)
+    res, unfinished = [], 0
+    for tg, pt, wait in zip(job.targets, parts, waiting):
+        starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
+        r = refit_batch(pt, starts, tg.data, tg.lower, job.reml, jnp.asarray(cap), "newton",
+                        jnp.asarray(job.control.convergence_tol), job.control.newton_hessian(tg.data.q_rest).value)
+        r = _rows(r, slice(0, keep))
+        idx, start = _first_pass_restarts(r, cap, job.control.escape)
+        wait.append(_Waiting(idx + offset, start[idx], _take(pt, idx)))
+        unfinished = max(unfinished, len(idx))
+        res.append(r)
+    if job.nested:  # an alternative refit worse than its null: restart it from the null's optimum
+        worse = np.flatnonzero(res[1].objective > res[0].objective + 1e-9 * (1.0 + np.abs(res[0].objective)))
+        waiting[1].append(_Waiting(worse + offset, job.nested(res[0].theta, res[1].theta)[worse],
+                                   _take(parts[1], worse)))
+    return tuple(res), unfinished
 
 
 def _finish_all(res: Refit, waiting: list, run: _Batches, control: Control) -> Refit:
