@@ -22,6 +22,7 @@ one line, ``jaxlmm: warning: <Category>: message``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -159,15 +160,36 @@ def bootstrap_summary(fit, boot, level: float = 0.95):
 # ---- subcommands ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def status(message: str, stream=None):
+    """A one-line status on ``stream`` (default stderr) while the block runs, erased after it; only
+    where the stream is a terminal (a pipe or a file gets nothing)."""
+    stream = sys.stderr if stream is None else stream
+    shown = bool(getattr(stream, "isatty", lambda: False)())
+    if shown:
+        stream.write(f"jaxlmm: {message} ...")
+        stream.flush()
+    try:
+        yield
+    finally:
+        if shown:
+            stream.write("\r\033[K")
+            stream.flush()
+
+
 def _fit(args, formula=None):
     data = _read_data(args.data, args.sep)
-    return lmm(formula or args.formula, data, reml=not args.ml, method=args.optimizer)
+    formula = formula or args.formula
+    with status(f"fitting {formula} (a new model compiles first: seconds)"):
+        return lmm(formula, data, reml=not args.ml, method=args.optimizer)
 
 
 def _cmd_fit(args) -> None:
     fit = _fit(args)
     if args.format == "text":
-        _emit("text", fit.summary())
+        with status("computing the summary (Satterthwaite's df)"):
+            text = fit.summary()
+        _emit("text", text)
     else:
         _emit(args.format, "", frame=fit.tidy(), record=fit.to_dict())
 

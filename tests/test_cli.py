@@ -273,3 +273,23 @@ def test_cli_reports_bad_input_without_traceback(capsys):
     assert cli.main(["fit", "Reaction ~ Dayz + (1 | Subject)", "--data", "sleepstudy"]) == 2
     err = capsys.readouterr().err
     assert "Dayz" in err and "Days" in err and "Traceback" not in err
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_the_status_line_shows_on_a_terminal_only_and_is_erased(tty):
+    from jaxlmm.cli import status
+
+    stream = _Stream(tty)
+    with status("fitting y ~ x", stream):
+        shown = stream.getvalue()
+    assert shown == ("jaxlmm: fitting y ~ x ..." if tty else "")
+    assert stream.getvalue() == (shown + "\r\033[K" if tty else "")
