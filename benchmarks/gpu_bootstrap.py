@@ -14,7 +14,11 @@ timed call with the same shapes (``run``), split into the first batched pass
 Prints the device, versions and one line per case, then the same as JSON
 (``--json FILE`` writes it). Try it on a CPU first with small sizes::
 
-    python benchmarks/gpu_bootstrap.py --boot 2000 --pb 2000 --insteval 8 --insteval-warmup 4
+    python benchmarks/gpu_bootstrap.py --boot 2000 --pb 2000 --insteval 0
+
+(``--insteval 0`` skips InstEval: on the CPU backend of jax 0.10.2 with 2
+cores, the vmapped InstEval refit stalls inside XLA's runtime, all threads
+idle, in the code before the batched later passes as well.)
 """
 
 from __future__ import annotations
