@@ -62,6 +62,9 @@ class Control:
     - ``escape``: the restart value of a diagonal theta entry stuck at a saddle on the bound.
     - ``chunk_entries``: float64 entries one chunk of replicates may use when no ``chunk_size``
       is given (2**26: 512 MiB); ``cpu_chunk``: the largest default chunk on the CPU backend.
+    - ``cpu_map_from``: on the CPU backend, models whose further random effects have this many
+      columns or more refit a chunk's replicates one after another inside the compiled program
+      instead of vectorized (XLA's CPU scatter-adds are far slower batched).
     """
 
     max_iter: int = 200
@@ -78,9 +81,11 @@ class Control:
     escape: float = 0.1
     chunk_entries: int = 2**26
     cpu_chunk: int = 256
+    cpu_map_from: int = 256
 
     def __post_init__(self):
-        for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "chunk_entries", "cpu_chunk"):
+        for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "chunk_entries", "cpu_chunk",
+                     "cpu_map_from"):
             _positive_int(self, name)
         _count(self, "max_restarts")
         for name in ("restart_step", "escape", "convergence_tol"):

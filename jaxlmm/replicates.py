@@ -166,17 +166,29 @@ def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> t
     return tuple(response_products(r, ys) for r in rows)
 
 
-@partial(jax.jit, static_argnames=("reml", "method", "hessian"))
+@partial(jax.jit, static_argnames=("reml", "method", "hessian", "sequential"))
 def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool, max_iter, method: str = "newton",
-                conv_tol=Control.convergence_tol, hessian: str = "exact"):
+                conv_tol=Control.convergence_tol, hessian: str = "exact", sequential: bool = False):
     """:func:`refit` of a batch of responses (their cross-products ``parts``), each from its own start.
 
     Every pass of the bootstrap, the first and the later ones, is this one
     program (``max_iter`` and ``conv_tol`` are traced): a batch of the same size compiles once.
     ``hessian``: Newton's (the fit's policy, :meth:`jaxlmm.control.Control.newton_hessian`).
+    ``sequential``: the replicates one after another inside the program (``lax.map``) instead of
+    vectorized (``vmap``), see :func:`sequential`.
     """
     one = lambda pt, st: refit(with_response(data, pt), st, lower, reml, max_iter, method, conv_tol, hessian)  # noqa: E731
+    if sequential:
+        return jax.lax.map(lambda a: one(*a), (parts, starts))
     return jax.vmap(one)(parts, starts)
+
+
+def sequential(data: CrossProducts, control: Control) -> bool:
+    """Whether a batch of refits of ``data`` runs its replicates one after another inside the compiled
+    program: on the CPU backend, for models whose further random effects have ``control.cpu_map_from``
+    columns or more. Their Schur update is a scatter-add over q2^2 targets, which XLA's CPU backend runs
+    far slower when it is batched (InstEval, q2 = 1,142: no progress in minutes for two replicates)."""
+    return jax.default_backend() == "cpu" and data.q_rest >= control.cpu_map_from
 
 
 def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +246,8 @@ class _Batches:
             idx = np.minimum(np.arange(lo, lo + self.size), m - 1)
             r = refit_batch(_take(parts, idx), jnp.asarray(starts[idx]), self.target.data, self.target.lower,
                             self.reml, jnp.asarray(max_iter), method, jnp.asarray(self.control.convergence_tol),
-                            self.control.newton_hessian(self.target.data.q_rest).value)
+                            self.control.newton_hessian(self.target.data.q_rest).value,
+                            sequential(self.target.data, self.control))
             out.append(Refit(*(np.asarray(a)[: min(self.size, m - lo)] for a in r)))
         return Refit(*(np.concatenate(a) for a in zip(*out)))
 
@@ -450,7 +463,8 @@ def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list)
     for tg, pt, wait in zip(job.targets, parts, waiting):
         starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
         r = refit_batch(pt, starts, tg.data, tg.lower, job.reml, jnp.asarray(cap), "newton",
-                        jnp.asarray(job.control.convergence_tol), job.control.newton_hessian(tg.data.q_rest).value)
+                        jnp.asarray(job.control.convergence_tol), job.control.newton_hessian(tg.data.q_rest).value,
+                        sequential(tg.data, job.control))
         r = _rows(r, slice(0, keep))
         idx, start = _first_pass_restarts(r, cap, job.control.escape)
         wait.append(_Waiting(idx + offset, start[idx], _take(pt, idx)))

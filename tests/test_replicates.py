@@ -176,3 +176,16 @@ def test_the_later_passes_restart_fall_back_and_probe_as_a_single_fit_does():
     np.testing.assert_array_equal(out.objective, [1.0, 4.0, 6.0, 3.0])
     np.testing.assert_array_equal(out.converged, [True, True, True, True])
     np.testing.assert_array_equal(out.n_iter, [2, 3 + 6, 4 + 10 + 1, 5 + 10 + 1 + 2])
+
+
+def test_a_sequential_batch_equals_a_vectorized_one():
+    """Control.cpu_map_from: the replicates of a chunk refitted one after another inside the program
+    (lax.map, for large Schur complements on the CPU) give the vectorized refits' optima."""
+    formula, data, fit = _batched_case("crossed")
+    assert not replicates.sequential(fit.products, fit.control)  # q2 = 6: vectorized by default
+    by_map = fit.control.replace(cpu_map_from=1)
+    assert replicates.sequential(fit.products, by_map)
+    a = jaxlmm.bootstrap(fit, n=8, seed=2, progress=False)
+    b = jaxlmm.bootstrap(fit, n=8, seed=2, progress=False, control=by_map)
+    np.testing.assert_allclose(b.table["objective"], a.table["objective"], rtol=1e-10)
+    np.testing.assert_allclose(b.table["theta_plate.(Intercept)"], a.table["theta_plate.(Intercept)"], rtol=1e-6)
