@@ -14,11 +14,9 @@ timed call with the same shapes (``run``), split into the first batched pass
 Prints the device, versions and one line per case, then the same as JSON
 (``--json FILE`` writes it). Try it on a CPU first with small sizes::
 
-    python benchmarks/gpu_bootstrap.py --boot 2000 --pb 2000 --insteval 0
+    python benchmarks/gpu_bootstrap.py --boot 2000 --pb 2000 --insteval 4 --insteval-warmup 2
 
-(``--insteval 0`` skips InstEval: on the CPU backend of jax 0.10.2 with 2
-cores, the vmapped InstEval refit stalls inside XLA's runtime, all threads
-idle, in the code before the batched later passes as well.)
+(``--insteval 0`` skips InstEval.)
 """
 
 from __future__ import annotations
