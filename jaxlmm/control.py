@@ -60,8 +60,10 @@ class Control:
       are finished by later batched passes. ``pending_share``: above this share of a chunk left
       unfinished, the batched pass of the later chunks gets twice the iterations.
     - ``escape``: the restart value of a diagonal theta entry stuck at a saddle on the bound.
-    - ``chunk_entries``: float64 entries one chunk of replicates may use when no ``chunk_size``
-      is given (2**26: 512 MiB); ``cpu_chunk``: the largest default chunk on the CPU backend.
+    - ``chunk_share``: the share of the memory available when a bootstrap starts (an
+      accelerator's free memory, the host's on the CPU) one chunk of replicates may use when no
+      ``chunk_size`` is given; ``chunk_entries``: a fixed number of float64 entries instead (None:
+      from ``chunk_share``); ``cpu_chunk``: the largest default chunk on the CPU backend.
     - ``cpu_map_from``: on the CPU backend, models whose further random effects have this many
       columns or more refit a chunk's replicates one after another inside the compiled program
       instead of vectorized (XLA's CPU scatter-adds are far slower batched).
@@ -79,14 +81,18 @@ class Control:
     first_pass: int = 8
     pending_share: float = 0.1
     escape: float = 0.1
-    chunk_entries: int = 2**26
+    chunk_share: float = 0.25
+    chunk_entries: int | None = None
     cpu_chunk: int = 256
     cpu_map_from: int = 256
 
     def __post_init__(self):
-        for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "chunk_entries", "cpu_chunk",
-                     "cpu_map_from"):
+        for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "cpu_chunk", "cpu_map_from"):
             _positive_int(self, name)
+        if self.chunk_entries is not None:
+            _positive_int(self, "chunk_entries")
+        if not _number(self.chunk_share) or not 0 < self.chunk_share <= 1:
+            raise JaxLMMError(f"Control: chunk_share must be a number in (0, 1], not {self.chunk_share!r}.")
         _count(self, "max_restarts")
         for name in ("restart_step", "escape", "convergence_tol"):
             _positive_number(self, name)

@@ -40,7 +40,7 @@ from ._config import ensure_x64
 from .control import Control
 from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
 from .fitting import first_order, minimize_theta, moved_start, second_is_better
-from .memory import bootstrap_bytes, check_fits, replicate_bytes
+from .memory import available_memory_bytes, bootstrap_bytes, check_fits, replicate_bytes
 from .objective import sigma_hat, solve
 from .theta import relative_factors, theta_lower_bounds
 from .validate import check_count, check_seed
@@ -353,10 +353,16 @@ def _per_replicate_size(targets) -> int:
 
 
 def chunk_length(targets, n: int, chunk_size: int | None, control: Control, n_devices: int = 1) -> int:
-    """Replicates per chunk: ``chunk_size``, or as many as ``control.chunk_entries`` float64 entries hold
-    (at most ``control.cpu_chunk`` on the CPU backend); at most ``n``, a multiple of the device count."""
+    """Replicates per chunk: ``chunk_size``, or as many as fit in ``control.chunk_share`` of the memory
+    available now (:func:`jaxlmm.memory.available_memory_bytes`; ``control.chunk_entries`` float64
+    entries when that is None), at most ``control.cpu_chunk`` on the CPU backend; at most ``n``, a
+    multiple of the device count."""
     if chunk_size is None:
-        chunk_size = max(1, control.chunk_entries // _per_replicate_size(targets))
+        if control.chunk_entries is None:
+            entries = int(control.chunk_share * available_memory_bytes()[0]) // 8
+        else:
+            entries = control.chunk_entries
+        chunk_size = max(1, entries // _per_replicate_size(targets))
         if jax.default_backend() == "cpu":
             # vmapped Newton loops over batches of 512 and more were seen to stall in XLA's CPU
             # runtime (jax 0.10); default chunks stay below that there

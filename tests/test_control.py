@@ -31,6 +31,9 @@ def sleep():
         (dict(restart_step=0.0), "restart_step must be a positive number"),
         (dict(escape=float("nan")), "escape must be a positive number"),
         (dict(convergence_tol=0), "convergence_tol must be a positive number"),
+        (dict(chunk_share=0.0), r"chunk_share must be a number in \(0, 1\]"),
+        (dict(chunk_entries=0), "chunk_entries must be a positive integer"),
+        (dict(cpu_map_from=-3), "cpu_map_from must be a positive integer"),
         (dict(pending_share=1.5), r"pending_share must be a number in \[0, 1\]"),
         (dict(boundary_restart="yes"), "boundary_restart must be True or False"),
         (dict(hessian="newton"), "hessian must be one of"),
@@ -91,3 +94,20 @@ def test_a_small_iteration_cap_is_reported_not_hidden(sleep):
     with pytest.warns(jaxlmm.ConvergenceWarning, match="did not converge"):
         fit = jaxlmm.lmm(SLEEP, sleep, control=control, method="lbfgs")
     assert not fit.converged
+
+
+def test_chunks_from_the_available_memory_or_a_fixed_budget(sleep):
+    """Without chunk_size: a share of the memory available now, or chunk_entries float64 entries."""
+    from jaxlmm.memory import available_memory_bytes
+    from jaxlmm.replicates import _per_replicate_size, chunk_length, target_of
+
+    fit = jaxlmm.lmm(SLEEP, sleep)
+    targets = (target_of(fit),)
+    per = _per_replicate_size(targets)
+    fixed = Control(chunk_entries=5 * per, cpu_chunk=10**6)
+    assert chunk_length(targets, 10**6, None, fixed) == 5
+    share = Control(chunk_share=0.5, cpu_chunk=10**9)
+    expected = int(0.5 * available_memory_bytes()[0]) // 8 // per
+    assert abs(chunk_length(targets, 10**12, None, share) - expected) <= 0.05 * expected + 1
+    assert chunk_length(targets, 10**6, None, Control()) <= Control().cpu_chunk  # the CPU backend's cap
+    assert chunk_length(targets, 3, 100, Control()) == 3  # never more than n
