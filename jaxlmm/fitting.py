@@ -99,9 +99,21 @@ def _better(a: OptResult, b: OptResult) -> OptResult:
     return b if bool(second_is_better(float(a.fun), float(b.fun), bool(a.converged), bool(b.converged))) else a
 
 
+def is_below(fa, fb, rel: float = 1e-10) -> np.ndarray:
+    """Criterion ``fa`` below ``fb`` by more than its rounding level (``rel`` relative), elementwise."""
+    fb = np.asarray(fb, dtype=np.float64)
+    return np.asarray(fa, dtype=np.float64) < fb - rel * (1.0 + np.abs(fb))
+
+
+def has_direction(v) -> np.ndarray:
+    """Whether ``v`` (the last axis) is a usable direction of negative curvature: finite, not zero."""
+    v = np.asarray(v)
+    return np.any(v != 0, axis=-1) & np.all(np.isfinite(v), axis=-1)
+
+
 def _below(a: OptResult, b: OptResult, rel: float = 1e-10) -> bool:
-    """``a``'s criterion is below ``b``'s by more than its rounding level (``rel`` relative)."""
-    return float(a.fun) < float(b.fun) - rel * (1.0 + abs(float(b.fun)))
+    """``a``'s criterion is below ``b``'s by more than its rounding level (:func:`is_below`)."""
+    return bool(is_below(float(a.fun), float(b.fun), rel))
 
 
 @dataclasses.dataclass
@@ -137,7 +149,7 @@ class _Run:
     def direction(self, opt: OptResult):
         """The direction of negative curvature at ``opt`` on the scale phi, or None."""
         v = np.asarray(opt.descent) * self.w
-        return v if np.any(v) and np.all(np.isfinite(v)) else None
+        return v if has_direction(v) else None
 
 
 def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", scale=None,

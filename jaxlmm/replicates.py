@@ -39,7 +39,7 @@ from jax.tree_util import register_dataclass
 from ._config import ensure_x64
 from .control import Control
 from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
-from .fitting import first_order, minimize_theta, moved_start, second_is_better
+from .fitting import first_order, has_direction, is_below, minimize_theta, moved_start, second_is_better
 from .memory import available_memory_bytes, bootstrap_bytes, check_fits, replicate_bytes
 from .objective import sigma_hat, solve
 from .theta import relative_factors, theta_lower_bounds
@@ -239,16 +239,20 @@ class _Batches:
     size: int
     control: Control = Control()
 
+    def batch(self, parts: Response, starts, max_iter: int, method: str = "newton") -> Refit:
+        """One :func:`refit_batch` call with the target's data and the settings of ``control``."""
+        data = self.target.data
+        return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
+                           jnp.asarray(self.control.convergence_tol), self.control.newton_hessian(data.q_rest).value,
+                           sequential(data, self.control))
+
     def __call__(self, parts: Response, starts: np.ndarray, max_iter: int, method: str = "newton") -> Refit:
         m = len(starts)
         out = []
         for lo in range(0, m, self.size):
             idx = np.minimum(np.arange(lo, lo + self.size), m - 1)
-            r = refit_batch(_take(parts, idx), jnp.asarray(starts[idx]), self.target.data, self.target.lower,
-                            self.reml, jnp.asarray(max_iter), method, jnp.asarray(self.control.convergence_tol),
-                            self.control.newton_hessian(self.target.data.q_rest).value,
-                            sequential(self.target.data, self.control))
-            out.append(Refit(*(np.asarray(a)[: min(self.size, m - lo)] for a in r)))
+            r = self.batch(_take(parts, idx), jnp.asarray(starts[idx]), max_iter, method)
+            out.append(_take(r, slice(0, min(self.size, m - lo))))
         return Refit(*(np.concatenate(a) for a in zip(*out)))
 
 
@@ -267,13 +271,6 @@ def _merge(cur: Refit, new: Refit, where, take) -> Refit:
     return Refit(*out)
 
 
-
-
-def _direction(r: Refit) -> np.ndarray:
-    v = r.descent
-    return np.any(v != 0, axis=1) & np.all(np.isfinite(v), axis=1)
-
-
 def _finish(w: _Waiting, run: _Batches, control: Control, lower: np.ndarray) -> Refit:
     """The later passes, batched, with the rules of :func:`jaxlmm.fitting.fit_theta`.
 
@@ -287,31 +284,26 @@ def _finish(w: _Waiting, run: _Batches, control: Control, lower: np.ndarray) -> 
     cur = run(w.parts, w.start, control.max_iter)
     active = np.ones(len(w.start), dtype=bool)
     for _ in range(control.max_restarts):
-        todo = np.flatnonzero(active & ~cur.converged.astype(bool) & _direction(cur))
+        todo = np.flatnonzero(active & ~cur.converged.astype(bool) & has_direction(cur.descent))
         if not len(todo):
             break
         again = run(_take(w.parts, todo), moved_start(cur.theta[todo], cur.descent[todo], control.restart_step, lower),
                     control.max_iter)
-        was = Refit(*(np.asarray(a)[todo] for a in cur))
-        below = again.objective < was.objective - 1e-10 * (1.0 + np.abs(was.objective))
-        active[todo[~below & ~again.converged.astype(bool)]] = False
+        was = _take(cur, todo)
+        active[todo[~is_below(again.objective, was.objective) & ~again.converged.astype(bool)]] = False
         cur = _merge(cur, again, todo, _better(was, again))
     todo = np.flatnonzero(~cur.converged.astype(bool))
     if len(todo):
         lb = run(_take(w.parts, todo), cur.theta[todo], control.max_iter * 5, "lbfgs")
         ok = np.all(np.isfinite(lb.theta), axis=1)
-        todo, lb = todo[ok], _rows(lb, ok)
+        todo, lb = todo[ok], _take(lb, ok)
         if len(todo):
             again = run(_take(w.parts, todo), lb.theta, control.max_iter)
             lb = lb._replace(converged=np.zeros(len(todo), dtype=bool))  # L-BFGS has no curvature check
             step = _merge(again, lb, np.arange(len(todo)), _better(again, lb))
-            was = _rows(cur, todo)
+            was = _take(cur, todo)
             cur = _merge(cur, step, todo, _better(was, step))
     return _probe_flat(cur, w, run, control, lower)
-
-
-def _rows(r: Refit, idx) -> Refit:
-    return Refit(*(np.asarray(a)[idx] for a in r))
 
 
 def _select(mask, a: Refit, b: Refit) -> Refit:
@@ -328,10 +320,10 @@ def _probe_flat(cur: Refit, w: _Waiting, run: _Batches, control: Control, lower:
     todo = np.flatnonzero(~cur.converged.astype(bool) & first_order(cur.objective, cur.grad, control.convergence_tol))
     if not len(todo):
         return cur
-    was = _rows(cur, todo)
+    was = _take(cur, todo)
     probe = run(_take(w.parts, todo), was.theta, control.max_iter)
     n_iter = np.array(probe.n_iter)
-    has = np.flatnonzero(_direction(was))
+    has = np.flatnonzero(has_direction(was.descent))
     if len(has):
         moved = run(_take(w.parts, todo[has]), moved_start(was.theta[has], was.descent[has], control.restart_step, lower),
                     control.max_iter)
@@ -342,7 +334,7 @@ def _probe_flat(cur: Refit, w: _Waiting, run: _Batches, control: Control, lower:
         for a, b in zip(full, moved):
             a[has] = b
         probe = _select(lower_moved, probe, full)
-    flat = ~(probe.objective < was.objective - 1e-9 * (1.0 + np.abs(was.objective)))
+    flat = ~is_below(probe.objective, was.objective, 1e-9)
     chosen = _select(flat, probe, was._replace(converged=np.ones(len(todo), dtype=bool)))
     return _merge(cur, chosen._replace(n_iter=n_iter), todo, np.ones(len(todo), dtype=bool))
 
@@ -468,10 +460,7 @@ def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list)
     res, unfinished = [], 0
     for tg, pt, wait in zip(job.targets, parts, waiting):
         starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
-        r = refit_batch(pt, starts, tg.data, tg.lower, job.reml, jnp.asarray(cap), "newton",
-                        jnp.asarray(job.control.convergence_tol), job.control.newton_hessian(tg.data.q_rest).value,
-                        sequential(tg.data, job.control))
-        r = _rows(r, slice(0, keep))
+        r = _take(_Batches(tg, job.reml, chunk, job.control).batch(pt, starts, cap), slice(0, keep))
         idx, start = _first_pass_restarts(r, cap, job.control.escape)
         wait.append(_Waiting(idx + offset, start[idx], _take(pt, idx)))
         unfinished = max(unfinished, len(idx))
@@ -492,7 +481,7 @@ def _finish_all(res: Refit, waiting: list, run: _Batches, control: Control) -> R
     done = _finish(w, run, control, np.asarray(run.target.lower))
     out = Refit(*(np.array(a) for a in res))
     for i, row in enumerate(w.index):  # in order: a replicate may wait twice, the better optimum stays
-        again = _rows(done, i)
+        again = _take(done, i)
         if again.objective <= out.objective[row]:
             n_iter = out.n_iter[row] + again.n_iter
             for a, b in zip(out, again):
