@@ -46,7 +46,6 @@ class LmmFit:
 
     design: Design
     products: CrossProducts
-    lower: np.ndarray  # theta's lower bounds
     control: Control
     data_name: str | None
     reml: bool
@@ -100,6 +99,11 @@ class LmmFit:
     @property
     def terms(self):
         return self.design.terms
+
+    @property
+    def lower(self) -> np.ndarray:
+        """theta's lower bounds: 0 on the diagonal of each relative factor, -inf below it."""
+        return theta_lower_bounds(self.products.term_dims)
 
     def criterion(self, theta, reml: bool | None = None) -> float:
         """The profiled criterion (lme4's ``devfun``) at ``theta``: the REML criterion or ML deviance,
@@ -381,7 +385,6 @@ def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool
              control: Control, data_name: str | None = None) -> LmmFit:
     """Build the frozen result from the optimizer's output (lme4's mkMerMod)."""
     data = products
-    lower = theta_lower_bounds(products.term_dims)
     theta = np.asarray(opt.theta, dtype=np.float64)
     sol = _solve_jit(jnp.asarray(theta), data)
     n, p = design.n, design.p
@@ -400,11 +403,10 @@ def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool
             u = u_rest[lo : lo + t.nlevels * t.k].reshape(t.nlevels, t.k)
             lo += t.nlevels * t.k
         b.append(u @ T.T)
-    singular = is_singular(theta, design.terms, lower)
+    singular = is_singular(theta, design.terms, theta_lower_bounds(products.term_dims))
     return LmmFit(
         design=design,
         products=products,
-        lower=lower,
         control=control,
         data_name=data_name,
         reml=reml,
