@@ -22,6 +22,7 @@ import numbers
 from dataclasses import dataclass
 
 from .errors import JaxLMMError
+from .validate import check_bool, check_positive_int
 
 
 class Hessian(str, enum.Enum):
@@ -87,10 +88,9 @@ class Control:
     cpu_map_from: int = 256
 
     def __post_init__(self):
-        for name in ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "cpu_chunk", "cpu_map_from"):
-            _positive_int(self, name)
-        if self.chunk_entries is not None:
-            _positive_int(self, "chunk_entries")
+        positive = ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "cpu_chunk", "cpu_map_from")
+        for name in positive + (("chunk_entries",) if self.chunk_entries is not None else ()):
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), f"Control: {name}"))
         if not _number(self.chunk_share) or not 0 < self.chunk_share <= 1:
             raise JaxLMMError(f"Control: chunk_share must be a number in (0, 1], not {self.chunk_share!r}.")
         _count(self, "max_restarts")
@@ -98,8 +98,7 @@ class Control:
             _positive_number(self, name)
         if not _number(self.pending_share) or not 0 <= self.pending_share <= 1:
             raise JaxLMMError(f"Control: pending_share must be a number in [0, 1], not {self.pending_share!r}.")
-        if not isinstance(self.boundary_restart, bool):
-            raise JaxLMMError(f"Control: boundary_restart must be True or False, not {self.boundary_restart!r}.")
+        object.__setattr__(self, "boundary_restart", check_bool(self.boundary_restart, "Control: boundary_restart"))
         try:
             object.__setattr__(self, "hessian", Hessian(self.hessian))
         except ValueError:
@@ -126,13 +125,6 @@ class Control:
 
 def _number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _positive_int(c: Control, name: str) -> None:
-    v = getattr(c, name)
-    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-        raise JaxLMMError(f"Control: {name} must be a positive integer, not {v!r}.")
-    object.__setattr__(c, name, int(v))
 
 
 def _count(c: Control, name: str) -> None:

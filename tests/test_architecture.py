@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxlmm"
 
 # lowest first; within a layer a module may import another of the same layer (the graph stays acyclic)
 LAYERS = {
-    "support": ["errors", "_config", "control", "distributions", "linalg"],
-    "data": ["terms", "formula", "validate", "design"],
+    "support": ["errors", "_config", "distributions", "linalg"],
+    "data": ["terms", "formula", "validate", "control", "design"],
     "parameters": ["theta", "varcorr"],
     "cross-products": ["memory", "crossprod"],
     "criteria": ["objective", "likelihood"],
