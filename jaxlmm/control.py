@@ -30,7 +30,7 @@ class Hessian(str, enum.Enum):
 
     AUTO = "auto"  # the fit's choice: exact below ``Control.bfgs_from`` further random effects, BFGS from there
     EXACT = "exact"  # autodiff's exact Hessian at every iteration
-    BFGS = "bfgs"  # forward differences of exact gradients first, then BFGS updates; exact to confirm a stop on the bound
+    BFGS = "bfgs"  # exact at the start, then BFGS updates from exact gradients; exact to confirm a stop on the bound
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ projected gradient, relative to the criterion's size: the iteration aims at
 max|g| < ``gtol`` (1 + |f|) and stops early only when no further decrease is
 possible; the fit is reported converged when max|g| < ``conv_tol`` (1 + |f|).
 The Hessian policy is a :class:`Hessian`: ``EXACT`` at every iteration, or
-``BFGS`` (forward differences first, then BFGS updates from exact gradients,
-with the exact Hessian to confirm a stop on the bound); each pass of the loop
-records how it got its Hessian as a :class:`Mode`. The loop carries a
+``BFGS`` (exact at the start, then BFGS updates from exact gradients, exact
+again to confirm a stop on the bound); each pass of the loop records how it
+got its Hessian as a :class:`Mode`. The criterion, its gradient and its
+Hessian each appear once in the compiled loop: compilation time grows with
+the number of copies of the criterion's derivatives in a program. The loop carries a
 :class:`NewtonState`; one pass is ``_newton_pass`` (``_evaluate``, the
 stopping tests, ``_direction`` and ``_line_search``).
 
@@ -182,9 +184,8 @@ between them, :meth:`jaxlmm.control.Control.newton_hessian`)."""
 class Mode(enum.IntEnum):
     """How one pass of :func:`newton` gets its Hessian; the value is the pass's branch in ``lax.switch``."""
 
-    START = 0  # forward differences of exact gradients (the first pass of hessian="bfgs")
-    QUASI = 1  # the BFGS update of the previous pass's Hessian
-    EXACT = 2  # grad_and_hessian
+    QUASI = 0  # the BFGS update of the previous pass's Hessian
+    EXACT = 1  # grad_and_hessian
 
 
 class NewtonState(NamedTuple):
@@ -237,15 +238,6 @@ def _flip(p: _Problem, theta, g, H):
     return (theta, g, H) if p.column is None else column_flip(theta, g, H, p.lower, p.column)
 
 
-def _start_hessian(p: _Problem, x):
-    """(f, g, H) at x, H by forward differences of the exact gradient, symmetrized."""
-    f, g = p.vg(x)
-    h = 1e-6 * (1.0 + jnp.abs(x))  # forward steps: feasible from a point on the lower bound
-    rows = lax.map(lambda i: p.vg(x + h[i] * (jnp.arange(x.shape[0]) == i))[1], jnp.arange(x.shape[0]))
-    H = (rows - g) / h[:, None]
-    return f, g, (H + H.T) / 2
-
-
 def _quasi_hessian(p: _Problem, x, theta_prev, g_prev, H_prev):
     """(f, g, H) at x, H the BFGS update of |H_prev| (eigenvalues made positive) for the step from theta_prev."""
     f, g = p.vg(x)
@@ -257,11 +249,7 @@ def _evaluate(p: _Problem, s: NewtonState):
     """(f, g, H) at s.point, H made as s.mode says (always exact for hessian="exact")."""
     if p.hessian is Hessian.EXACT:
         return p.fgh(s.point)
-    branches = {
-        Mode.START: lambda x: _start_hessian(p, x),
-        Mode.QUASI: lambda x: _quasi_hessian(p, x, s.theta, s.g, s.H),
-        Mode.EXACT: p.fgh,
-    }
+    branches = {Mode.QUASI: lambda x: _quasi_hessian(p, x, s.theta, s.g, s.H), Mode.EXACT: p.fgh}
     return lax.switch(s.mode, [branches[m] for m in sorted(Mode)], s.point)
 
 
@@ -324,12 +312,13 @@ def _newton_pass(p: _Problem, s: NewtonState) -> NewtonState:
     exact = s.mode == int(Mode.EXACT)
     x, g, H = _flip(p, s.point, g, H)
     small, stalled = _stop_tests(p, s, x, f, g, H, exact)
-    # a pass without the exact Hessian that would stop at the bound: confirm at the same
-    # point with it (only there can the stopping point be a saddle, boundary_saddle)
-    confirm = ~exact & (small | stalled) & (s.n_iter < p.max_iter) & jnp.any(x <= p.lower)
-    stop = (small | stalled | (s.n_iter >= p.max_iter)) & ~confirm
+    stop = small | stalled | (s.n_iter >= p.max_iter)
     d, gf, saddle = _direction(p, x, f, g, H)
     accept, x_next = _line_search(p, x, f, gf, d, saddle)
+    # a pass without the exact Hessian that would end the loop at the bound (converged, stalled,
+    # out of iterations or without a step): the next pass confirms at the same point with it
+    # (only there can the stopping point be a saddle, boundary_saddle; the final check needs it)
+    confirm = ~exact & (stop | ~accept) & jnp.any(x <= p.lower)
     moved = accept & ~stop & ~confirm
     x_next = jnp.where(moved, x_next, x)
     if p.hessian is Hessian.EXACT:
@@ -340,25 +329,13 @@ def _newton_pass(p: _Problem, s: NewtonState) -> NewtonState:
 
 
 def _initial_state(p: _Problem, theta0) -> NewtonState:
-    """The loop's start: evaluate at theta0 first (exact Hessian, or forward differences for hessian="bfgs")."""
+    """The loop's start: the first pass evaluates at theta0 with the exact Hessian (either policy)."""
     n = theta0.shape[0]
-    mode0 = int(Mode.EXACT) if p.hessian is Hessian.EXACT else int(Mode.START)
+    mode0 = int(Mode.EXACT)
     return NewtonState(
         theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False),
         jnp.asarray(mode0), jnp.asarray(mode0),
     )
-
-
-def _exact_on_bound(p: _Problem, s: NewtonState):
-    """(theta, f, g, H) of the final state, with H exact (re-evaluated) at a point on the bound that lacks it."""
-
-    def exact_at(x):
-        fx, gx, Hx = p.fgh(x)
-        x, gx, Hx = _flip(p, x, gx, Hx)
-        return x, fx, gx, Hx
-
-    keep = (s.last_mode == int(Mode.EXACT)) | ~jnp.any(s.theta <= p.lower)
-    return lax.cond(keep, lambda x: (x, s.f, s.g, s.H), exact_at, s.theta)
 
 
 def _newton_result(p: _Problem, theta, f, g, H, n_iter, conv_tol: float) -> OptResult:
@@ -390,12 +367,13 @@ def newton(
     per iteration (:func:`grad_and_hessian`), plus the values of the line
     search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
     gradients: large Schur complements), every iteration evaluates value and
-    exact gradient only: the first Hessian is made by forward differences of
-    the gradient (n_theta more gradients), later ones by BFGS updates
-    (:func:`bfgs_update`, from the previous Hessian made positive definite).
-    A point on the bound that passes the convergence test there is confirmed
-    with the exact Hessian (the boundary saddle test below needs true
-    curvature), from which the iteration goes on if it is not the minimum.
+    exact gradient only: the first Hessian is exact, later ones are BFGS
+    updates (:func:`bfgs_update`, from the previous Hessian made positive
+    definite). A pass at a point on the bound that would end the loop there
+    (converged, stalled, out of iterations or without a step) is repeated
+    with the exact Hessian (the boundary saddle test and the final check need
+    true curvature), from which the iteration goes on if it is not the
+    minimum.
     Not meant for ``vmap`` (its branches would all run). ``hessian`` is a
     :class:`Hessian` or its value.
 
@@ -412,15 +390,7 @@ def newton(
     # The loop evaluates value, gradient and Hessian once per pass, at the point
     # the previous pass accepted (so they appear once in the compiled program).
     s = lax.while_loop(lambda s: ~s.done, lambda s: _newton_pass(p, s), _initial_state(p, theta0))
-    theta, f, g, H = s.theta, s.f, s.g, s.H
-    if hessian is Hessian.BFGS:
-        # The check at the end needs the true curvature at a point on the bound (where the
-        # criterion's symmetry makes the gradient vanish whatever the curvature): one exact
-        # Hessian, unless the last pass had it (the confirming pass). An interior point that a
-        # descent method reached with a small gradient keeps the BFGS matrix: measured on
-        # InstEval, an exact Hessian there costs a quarter of the fit (5.3 s against 4.3 s).
-        theta, f, g, H = _exact_on_bound(p, s)
-    return _newton_result(p, theta, f, g, H, s.n_iter, conv_tol)
+    return _newton_result(p, s.theta, s.f, s.g, s.H, s.n_iter, conv_tol)
 
 
 class LbfgsState(NamedTuple):
