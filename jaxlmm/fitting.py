@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._config import lean_jit
 from .control import Control
 from .crossprod import CrossProducts
 from .objective import deviance
@@ -65,9 +66,9 @@ def minimize_theta(
     return opt._replace(theta=opt.theta / w, grad=opt.grad * w, descent=opt.descent / w)
 
 
-optimize_theta = jax.jit(minimize_theta, static_argnames=("method", "max_iter", "hessian"))
+optimize_theta = lean_jit(minimize_theta, static_argnames=("method", "max_iter", "hessian"))
 
-deviance_jit = jax.jit(deviance)
+deviance_jit = lean_jit(deviance)
 
 
 def second_is_better(fa, fb, ca, cb) -> np.ndarray:

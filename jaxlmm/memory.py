@@ -25,7 +25,9 @@ about ``PAIR_BUILD_BYTES`` of index work per pair) and copies them to the
 device; the rows are summed in chunks (:func:`chunk_bytes`). The peak is the
 design's rows, the arguments, and the larger of the build's transients and
 the fit's temporaries, plus ``RUNTIME_BYTES`` for XLA's compilation of the
-fit (measured at 300 to 490 MiB on the CPU). On an accelerator the device
+fit (measured at 300 to 490 MiB on the CPU with XLA's default options;
+``LEAN_RUNTIME_BYTES`` with the lean ones, :func:`jaxlmm._config.lean_jit`,
+measured at 80 to 110 MiB). On an accelerator the device
 holds the arguments and the temporaries only, and XLA fuses the pairs' terms
 there: ``GPU_TEMP_COPIES`` s x s arrays and the Cholesky's trailing
 matrices (an H200's ``peak_bytes_in_use`` equals XLA's arguments plus
@@ -48,6 +50,7 @@ import resource
 import jax
 import numpy as np
 
+from ._config import lean_compiles
 from .control import Control
 from .errors import JaxLMMError
 from .linalg import BLOCK
@@ -60,6 +63,7 @@ PAIR_TEMP = 24  # bytes of temporaries per pair in the compiled fit (besides its
 PAIR_BUILD_BYTES = 40  # host index work per pair while building them
 ROW_OVERHEAD = 64  # bytes per row of the design beyond its columns (codes, masks, frame copies)
 RUNTIME_BYTES = 512 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers (measured 300-490 MiB)
+LEAN_RUNTIME_BYTES = 160 * 2**20  # the same with the lean CPU options of jaxlmm._config.lean_jit (80-110 MiB)
 GPU_TEMP_COPIES = 8.5  # s x s float64 temporaries of the fit compiled for a GPU (pairs' terms fused)
 GPU_BATCH_FACTOR = 1.4  # a vmapped refit's temporaries per replicate on a GPU, relative to a fit's (measured 1.06-1.3)
 
@@ -71,7 +75,12 @@ def platform() -> str:
 
 def _runtime() -> int:
     """Compilation and runtime bytes counted against the memory checked: host memory, so on the CPU only."""
-    return RUNTIME_BYTES if platform() == "cpu" else 0
+    return _compile_bytes() if platform() == "cpu" else 0
+
+
+def _compile_bytes() -> int:
+    """Host bytes of XLA's compilation of a fit and the CPU runtime's buffers, by the compile options."""
+    return LEAN_RUNTIME_BYTES if lean_compiles() else RUNTIME_BYTES
 
 
 def pair_count(e_j1: np.ndarray, e_col: np.ndarray | None = None) -> int:
@@ -128,14 +137,14 @@ def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str 
     """Estimated peak bytes a fit adds, besides its rows and chunks (see the module docstring).
 
     On the CPU: arguments, the larger of the build's transients and the
-    temporaries, and ``RUNTIME_BYTES``; on an accelerator, its memory only:
+    temporaries, and the compilation's allowance (:func:`_compile_bytes`); on an accelerator, its memory only:
     arguments and temporaries.
     """
     on = platform() if on is None else on
     parts = fit_parts(term_dims, p, n_entries, n_pairs, on, pair_chunk)
     if on != "cpu":
         return int(parts["arguments"] + parts["temporaries"])
-    return int(parts["arguments"] + max(parts["build"], parts["temporaries"]) + RUNTIME_BYTES)
+    return int(parts["arguments"] + max(parts["build"], parts["temporaries"]) + _compile_bytes())
 
 
 def rows_bytes(n: int, columns: int) -> int:

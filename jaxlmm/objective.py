@@ -210,8 +210,11 @@ def deviance(theta, data: CrossProducts, reml=True):
 
 
 def sigma_hat(r2, n, p: int, reml: bool):
-    """The residual SD at theta: sqrt(r^2 / (n - p)) for REML, sqrt(r^2 / n) for ML (JSS 2015, eqs. 32, 39)."""
-    return jnp.sqrt(r2 / (n - p if reml else n))
+    """The residual SD at theta: sqrt(r^2 / (n - p)) for REML, sqrt(r^2 / n) for ML (JSS 2015, eqs. 32, 39).
+
+    In numpy for host numbers (no program to compile), in JAX for traced ones."""
+    v = r2 / (n - p if reml else n)
+    return jnp.sqrt(v) if isinstance(v, jax.Array) else np.sqrt(v)
 
 
 class Solution(NamedTuple):

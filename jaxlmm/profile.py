@@ -44,13 +44,12 @@ computed gets NaN limits and a warning naming it, and the others keep theirs.
 from __future__ import annotations
 
 import enum
-from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._config import lean_jit
 from .distributions import two_sided_z
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .likelihood import deviance_ml
@@ -94,7 +93,7 @@ def _norm(x):
     return jnp.sqrt(jnp.where(sq > 0, sq, 1.0)) * (sq > 0)
 
 
-@partial(jax.jit, static_argnames=("column",))
+@lean_jit(static_argnames=("column",))
 def _constrained_min_theta(v0, lower, data, column: tuple, j, vj, row, A, B):
     """As :func:`_constrained_min` over v = (theta, sigma, beta), the engine's parameters.
 
@@ -133,7 +132,7 @@ def _constrained_min_theta(v0, lower, data, column: tuple, j, vj, row, A, B):
     return res.fun, fix(res.theta, j, vj)
 
 
-@partial(jax.jit, static_argnames=("kinds",))
+@lean_jit(static_argnames=("kinds",))
 def _deviance_at(w, data, kinds: tuple):
     """The ML deviance at w (no minimization)."""
     theta, sigma, beta = _unpack(w, np.array(kinds, dtype=np.int64), data.term_dims)

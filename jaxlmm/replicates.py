@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import register_dataclass
 
-from ._config import ensure_x64
+from ._config import ensure_x64, lean_jit
 from .control import Control
 from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
 from .fitting import first_order, has_direction, is_below, minimize_theta, moved_start, second_is_better
@@ -158,7 +158,7 @@ def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=Control.max_i
     return _as_refit(opt, solve(opt.theta, data), data, reml)
 
 
-@jax.jit
+@lean_jit(quick=False)
 def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> tuple:
     """Simulate one response per key from ``params`` and return, for each of ``rows``, its batched
     response cross-products (:class:`~jaxlmm.crossprod.Response`): all the refits need of it."""
@@ -166,7 +166,7 @@ def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> t
     return tuple(response_products(r, ys) for r in rows)
 
 
-@partial(jax.jit, static_argnames=("reml", "method", "hessian", "sequential"))
+@lean_jit(quick=False, static_argnames=("reml", "method", "hessian", "sequential"))
 def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool, max_iter, method: str = "newton",
                 conv_tol=Control.convergence_tol, hessian: str = "exact", sequential: bool = False):
     """:func:`refit` of a batch of responses (their cross-products ``parts``), each from its own start.

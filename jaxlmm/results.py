@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._config import uses_float64
+from ._config import lean_jit, uses_float64
 from .control import Control
 from .crossprod import CrossProducts
 from .design import Design
@@ -26,12 +25,12 @@ from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, warn
 from .fitting import METHODS, deviance_jit, minimize
 from .objective import conditional_variances, sigma_hat, solve
 from .optimize import OptResult
-from .theta import is_singular, relative_factors, theta_lower_bounds, theta_scales, theta_start
+from .theta import factors_batch, is_singular, theta_lower_bounds, theta_scales, theta_start
 from .validate import as_theta, check_bool, check_max_iter
 from .varcorr import sdcor_estimates, varcorr_table
 
-_solve_jit = jax.jit(solve)
-_condvar_jit = jax.jit(conditional_variances)
+_solve_jit = lean_jit(solve)
+_condvar_jit = lean_jit(conditional_variances)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,7 +136,7 @@ class LmmFit:
     def ranef(self) -> pd.DataFrame:
         """Conditional modes and conditional SDs: columns group, term, level, value, cond_sd."""
         data = self.products
-        Ts = [np.asarray(T) for T in relative_factors(jnp.asarray(self.theta), data.term_dims)]
+        Ts = [T[0] for T in factors_batch(self.theta, data.term_dims)]
         blocks = [np.asarray(B) for B in _condvar_jit(jnp.asarray(self.theta), data)]
         frames = []
         for t, T, bm, P in zip(self.terms, Ts, self.b, blocks):
@@ -253,11 +252,18 @@ class LmmFit:
         return shares(self, "r2", conf_int=conf_int, conf_level=conf_level, n=n, seed=seed, boot=boot)
 
     # ---- text -----------------------------------------------------------
-    def summary(self, correlation: bool | None = None) -> str:
-        """lmerTest's summary as text; ``correlation``: show the fixed effects' correlations (default p <= 12)."""
+    def summary(self, correlation: bool | None = None, ddf: str | None = None) -> str:
+        """lme4's summary as text, with lmerTest's df and p-values.
+
+        ``correlation``: show the fixed effects' correlations (default p <= 12).
+        ``ddf``: ``"satterthwaite"``, ``"residual"``, ``"wald"`` or ``"none"`` (lme4's table: no df,
+        no p-values); by default Satterthwaite's, except for models whose fit used BFGS Hessians
+        (a large dense Schur complement), where their program takes seconds to compile:
+        ``"none"`` there (:func:`jaxlmm.summary.default_ddf`).
+        """
         from .summary import format_summary
 
-        return format_summary(self, correlation=correlation)
+        return format_summary(self, correlation=correlation, ddf=ddf)
 
     def __str__(self) -> str:
         return self.summary()
@@ -393,7 +399,7 @@ def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool
     RXinv = np.linalg.solve(RX, np.eye(p)) if p else np.zeros((0, 0))
     vcov = sigma**2 * (RXinv.T @ RXinv)
     names = list(design.fixed_names)
-    Ts = [np.asarray(T) for T in relative_factors(jnp.asarray(theta), data.term_dims)]
+    Ts = [T[0] for T in factors_batch(theta, data.term_dims)]
     b, lo = [], 0
     u_rest = np.asarray(sol.u_rest)
     for i, (t, T) in enumerate(zip(design.terms, Ts)):

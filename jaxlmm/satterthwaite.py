@@ -23,7 +23,6 @@ E = sum nu_m/(nu_m - 2), ddf = 2E/(E - q) (2 if some nu_m <= 2).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._config import lean_jit
 from .distributions import f_sf, t_sf2
 from .errors import JaxLMMError
 from .likelihood import deviance_varpar, vcov_beta_varpar
@@ -46,7 +46,7 @@ class VarparDerivatives(NamedTuple):
     A: np.ndarray
 
 
-@partial(jax.jit, static_argnames="reml")
+@lean_jit(static_argnames="reml")
 def _derivatives(varpar, data, reml):
     H = jax.hessian(deviance_varpar)(varpar, data, reml)
     J = jax.jacfwd(vcov_beta_varpar)(varpar, data)

@@ -17,7 +17,7 @@ import functools
 import jax
 import numpy as np
 
-from ._config import uses_float64
+from ._config import lean_jit, uses_float64
 from .memory import check_fits, simulate_bytes
 from .replicates import fit_params, rows_of
 from .replicates import simulate as simulate_one
@@ -39,7 +39,7 @@ class Simulated(np.ndarray):
 def _draw():
     """``simulate_one`` vmapped over keys and compiled, made once: a second call with the same
     shapes reuses the compiled program (a new ``jax.jit`` per call would trace and compile again)."""
-    return jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
+    return lean_jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
 
 
 def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
