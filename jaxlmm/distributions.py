@@ -1,7 +1,10 @@
 """Tail probabilities and quantiles of the t, F, chi-square and normal laws.
 
-Through JAX's regularized incomplete beta and gamma functions (Abramowitz
-& Stegun 26.5.27, 26.6.2, 26.4.19), so that jaxlmm needs no scipy:
+Through the regularized incomplete beta and gamma functions (Abramowitz &
+Stegun 26.5.27, 26.6.2, 26.4.19) of scipy (a dependency of JAX), computed
+on the host: these are a few numbers per table, and a JAX function would
+compile a program for each new shape of its arguments (a first summary
+spent a quarter of a second compiling them):
 
     P(|T_nu| > t)  = I_{nu/(nu+t^2)}(nu/2, 1/2)
     P(F_{d1,d2} > f) = I_{d2/(d2+d1 f)}(d2/2, d1/2)
@@ -13,7 +16,7 @@ Quantiles of F are found by bisection on the tail probability.
 from __future__ import annotations
 
 import numpy as np
-from jax.scipy.special import betainc, gammaincc, ndtr, ndtri
+from scipy.special import betainc, gammaincc, ndtr, ndtri
 
 
 def norm_sf2(z):
