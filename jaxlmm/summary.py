@@ -39,24 +39,56 @@ def _random_effects_block(fit) -> list[str]:
     return out
 
 
-def format_summary(fit, correlation: bool | None = None) -> str:
-    """The text lmerTest's ``summary(lmer(...))`` prints, for a jaxlmm fit.
+SUMMARY_DDF = ("satterthwaite", "residual", "wald", "none")
+"""The fixed-effects tables of a summary: a :meth:`~jaxlmm.results.LmmFit.coef_table` method, or
+``"none"``: lme4's (estimate, standard error, t value; no df, no p-value)."""
+
+_TESTS = {
+    "satterthwaite": "t-tests use Satterthwaite's method [lmerModLmerTest]",
+    "residual": "t-tests use the residual df (n - p)",
+    "wald": "Wald z-tests (the normal law)",
+    "none": "['lmerMod']",
+}
+
+
+def default_ddf(fit) -> str:
+    """The summary's df when none is asked for: Satterthwaite's (lmerTest's table) where the fit's
+    optimizer used exact Hessians (``fit.control.newton_hessian``), else ``"none"`` (lme4's table).
+
+    Satterthwaite's df need the Hessian of the criterion in (theta, sigma) and the Jacobian of
+    Var(beta-hat), whose program compiles in seconds for a large dense Schur complement (InstEval):
+    a printed summary is then immediate, and ``fit.summary(ddf="satterthwaite")`` or
+    ``fit.coef_table()`` computes them on request.
+    """
+    return "satterthwaite" if fit.control.newton_hessian(fit.products.q_rest).value == "exact" else "none"
+
+
+def format_summary(fit, correlation: bool | None = None, ddf: str | None = None) -> str:
+    """The text lme4's ``summary(lmer(...))`` prints, for a jaxlmm fit; with lmerTest's df and p-values.
 
     ``correlation``: print the correlation of the fixed effects (lme4's
-    default: when there are at most 12 of them).
+    default: when there are at most 12 of them). ``ddf``: the fixed-effects
+    table (:data:`SUMMARY_DDF`); by default :func:`default_ddf`.
     """
     if correlation is not None and not isinstance(correlation, (bool, np.bool_)):
         raise JaxLMMError(f"correlation must be True, False or None, not {correlation!r}.")
-    lines = _heading(fit) + [""] + _criterion(fit) + [""] + _scaled_residuals(fit) + [""]
+    if ddf is None:
+        ddf = default_ddf(fit)
+    if not isinstance(ddf, str) or ddf not in SUMMARY_DDF:
+        raise JaxLMMError(f"ddf must be one of {SUMMARY_DDF} (or None: the default), not {ddf!r}.")
+    lines = _heading(fit, ddf) + [""] + _criterion(fit) + [""] + _scaled_residuals(fit) + [""]
     lines += ["Random effects:"] + _random_effects_block(fit) + _counts(fit) + [""]
-    lines += ["Fixed effects:", _fixed_effects(fit)] + correlation_block(fit, correlation)
+    lines += ["Fixed effects:", _fixed_effects(fit, ddf)] + correlation_block(fit, correlation)
     notes = _notes(fit)
+    if ddf == "none":
+        notes.append("df and p-values (Satterthwaite's, as lmerTest): fit.summary(ddf=\"satterthwaite\")")
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def _heading(fit) -> list[str]:
+def _heading(fit, ddf: str) -> list[str]:
     kind = "REML" if fit.reml else "maximum likelihood"
-    lines = [f"Linear mixed model fit by {kind}. t-tests use Satterthwaite's method [lmerModLmerTest]"]
+    sep = " " if ddf == "none" else ". "
+    lines = [f"Linear mixed model fit by {kind}{sep}{_TESTS[ddf]}"]
     lines.append(f"Fitted by jaxlmm ({fit.method} optimizer)")
     lines.append(f"Formula: {fit.formula}")
     if fit.data_name:
@@ -97,9 +129,9 @@ def _counts(fit) -> list[str]:
     return lines
 
 
-def _fixed_effects(fit) -> str:
+def _fixed_effects(fit, ddf: str) -> str:
     number = lambda v: f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"  # noqa: E731
-    return fit_fixed_table(fit).to_string(float_format=number, formatters={"df": lambda v: f"{v:.2f}"})
+    return fit_fixed_table(fit, ddf).to_string(float_format=number, formatters={"df": lambda v: f"{v:.2f}"})
 
 
 def _notes(fit) -> list[str]:
@@ -114,9 +146,12 @@ def _notes(fit) -> list[str]:
     return notes
 
 
-def fit_fixed_table(fit) -> pd.DataFrame:
-    """Estimate, SE, Satterthwaite df, t value and p-value, with lmerTest's headers."""
-    return fit.coef_table(ddf="satterthwaite").rename(
+def fit_fixed_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """Estimate, SE, df, t value and p-value with lmerTest's headers; lme4's three columns for ``"none"``."""
+    if ddf == "none":
+        est, se = fit.fixef.to_numpy(), fit.se.to_numpy()
+        return pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se}, index=fit.fixef.index)
+    return fit.coef_table(ddf=ddf).rename(
         columns={"estimate": "Estimate", "se": "Std. Error", "df": "df", "t": "t value", "p": "Pr(>|t|)"}
     )
 
