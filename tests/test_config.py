@@ -189,3 +189,24 @@ def test_repeated_calls_with_the_same_shapes_compile_nothing():
     # the counter does see a trace: a new shape of simulate compiles
     fit.simulate(5, seed=3)
     assert events["/jax/core/compile/jaxpr_trace_duration"] >= 1
+
+
+def test_lean_jit_picks_its_options_by_size_and_computes_the_same(monkeypatch):
+    """On the CPU: level 0 for small arguments, level 1 for large or quick=False, XLA's defaults on
+    request; the three programs give the criterion of a fit to rounding (and lme4's at its optimum)."""
+    from jaxlmm._config import QUICK_ENTRIES, lean_jit
+    from jaxlmm.objective import deviance
+
+    fit = get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    f = lean_jit(deviance, static_argnames="reml")
+    theta = jnp.asarray(fit.theta)
+    assert f.pick(theta, fit.products, reml=True) is f._quick
+    assert f.pick(jnp.zeros(QUICK_ENTRIES + 1)) is f._lean
+    g = lean_jit(deviance, quick=False, static_argnames="reml")
+    assert g.pick(theta, fit.products, reml=True) is g._lean
+    values = [float(f(theta, fit.products, reml=True)), float(g(theta, fit.products, reml=True))]
+    monkeypatch.setenv("JAXLMM_XLA_OPTIONS", "default")
+    assert f.pick(theta, fit.products, reml=True) is f._default
+    values.append(float(f(theta, fit.products, reml=True)))
+    np.testing.assert_allclose(values, fit.objective, rtol=1e-13)
+    assert fit.objective == pytest.approx(1743.6282719585, rel=1e-10)  # lme4 1.1.31, REML
