@@ -62,30 +62,99 @@ def power_law_codes(
     return rng.permutation(np.repeat(perm, sizes))
 
 
+HEAVY_SHARE = 1 / 64
+"""A first-factor level holding more than this share of the second factor's levels draws its partners
+all at once (:func:`_heavy_partners`); the others draw and redraw repeats (:func:`distinct_partners`)."""
+
+
+def _level_rows(g1: np.ndarray):
+    """Rows grouped by level: (order, starts) with the rows of level j at order[starts[j]:starts[j + 1]]."""
+    order = np.argsort(g1, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(g1))])
+    return order, starts
+
+
+def _rows_of(order: np.ndarray, starts: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """The rows of the given first-factor levels, vectorized (no loop over levels)."""
+    lens = starts[levels + 1] - starts[levels]
+    offsets = np.repeat(starts[levels] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    return order[offsets + np.arange(int(lens.sum()))]
+
+
+def _heavy_partners(rng, g2, order, starts, levels, levels2: int, logp: np.ndarray, block: int = 2**24) -> None:
+    """Partners of the rows of heavy ``levels``, each level's drawn by the weights without repeats.
+
+    The Gumbel top-k trick (Vieira 2014; the law of successive weighted draws without
+    replacement, Efraimidis & Spirakis 2006): a level with m rows takes the m largest of
+    log p + Gumbel noise over all partners, a block of levels at a time.
+    """
+    per = max(1, block // levels2)
+    for lo in range(0, len(levels), per):
+        chunk = levels[lo : lo + per]
+        keys = logp - np.log(-np.log(rng.random((len(chunk), levels2))))
+        for level, row in zip(chunk, keys):
+            m = starts[level + 1] - starts[level]
+            g2[order[starts[level] : starts[level + 1]]] = np.argpartition(-row, m - 1)[:m]
+
+
 def distinct_partners(
     rng: np.random.Generator, g1: np.ndarray, levels2: int, weights: np.ndarray, rounds: int = 20
 ) -> np.ndarray:
     """For rows of first-factor levels ``g1``, second-factor codes with no (g1, g2) pair repeated.
 
-    Codes are drawn with probabilities proportional to ``weights``; rows that
-    repeat a pair are drawn again, ``rounds`` times by the weights and then
-    uniformly (a level holding most second-factor levels can otherwise wait
-    long for the rarest). Every level of g1 must hold at most ``levels2`` rows.
+    Codes follow ``weights``, without repeats within a level of g1. A level
+    holding more than :data:`HEAVY_SHARE` of the ``levels2`` codes draws its
+    codes at once (:func:`_heavy_partners`). The others draw with
+    probabilities proportional to ``weights``, and the rows that repeat a
+    pair are drawn again, ``rounds`` times by the weights and then uniformly;
+    each round looks only at the levels that had a repeat. Vectorized: the
+    MovieLens-25M shape (25 million rows) in seconds. Every level of g1 must
+    hold at most ``levels2`` rows.
     """
-    if np.bincount(g1).max(initial=0) > levels2:
+    sizes = np.bincount(g1)
+    if sizes.max(initial=0) > levels2:
         raise ValueError(f"a level holds more rows than there are {levels2} levels to pair with")
     p = np.asarray(weights, dtype=float) / np.sum(weights)
-    g2 = rng.choice(levels2, size=len(g1), p=p)
-    key = g1.astype(np.int64) * levels2
+    order, starts = _level_rows(g1)
+    heavy = sizes > HEAVY_SHARE * levels2
+    g2 = np.zeros(len(g1), dtype=np.int64)
+    _heavy_partners(rng, g2, order, starts, np.flatnonzero(heavy), levels2, np.log(p))
+    active = np.flatnonzero(~heavy[g1])
+    g2[active] = rng.choice(levels2, size=len(active), p=p)
     for r in range(10_000):
-        _, first = np.unique(key + g2, return_index=True)
-        again = np.ones(len(g1), dtype=bool)
+        _, first = np.unique(g1[active].astype(np.int64) * levels2 + g2[active], return_index=True)
+        again = np.ones(len(active), dtype=bool)
         again[first] = False
         if not again.any():
             return g2
-        k = int(again.sum())
-        g2[again] = rng.choice(levels2, size=k, p=p) if r < rounds else rng.integers(0, levels2, k)
+        redo = active[again]
+        g2[redo] = rng.choice(levels2, size=len(redo), p=p) if r < rounds else rng.integers(0, levels2, len(redo))
+        active = _rows_of(order, starts, np.unique(g1[redo]))
     raise RuntimeError("could not draw distinct pairs")  # pragma: no cover
+
+
+def fill_missing(rng: np.random.Generator, g2: np.ndarray, levels2: int) -> np.ndarray:
+    """Give each second-factor level that no row holds one row, taken from a level holding two or more.
+
+    The rows are drawn uniformly among those of levels with at least two rows (so mostly from
+    the largest), at most all but one of a level's rows; a (g1, g2) pair stays unique, since a
+    missing level gets a single row.
+    """
+    counts = np.bincount(g2, minlength=levels2)
+    missing = np.flatnonzero(counts == 0)
+    if len(missing) == 0:
+        return g2
+    donors = np.flatnonzero(counts[g2] >= 2)
+    if len(donors) < len(missing):
+        raise ValueError(f"{len(missing)} levels have no row and too few rows can be moved to them")
+    for _ in range(100):
+        rows = rng.choice(donors, size=len(missing), replace=False)
+        taken = np.bincount(g2[rows], minlength=levels2)
+        if np.all((taken < counts) | (counts == 0)):  # no level gives all its rows
+            g2 = g2.copy()
+            g2[rows] = missing
+            return g2
+    raise RuntimeError("could not fill the missing levels")  # pragma: no cover
 
 
 def crossed(
@@ -105,18 +174,13 @@ def crossed(
     power-law sizes are the probabilities with which each row picks its level,
     with no pair of levels repeated (a user rates a movie once,
     :func:`distinct_partners`), so its sizes follow the law approximately. A
-    level of the second factor that no row picked takes one row from the
-    largest level.
+    level of the second factor that no row picked takes one row from a level
+    holding several (:func:`fill_missing`).
     """
     rng = np.random.default_rng(seed)
     g1 = power_law_codes(rng, n, levels[0], alpha[0], *bounds[0])
     w2 = power_law_sizes(n, levels[1], alpha[1], *bounds[1])[rng.permutation(levels[1])]
-    g2 = distinct_partners(rng, g1, levels[1], w2)
-    missing = np.flatnonzero(np.bincount(g2, minlength=levels[1]) == 0)
-    for m in missing:  # a row of the largest level, whose first-factor level does not hold m yet
-        rows = np.flatnonzero(g2 == np.argmax(np.bincount(g2)))
-        rows = rows[~np.isin(g1[rows], g1[g2 == m])]
-        g2[rows[rng.integers(len(rows))]] = m
+    g2 = fill_missing(rng, distinct_partners(rng, g1, levels[1], w2), levels[1])
     b1 = rng.normal(0.0, sd[0], levels[0])
     b2 = rng.normal(0.0, sd[1], levels[1])
     y = 3.5 + b1[g1] + b2[g2] + rng.normal(0.0, sigma, n)

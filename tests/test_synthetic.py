@@ -49,3 +49,34 @@ def test_power_law_sizes_add_up_and_respect_bounds():
     assert sizes.max() == 2_000 and np.all(np.diff(sizes) <= 1)  # non-increasing, but for rounding
     with pytest.raises(ValueError, match="cannot hold"):
         synthetic.power_law_sizes(1_000, 100, 1.0, lo=20)
+
+
+def test_light_levels_redraw_repeats_and_heavy_levels_draw_without_repeats():
+    """Both paths of distinct_partners: levels above HEAVY_SHARE of the partners draw at once (Gumbel
+    top-k), the others redraw repeats; no pair repeats and the weights are followed."""
+    rng = np.random.default_rng(1)
+    levels2 = 640  # heavy: more than 10 rows
+    g1 = rng.permutation(np.r_[np.repeat(np.arange(300), 8), np.repeat(np.arange(300, 305), 600)])
+    w = np.r_[np.full(10, 100.0), np.ones(630)]  # 10 popular partners, which light levels repeat often
+    assert 8 <= synthetic.HEAVY_SHARE * levels2 < 600
+    g2 = synthetic.distinct_partners(rng, g1, levels2, w)
+    assert np.unique(g1 * levels2 + g2).size == len(g1) and g2.min() >= 0 and g2.max() < levels2
+    for level in range(300, 305):  # 600 of 640 by weight: every popular partner, each once
+        assert set(range(10)) <= set(g2[g1 == level])
+    # a light level's 8 rows are 8 successive draws by weight without repeats: the share of popular
+    # partners against numpy's own successive sampling (choice without replacement), 4,000 levels
+    ref = np.mean([rng.choice(levels2, 8, replace=False, p=w / w.sum()) < 10 for _ in range(4000)])
+    assert np.mean(g2[g1 < 300] < 10) == pytest.approx(ref, abs=0.04)  # 300 levels: SE about 0.012
+
+
+def test_fill_missing_moves_one_row_to_each_empty_level():
+    rng = np.random.default_rng(2)
+    g1 = np.arange(30)
+    g2 = np.r_[np.zeros(20, dtype=int), np.ones(10, dtype=int)]  # levels 2..5 of 6 empty
+    out = synthetic.fill_missing(rng, g2, 6)
+    counts = np.bincount(out, minlength=6)
+    assert np.all(counts >= 1) and counts[2:].tolist() == [1, 1, 1, 1]
+    assert np.sum(out != g2) == 4 and np.unique(g1 * 6 + out).size == 30
+    assert synthetic.fill_missing(rng, out, 6) is out  # nothing missing: unchanged
+    with pytest.raises(ValueError, match="too few rows"):
+        synthetic.fill_missing(rng, np.array([0, 1]), 5)
