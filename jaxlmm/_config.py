@@ -168,8 +168,8 @@ class LeanJit:
     def __init__(self, fun, quick: bool = True, **kw):
         functools.update_wrapper(self, fun)
         self._default = jax.jit(fun, **kw)
-        self._lean = jax.jit(fun, compiler_options=_LEAN, **kw)
-        self._quick = jax.jit(fun, compiler_options=_QUICK, **kw) if quick else self._lean
+        self._lean = _jit_with(fun, _LEAN, kw) or self._default
+        self._quick = (_jit_with(fun, _QUICK, kw) or self._default) if quick else self._lean
 
     def pick(self, *args, **kwargs):
         """The compiled function a call with these arguments runs."""
@@ -185,6 +185,14 @@ class LeanJit:
     def lower(self, *args, **kwargs):
         """``jax.jit``'s ``lower`` of the compiled function these arguments pick."""
         return self.pick(*args, **kwargs).lower(*args, **kwargs)
+
+
+def _jit_with(fun, options: dict, kw: dict):
+    """``jax.jit`` with these compiler options; None for an older JAX whose ``jit`` takes no ``compiler_options``."""
+    try:
+        return jax.jit(fun, compiler_options=options, **kw)
+    except TypeError:  # pragma: no cover (older JAX)
+        return None
 
 
 def lean_jit(fun=None, quick: bool = True, **kw):
