@@ -30,7 +30,13 @@ class Hessian(str, enum.Enum):
 
     AUTO = "auto"  # the fit's choice: exact below ``Control.bfgs_from`` further random effects, BFGS from there
     EXACT = "exact"  # autodiff's exact Hessian at every iteration
-    BFGS = "bfgs"  # exact at the start, then BFGS updates from exact gradients; exact to confirm a stop on the bound
+    BFGS = "bfgs"  # forward differences of exact gradients first, then BFGS updates; exact to confirm a stop on the bound
+
+
+DENSE_SHARE = {"cpu": 0.1, "gpu": 0.01}
+"""Default ``Control.dense_share`` by backend (others as ``"gpu"``): on the CPU where a level's pairs
+were measured to cost more than its dense row (MovieLens-1M shape); on a GPU, where matrix products
+run near peak and scatters do not, the lead of the arithmetic (not yet measured)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class Control:
 
     - ``chunk_rows``: rows summed per compiled call (the last chunk is padded).
     - ``pair_chunk``: Schur-complement pairs built per host step (bounds their temporaries).
+    - ``dense_share``: a level of the first term with entries in more than this share of the
+      further terms' columns enters the Schur update as a dense row of one matrix product
+      instead of its pairs of entries (:func:`jaxlmm.crossprod.heavy_levels`); None: by backend
+      (:data:`DENSE_SHARE`); above 1: never.
 
     Parametric bootstrap (:mod:`jaxlmm.replicates`):
 
@@ -86,6 +96,7 @@ class Control:
     chunk_entries: int | None = None
     cpu_chunk: int = 256
     cpu_map_from: int = 256
+    dense_share: float | None = None
 
     def __post_init__(self):
         positive = ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "cpu_chunk", "cpu_map_from")
@@ -96,6 +107,8 @@ class Control:
         _count(self, "max_restarts")
         for name in ("restart_step", "escape", "convergence_tol"):
             _positive_number(self, name)
+        if self.dense_share is not None:
+            _positive_number(self, "dense_share")
         if not _number(self.pending_share) or not 0 <= self.pending_share <= 1:
             raise JaxLMMError(f"Control: pending_share must be a number in [0, 1], not {self.pending_share!r}.")
         object.__setattr__(self, "boundary_restart", check_bool(self.boundary_restart, "Control: boundary_restart"))
@@ -115,6 +128,12 @@ class Control:
                 f"{', '.join(f.name for f in dataclasses.fields(self))}."
             )
         return dataclasses.replace(self, **changes)
+
+    def schur_dense_share(self, backend: str) -> float:
+        """``dense_share``, or the default of ``backend`` (:data:`DENSE_SHARE`)."""
+        if self.dense_share is not None:
+            return float(self.dense_share)
+        return DENSE_SHARE.get(backend, DENSE_SHARE["gpu"])
 
     def newton_hessian(self, q_rest: int) -> Hessian:
         """The Hessian Newton uses for a model whose further random effects have ``q_rest`` columns."""

@@ -14,12 +14,12 @@ projected gradient, relative to the criterion's size: the iteration aims at
 max|g| < ``gtol`` (1 + |f|) and stops early only when no further decrease is
 possible; the fit is reported converged when max|g| < ``conv_tol`` (1 + |f|).
 The Hessian policy is a :class:`Hessian`: ``EXACT`` at every iteration, or
-``BFGS`` (exact at the start, then BFGS updates from exact gradients, exact
-again to confirm a stop on the bound); each pass of the loop records how it
-got its Hessian as a :class:`Mode`. The criterion, its gradient and its
-Hessian each appear once in the compiled loop: compilation time grows with
-the number of copies of the criterion's derivatives in a program. The loop carries a
-:class:`NewtonState`; one pass is ``_newton_pass`` (``_evaluate``, the
+``BFGS`` (forward differences of exact gradients at the start, then BFGS
+updates, the exact Hessian to confirm a stop on the bound); each pass of the
+loop records how it got its Hessian as a :class:`Mode`. The criterion, its
+gradient and its Hessian each appear once in the compiled loop: compilation
+time grows with the number of copies of the criterion's derivatives in a
+program. The loop carries a :class:`NewtonState`; one pass is ``_newton_pass`` (``_evaluate``, the
 stopping tests, ``_direction`` and ``_line_search``).
 
 L-BFGS (optax): unconstrained, on a sign-canonical parameterization. The
@@ -186,6 +186,7 @@ class Mode(enum.IntEnum):
 
     QUASI = 0  # the BFGS update of the previous pass's Hessian
     EXACT = 1  # grad_and_hessian
+    START = 2  # forward differences of exact gradients, one column per pass (hessian="bfgs" starts so)
 
 
 class NewtonState(NamedTuple):
@@ -200,6 +201,7 @@ class NewtonState(NamedTuple):
     done: jax.Array
     mode: jax.Array  # Mode of the next pass
     last_mode: jax.Array  # Mode of the last pass (how H was made)
+    col: jax.Array  # in Mode.START: the column of H the next pass measures (-1: the base point)
 
 
 class _Problem(NamedTuple):
@@ -238,19 +240,31 @@ def _flip(p: _Problem, theta, g, H):
     return (theta, g, H) if p.column is None else column_flip(theta, g, H, p.lower, p.column)
 
 
-def _quasi_hessian(p: _Problem, x, theta_prev, g_prev, H_prev):
-    """(f, g, H) at x, H the BFGS update of |H_prev| (eigenvalues made positive) for the step from theta_prev."""
+def _fd_step(x):
+    """The forward-difference steps of the start Hessian: feasible from a point on the lower bound."""
+    return 1e-6 * (1.0 + jnp.abs(x))
+
+
+def _gradient_pass(p: _Problem, s: NewtonState, x):
+    """(f, g, H) at x from the gradient alone: in Mode.START the finite-difference column s.col
+    of H at the base point s.theta (filled in s.H; symmetrized with the last column), else the
+    BFGS update of |s.H| (eigenvalues made positive) for the step from s.theta."""
     f, g = p.vg(x)
-    lam, Q = positive_eigh(H_prev)  # the first Hessian may be indefinite away from the optimum
-    return f, g, bfgs_update((Q * lam) @ Q.T, x - theta_prev, g - g_prev)
+    lam, Q = positive_eigh(s.H)  # the first Hessian may be indefinite away from the optimum
+    quasi = bfgs_update((Q * lam) @ Q.T, x - s.theta, g - s.g)
+    n = x.shape[0]
+    col = jnp.maximum(s.col, 0)
+    filled = s.H.at[col].set(jnp.where(s.col >= 0, (g - s.g) / _fd_step(s.theta)[col], s.H[col]))
+    filled = jnp.where(s.col == n - 1, (filled + filled.T) / 2, filled)
+    return f, g, jnp.where(s.mode == int(Mode.START), filled, quasi)
 
 
 def _evaluate(p: _Problem, s: NewtonState):
-    """(f, g, H) at s.point, H made as s.mode says (always exact for hessian="exact")."""
+    """(f, g, H) at s.point, H made as s.mode says (always exact for hessian="exact"). The
+    gradient-only passes (start and BFGS) share one program of the gradient."""
     if p.hessian is Hessian.EXACT:
         return p.fgh(s.point)
-    branches = {Mode.QUASI: lambda x: _quasi_hessian(p, x, s.theta, s.g, s.H), Mode.EXACT: p.fgh}
-    return lax.switch(s.mode, [branches[m] for m in sorted(Mode)], s.point)
+    return lax.cond(s.mode == int(Mode.EXACT), p.fgh, lambda x: _gradient_pass(p, s, x), s.point)
 
 
 def _direction(p: _Problem, theta, f, g, H):
@@ -307,10 +321,34 @@ def _stop_tests(p: _Problem, s: NewtonState, x, f, g, H, exact):
 
 
 def _newton_pass(p: _Problem, s: NewtonState) -> NewtonState:
-    """One pass: (f, g, H) at s.point, the stopping tests, and else a projected Newton step from there."""
+    """One pass: (f, g, H) at s.point, the stopping tests, and else a projected Newton step from there.
+
+    With hessian="bfgs" the loop starts with n_theta + 1 gradient passes (Mode.START): the base
+    point, then one finite-difference column of H per pass (:func:`_collect`); the last of them
+    steps from the base point with the finished H."""
     f, g, H = _evaluate(p, s)
+    if p.hessian is Hessian.EXACT:
+        return _step(p, s, s.point, f, g, H)
+    start = s.mode == int(Mode.START)
+    measured = start & (s.col >= 0)  # act (if at all) at the base point, from its value and gradient
+    x, f, g = (jnp.where(measured, a, b) for a, b in ((s.theta, s.point), (s.f, f), (s.g, g)))
+    collect = start & (s.col < s.point.shape[0] - 1)
+    return lax.cond(collect, lambda: _collect(s, x, f, g, H), lambda: _step(p, s, x, f, g, H))
+
+
+def _collect(s: NewtonState, x, f, g, H) -> NewtonState:
+    """A start pass that measured the base point or a column of H: the next pass measures the next
+    column, at the base point x moved by its forward-difference step."""
+    col = s.col + 1
+    e = jnp.arange(x.shape[0]) == col
+    point = x + jnp.where(e, _fd_step(x), 0.0)
+    return NewtonState(point, x, f, g, H, s.n_iter, jnp.asarray(False), s.mode, s.mode, col)
+
+
+def _step(p: _Problem, s: NewtonState, x, f, g, H) -> NewtonState:
+    """The tests and the projected Newton step at x from (f, g, H) (see :func:`_newton_pass`)."""
     exact = s.mode == int(Mode.EXACT)
-    x, g, H = _flip(p, s.point, g, H)
+    x, g, H = _flip(p, x, g, H)
     small, stalled = _stop_tests(p, s, x, f, g, H, exact)
     stop = small | stalled | (s.n_iter >= p.max_iter)
     d, gf, saddle = _direction(p, x, f, g, H)
@@ -325,16 +363,19 @@ def _newton_pass(p: _Problem, s: NewtonState) -> NewtonState:
         mode_next = int(Mode.EXACT)
     else:
         mode_next = jnp.where(confirm, int(Mode.EXACT), int(Mode.QUASI))
-    return NewtonState(x_next, x, f, g, H, s.n_iter + moved, ~moved & ~confirm, mode_next, s.mode)
+    return NewtonState(
+        x_next, x, f, g, H, s.n_iter + moved, ~moved & ~confirm, jnp.asarray(mode_next), s.mode, jnp.asarray(-1)
+    )
 
 
 def _initial_state(p: _Problem, theta0) -> NewtonState:
-    """The loop's start: the first pass evaluates at theta0 with the exact Hessian (either policy)."""
+    """The loop's start: the first pass evaluates at theta0, with the exact Hessian (hessian="exact")
+    or as the base point of the finite-difference start (hessian="bfgs")."""
     n = theta0.shape[0]
-    mode0 = int(Mode.EXACT)
+    mode0 = int(Mode.EXACT) if p.hessian is Hessian.EXACT else int(Mode.START)
     return NewtonState(
-        theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), 0, jnp.asarray(False),
-        jnp.asarray(mode0), jnp.asarray(mode0),
+        theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), jnp.asarray(0), jnp.asarray(False),
+        jnp.asarray(mode0), jnp.asarray(mode0), jnp.asarray(-1),
     )
 
 
@@ -367,8 +408,9 @@ def newton(
     per iteration (:func:`grad_and_hessian`), plus the values of the line
     search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
     gradients: large Schur complements), every iteration evaluates value and
-    exact gradient only: the first Hessian is exact, later ones are BFGS
-    updates (:func:`bfgs_update`, from the previous Hessian made positive
+    exact gradient only: the first Hessian is made by forward differences of
+    the gradient (n_theta more gradient passes of the loop), later ones are
+    BFGS updates (:func:`bfgs_update`, from the previous Hessian made positive
     definite). A pass at a point on the bound that would end the loop there
     (converged, stalled, out of iterations or without a step) is repeated
     with the exact Hessian (the boundary saddle test and the final check need
