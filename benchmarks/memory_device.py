@@ -44,7 +44,7 @@ def one(n: int, l1: int, l2: int) -> dict:
         model = jaxlmm.LinearMixedModel("rating ~ 1 + (1 | user) + (1 | movie)", data)
         d = model.products
         out["pairs"] = d.n_pairs
-        out["parts"] = memory.fit_parts(d.term_dims, d.p, d.n_entries, out["pairs"])
+        out["parts"] = memory.fit_parts(d.term_dims, d.p, d.n_entries, out["pairs"], n_dense=d.n_dense)
         lowered = optimize_theta.lower(
             jnp.asarray(model.theta0), jnp.asarray(model.lower), d, True, method="newton", max_iter=200,
             scale=None, hessian=model.control.newton_hessian(d.q_rest).value,

@@ -131,6 +131,19 @@ class Pairs:
 
 @register_dataclass
 @dataclass(frozen=True)
+class Dense:
+    """Term 1's heavy levels, whose share of the Schur update is one dense product (:func:`heavy_levels`).
+
+    ``level`` (H,) int64: the levels; ``C`` (H, k1, q2): their rows of Z1'Zr, dense (zeros where
+    a level has no entry). Their entries have no :class:`Pairs`.
+    """
+
+    level: jax.Array
+    C: jax.Array
+
+
+@register_dataclass
+@dataclass(frozen=True)
 class Rest:
     """The further terms r = 2..M together, dense (columns ordered by term, level, column).
 
@@ -166,7 +179,7 @@ class CrossProducts:
     """The data argument of the objective: a pytree of the cross-products of [Z X y] (float64) and their indices.
 
     ``first``, ``coupling`` (a tuple: one :class:`Coupling` per further
-    term), ``entries``, ``pairs``, ``rest`` and ``response`` as in the
+    term), ``entries``, ``pairs``, ``dense``, ``rest`` and ``response`` as in the
     module docstring; ``xtx`` (p, p): X'X; ``n`` (): the number of rows;
     ``ldw`` (): sum_i log w_i of the prior weights (lme4's ldW; 0 without
     weights). ``term_dims`` (static) holds (levels, columns) per sorted term.
@@ -176,6 +189,7 @@ class CrossProducts:
     coupling: tuple
     entries: Entries
     pairs: Pairs
+    dense: Dense
     rest: Rest
     xtx: jax.Array
     response: Response
@@ -204,6 +218,25 @@ class CrossProducts:
     def n_pairs(self) -> int:
         """The number of Schur pairs (:class:`Pairs`)."""
         return int(np.shape(self.pairs.level)[0])
+
+    @property
+    def n_dense(self) -> int:
+        """The number of heavy levels of term 1 (:class:`Dense`)."""
+        return int(np.shape(self.dense.level)[0])
+
+
+def heavy_levels(level1: np.ndarray, q2: int, share: float) -> np.ndarray:
+    """The levels of term 1 with entries in more than ``share`` of the further terms' q2 columns.
+
+    A level with m entries adds m (m + 1) / 2 pairs to the Schur update, each
+    gathered, multiplied and scattered at every evaluation of the criterion;
+    as a dense row it adds k1 q2^2 multiply-adds to one matrix product. From
+    a share of q2 on the product is cheaper (``Control.dense_share``).
+    """
+    if len(level1) == 0 or q2 == 0:
+        return np.zeros(0, dtype=np.int64)
+    m = np.bincount(np.asarray(level1, dtype=np.int64))
+    return np.flatnonzero(m > share * q2).astype(np.int64)
 
 
 def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, pair_chunk: int = Control.pair_chunk):
@@ -592,10 +625,12 @@ def _entries(plan: RowPlan, rest, offsets: np.ndarray) -> tuple[np.ndarray, np.n
     return level1, column
 
 
-def _check_memory(design: Design, plan: RowPlan, level1: np.ndarray, control: Control, memory_limit) -> None:
+def _check_memory(design: Design, plan: RowPlan, level1: np.ndarray, heavy: np.ndarray, control: Control,
+                  memory_limit) -> None:
     """Raise when the fit's estimated memory (:mod:`jaxlmm.memory`) exceeds ``memory_limit``.
 
-    ``level1``: the level of term 1 of each flattened entry (:func:`_entries`).
+    ``level1``: the level of term 1 of each flattened entry (:func:`_entries`); ``heavy``: the
+    levels whose entries make dense rows instead of pairs (:func:`heavy_levels`).
     """
     p = design.X.shape[1]
     terms = design.terms
@@ -603,18 +638,34 @@ def _check_memory(design: Design, plan: RowPlan, level1: np.ndarray, control: Co
     ks = tuple(t.k for t in terms)
     per_row = sum(fam.ka * fam.kb for fam in _families(plan.layout, ks, p)[0])
     chunk = chunk_bytes(chunk_length(design.n, control.chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
-    needed = chunk + estimate_fit_bytes(term_dims, p, len(level1), pair_count(level1), pair_chunk=control.pair_chunk)
+    light = ~np.isin(level1, heavy)
+    needed = chunk + estimate_fit_bytes(term_dims, p, len(level1), pair_count(level1[light]),
+                                        pair_chunk=control.pair_chunk, n_dense=len(heavy))
     needed += rows_bytes(design.n, p + 1 + sum(ks))
     names = ", ".join(f"({t.name})" for t in terms)
     check_fits(needed, f"The fit of random-effect terms {names}", memory_limit)
 
 
-def _pairs(level1: np.ndarray, column: np.ndarray, coupling_blocks: tuple, k1: int, q2: int, pair_chunk) -> Pairs:
-    """The Schur pairs (:func:`schur_pairs`) of the entries, from the blocks of each Z1'Zm."""
-    C = [np.swapaxes(v, 1, 2).reshape(-1, k1) for v in coupling_blocks]  # per entry, as column
-    C = np.concatenate(C) if C else np.zeros((0, k1))
-    level, target, product = schur_pairs(level1, column, C, q2, pair_chunk)
-    return Pairs(level=jnp.asarray(level), target=jnp.asarray(target), product=_as_f64(product))
+def _entry_vectors(coupling_blocks: tuple, k1: int) -> np.ndarray:
+    """The k1-vector of each flattened entry (:class:`Entries`), from the blocks of each Z1'Zm."""
+    C = [np.swapaxes(np.asarray(v), 1, 2).reshape(-1, k1) for v in coupling_blocks]  # per entry, as column
+    return np.concatenate(C) if C else np.zeros((0, k1))
+
+
+def schur_parts(level1: np.ndarray, column: np.ndarray, coupling_blocks: tuple, k1: int, q2: int,
+                heavy: np.ndarray, pair_chunk: int) -> tuple[Pairs, Dense]:
+    """The Schur update's data: the pairs (:func:`schur_pairs`) of the entries of light levels,
+    and the dense rows of the ``heavy`` levels (:class:`Dense`)."""
+    C = _entry_vectors(coupling_blocks, k1)
+    is_heavy = np.zeros(int(level1.max(initial=-1)) + 1, dtype=bool)
+    is_heavy[heavy] = True
+    light = ~is_heavy[level1] if len(level1) else np.zeros(0, dtype=bool)
+    level, target, product = schur_pairs(level1[light], column[light], C[light], q2, pair_chunk)
+    rows = np.zeros((len(heavy), k1, q2))
+    where = np.searchsorted(heavy, level1[~light])
+    rows[where, :, column[~light]] = C[~light]
+    pairs = Pairs(level=jnp.asarray(level), target=jnp.asarray(target), product=_as_f64(product))
+    return pairs, Dense(level=_as_i64(heavy), C=_as_f64(rows))
 
 
 def cross_products(design: Design, memory_limit: int | None = None, control: Control | None = None) -> CrossProducts:
@@ -634,9 +685,12 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
     rest = terms[1:]
     offsets = np.concatenate([[0], np.cumsum([t.nlevels * t.k for t in rest])]).astype(np.int64)
     level1, column = _entries(plan, rest, offsets)
-    _check_memory(design, plan, level1, control, memory_limit)
+    q2 = int(offsets[-1])
+    heavy = heavy_levels(level1, q2, control.schur_dense_share(jax.default_backend()))
+    _check_memory(design, plan, level1, heavy, control, memory_limit)
     sums = accumulate(plan, control.chunk_rows)
     k1 = terms[0].k if terms else 0
+    pairs, dense = schur_parts(level1, column, sums["coupling.blocks"], k1, q2, heavy, control.pair_chunk)
     return CrossProducts(
         first=FirstTerm(blocks=_as_f64(_symmetric(sums["first.blocks"])), zx=_as_f64(sums["first.zx"])),
         coupling=tuple(
@@ -644,7 +698,8 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
             for (j1, jm), v in zip(plan.coo, sums["coupling.blocks"], strict=True)
         ),
         entries=Entries(level1=_as_i64(level1), column=_as_i64(column)),
-        pairs=_pairs(level1, column, sums["coupling.blocks"], k1, int(offsets[-1]), control.pair_chunk),
+        pairs=pairs,
+        dense=dense,
         rest=Rest(zz=_as_f64(_dense_zz(plan, sums, rest, offsets)), zx=_as_f64(sums["rest.zx"])),
         xtx=_as_f64(sums["xtx"]),
         response=Response(**{name: _as_f64(sums[f"response.{name}"]) for name in ("z1y", "zy", "xty", "yty")}),

@@ -64,6 +64,7 @@ PAIR_BUILD_BYTES = 40  # host index work per pair while building them
 ROW_OVERHEAD = 64  # bytes per row of the design beyond its columns (codes, masks, frame copies)
 RUNTIME_BYTES = 512 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers (measured 300-490 MiB)
 LEAN_RUNTIME_BYTES = 160 * 2**20  # the same with the lean CPU options of jaxlmm._config.lean_jit (80-110 MiB)
+DENSE_COPIES = 3  # temporaries per dense row of a heavy level: W C, its cotangent and its tangent
 GPU_TEMP_COPIES = 8.5  # s x s float64 temporaries of the fit compiled for a GPU (pairs' terms fused)
 GPU_BATCH_FACTOR = 1.4  # a vmapped refit's temporaries per replicate on a GPU, relative to a fit's (measured 1.06-1.3)
 
@@ -102,12 +103,15 @@ def chunk_bytes(rows: int, products_per_row: int, columns_per_row: int) -> int:
 
 
 def fit_parts(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None,
-              pair_chunk: int = Control.pair_chunk) -> dict:
+              pair_chunk: int = Control.pair_chunk, n_dense: int = 0) -> dict:
     """The compiled fit's ``arguments`` and ``temporaries`` and the host's ``build`` transients, in bytes.
 
     ``on``: the platform (default JAX's backend). On an accelerator XLA fuses
     the pairs' terms (no temporaries per pair) and keeps fewer s x s arrays;
-    the build is host memory, not the device's.
+    the build is host memory, not the device's. ``n_dense``: heavy levels of
+    term 1 held as dense k1 x q2 rows (:class:`jaxlmm.crossprod.Dense`), with
+    ``DENSE_COPIES`` more of them as temporaries (their products with W, their
+    cotangents and tangents).
     """
     on = platform() if on is None else on
     if not term_dims:
@@ -118,22 +122,25 @@ def fit_parts(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = 
     s = q2 + p + 1
     first = F64 * l1 * k1 * (k1 + p + 1)
     per_pair = 4 + 8 + F64 * k1 * k1
-    arguments = n_pairs * per_pair + n_entries * (ENTRY_BYTES + F64 * k1) + F64 * s * s + first
+    dense = F64 * n_dense * k1 * q2
+    arguments = n_pairs * per_pair + n_entries * (ENTRY_BYTES + F64 * k1) + F64 * s * s + first + dense
     temporaries = (
         n_pairs * (PAIR_TEMP + F64 * k1 * k1)
         + F64 * (TEMP_COPIES * s * s + s**3 / (3 * BLOCK))
         + 6 * first
         + n_entries * F64 * 4 * k1
+        + DENSE_COPIES * dense
     )
-    build = n_pairs * per_pair + min(n_pairs, pair_chunk) * (PAIR_BUILD_BYTES + F64 * k1 * k1) + F64 * s * s
+    build = n_pairs * per_pair + min(n_pairs, pair_chunk) * (PAIR_BUILD_BYTES + F64 * k1 * k1) + F64 * s * s + dense
     if on != "cpu":
-        temporaries = F64 * (GPU_TEMP_COPIES * s * s + s**3 / (3 * BLOCK)) + 6 * first + n_entries * F64 * 4 * k1
+        temporaries = (F64 * (GPU_TEMP_COPIES * s * s + s**3 / (3 * BLOCK)) + 6 * first + n_entries * F64 * 4 * k1
+                       + DENSE_COPIES * dense)
         build = 0
     return {"arguments": int(arguments), "temporaries": int(temporaries), "build": int(build)}
 
 
 def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str | None = None,
-                       pair_chunk: int = Control.pair_chunk) -> int:
+                       pair_chunk: int = Control.pair_chunk, n_dense: int = 0) -> int:
     """Estimated peak bytes a fit adds, besides its rows and chunks (see the module docstring).
 
     On the CPU: arguments, the larger of the build's transients and the
@@ -141,7 +148,7 @@ def estimate_fit_bytes(term_dims, p: int, n_entries: int, n_pairs: int, on: str 
     arguments and temporaries.
     """
     on = platform() if on is None else on
-    parts = fit_parts(term_dims, p, n_entries, n_pairs, on, pair_chunk)
+    parts = fit_parts(term_dims, p, n_entries, n_pairs, on, pair_chunk, n_dense)
     if on != "cpu":
         return int(parts["arguments"] + parts["temporaries"])
     return int(parts["arguments"] + max(parts["build"], parts["temporaries"]) + _compile_bytes())
@@ -154,7 +161,7 @@ def rows_bytes(n: int, columns: int) -> int:
 
 def fit_bytes_of(data) -> int:
     """:func:`estimate_fit_bytes` for a model's :class:`~jaxlmm.crossprod.CrossProducts`."""
-    return estimate_fit_bytes(data.term_dims, data.p, data.n_entries, data.n_pairs)
+    return estimate_fit_bytes(data.term_dims, data.p, data.n_entries, data.n_pairs, n_dense=data.n_dense)
 
 
 def simulate_bytes(n: int, design) -> int:
@@ -170,7 +177,7 @@ def simulate_bytes(n: int, design) -> int:
 
 def replicate_bytes(data, rows: int) -> int:
     """Working bytes of one replicate in a batched refit: its response, products and one fit's temporaries."""
-    parts = fit_parts(data.term_dims, data.p, data.n_entries, data.n_pairs)
+    parts = fit_parts(data.term_dims, data.p, data.n_entries, data.n_pairs, n_dense=data.n_dense)
     kmax = max([k for _, k in data.term_dims] or [1])
     q = sum(l * k for l, k in data.term_dims)
     batched = 1.0 if platform() == "cpu" else GPU_BATCH_FACTOR
@@ -201,7 +208,7 @@ def profile_bytes(fit) -> int:
     """Peak bytes of profiling ``fit``: its Newton's temporaries (the ML deviance in theta, sigma, beta;
     a share of the fit's) and two thirds of a fit's compilation (measured, benchmarks/memory_peak.py)."""
     data = fit.products
-    parts = fit_parts(data.term_dims, data.p, data.n_entries, data.n_pairs)
+    parts = fit_parts(data.term_dims, data.p, data.n_entries, data.n_pairs, n_dense=data.n_dense)
     return int(PROFILE_SHARE * parts["temporaries"] + 2 * _runtime() // 3)
 
 

@@ -145,10 +145,8 @@ def _reduced(theta, data: CrossProducts) -> _Reduced:
     V = jnp.concatenate(Vs, axis=0)
     # Schur update V'V = Lambda_r' G Lambda_r with G = sum_j C_j' W_j C_j, W_j = T1 (L1_j L1_j')^{-1} T1'
     R = small_solve_lower(L1, jnp.broadcast_to(T1.T, (l1, k1, k1)))
-    W = jnp.einsum("jka,jkb->jab", R, R).reshape(l1, k1 * k1)
-    dots = jnp.sum(W[data.pairs.level] * data.pairs.product, axis=1)
-    G = jax.ops.segment_sum(dots, data.pairs.target, num_segments=q2 * q2).reshape(q2, q2)
-    G = G + G.T - jnp.diag(jnp.diag(G))
+    W = jnp.einsum("jka,jkb->jab", R, R)
+    G = _schur_update(W, data, q2)
     zz = _scale_rest(_scale_rest(data.rest.zz - G, Ts[1:], dims[1:]).T, Ts[1:], dims[1:]) + jnp.eye(q2)
     zf = _scale_rest(jnp.concatenate([data.rest.zx, resp.zy[:, None]], axis=1), Ts[1:], dims[1:])
     zf = zf - jax.ops.segment_sum(
@@ -158,6 +156,24 @@ def _reduced(theta, data: CrossProducts) -> _Reduced:
         [jnp.concatenate([zz, zf], axis=1), jnp.concatenate([zf.T, omega_ff], axis=1)], axis=0
     )
     return _Reduced(L1, F, V, omega, dense=True)
+
+
+def _schur_update(W, data: CrossProducts, q2: int):
+    """G = sum_j C_j' W_j C_j (q2 x q2, both triangles) for term 1's W (l1, k1, k1).
+
+    Light levels by their pairs of entries (:class:`~jaxlmm.crossprod.Pairs`): a gather, a
+    product and a scatter into the lower triangle. Heavy levels (:class:`~jaxlmm.crossprod.Dense`)
+    by one matrix product of their dense rows, C_h' (W_h C_h).
+    """
+    l1, k1 = W.shape[0], W.shape[1]
+    dots = jnp.sum(W.reshape(l1, k1 * k1)[data.pairs.level] * data.pairs.product, axis=1)
+    G = jax.ops.segment_sum(dots, data.pairs.target, num_segments=q2 * q2).reshape(q2, q2)
+    G = G + G.T - jnp.diag(jnp.diag(G))
+    if data.n_dense:
+        C = data.dense.C  # (H, k1, q2)
+        WC = jnp.einsum("hab,hbq->haq", W[data.dense.level], C)
+        G = G + jnp.einsum("haq,har->qr", C, WC)
+    return G
 
 
 def factorize(theta, data: CrossProducts) -> Factor:

@@ -120,7 +120,7 @@ def test_schur_pairs_give_the_dense_update(case):
     C_j (k1 x q2) is level j's rows of Z1'Zr from a dense Z; W_j random symmetric.
     """
     design = design_of(case)
-    cp = cross_products(design, control=jaxlmm.Control(chunk_rows=SMALL_CHUNK))
+    cp = cross_products(design, control=jaxlmm.Control(chunk_rows=SMALL_CHUNK, dense_share=2.0))  # pairs only
     n, t1 = design.n, design.terms[0]
     l1, k1 = t1.nlevels, t1.k
     Z1 = dense_z(t1, n)
@@ -145,6 +145,21 @@ def test_schur_pairs_give_the_dense_update(case):
         level1, column = np.asarray(cp.entries.level1), np.asarray(cp.entries.column)
         again = crossprod.schur_pairs(level1, column, Cflat, q2, pair_chunk=step)
         assert E and all(np.array_equal(a, b) for a, b in zip(again, (j, flat, prod)))
+    # heavy levels as dense rows (Control.dense_share), the others by their pairs: the same update
+    m = np.bincount(level1, minlength=l1)  # entries per level: the fullest levels dense, or all if alike
+    share = (m.max() - 0.5) / q2 if m.min() < m.max() else 0.01
+    split = cross_products(design, control=jaxlmm.Control(chunk_rows=SMALL_CHUNK, dense_share=share))
+    heavy = np.asarray(split.dense.level)
+    assert np.array_equal(heavy, np.flatnonzero(m > share * q2)) and len(heavy) >= 1
+    assert np.array_equal(heavy, crossprod.heavy_levels(level1, q2, share))
+    assert_close(np.asarray(split.dense.C), C[heavy])
+    j, flat, prod = (np.asarray(a) for a in (split.pairs.level, split.pairs.target, split.pairs.product))
+    assert not np.isin(j, heavy).any()
+    G = np.zeros(q2 * q2)
+    np.add.at(G, flat, np.sum(W.reshape(l1, -1)[j] * prod, axis=1))
+    G = G.reshape(q2, q2)
+    G = G + G.T - np.diag(np.diag(G)) + np.einsum("har,hab,hbs->rs", C[heavy], W[heavy], C[heavy])
+    assert_close(G, dense)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -68,8 +68,16 @@ def test_address_space_limit_is_read():
 
 
 def test_pair_count_matches_listed_pairs():
-    m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
-    assert pair_count(np.asarray(m.products.entries.level1)) == m.products.n_pairs
+    """All pairs without dense rows; with them (the default here: every plate level is heavy), the
+    pairs of the light levels' entries only."""
+    frame = jaxlmm.datasets.load("penicillin")
+    for share in (2.0, 0.5, None):
+        d = jaxlmm.LinearMixedModel("diameter ~ 1 + (1 | plate) + (1 | sample)", frame,
+                                    control=jaxlmm.Control(dense_share=share)).products
+        level1 = np.asarray(d.entries.level1)
+        light = ~np.isin(level1, np.asarray(d.dense.level))
+        assert pair_count(level1[light]) == d.n_pairs
+        assert (d.n_dense, d.n_pairs) == ((0, pair_count(level1)) if share == 2.0 else (24, 0))
 
 
 def test_memory_estimate_grows_with_pairs_and_schur_size():
@@ -142,7 +150,9 @@ def test_memory_check_counts_the_chunk_of_rows():
     m = get_model("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
     d = m.products
     # the fit's estimate and the design's rows (both counted before the rows are summed)
-    fit_only = estimate_fit_bytes(d.term_dims, d.p, d.n_entries, pair_count(np.asarray(d.entries.level1)))
+    level1, heavy = np.asarray(d.entries.level1), np.asarray(d.dense.level)
+    fit_only = estimate_fit_bytes(d.term_dims, d.p, d.n_entries, pair_count(level1[~np.isin(level1, heavy)]),
+                                  n_dense=len(heavy))
     fit_only += rows_bytes(m.design.n, 1 + 1 + 2)
     per_row = sum(f.ka * f.kb for f in _families(row_plan(m.design).layout, (1, 1), 1)[0])
     assert per_row == 1 * 3 + 1 * 3 + 1  # (1 | plate) and (1 | sample) against [z X y]; Z1'Z2
@@ -151,3 +161,17 @@ def test_memory_check_counts_the_chunk_of_rows():
     cross_products(m.design, memory_limit=fit_only + chunk)  # fits exactly
     with pytest.raises(JaxLMMError, match="too large"):
         cross_products(m.design, memory_limit=fit_only + chunk - 1)
+
+
+def test_dense_rows_enter_the_estimate():
+    """Each heavy level of term 1 held as a dense row (k1 x q2 numbers) adds its argument and its
+    DENSE_COPIES temporaries on the CPU, and the pairs it replaces are not counted."""
+    dims = ((1000, 2), (300, 1), (20, 1))
+    base = memory.estimate_fit_bytes(dims, 2, 5000, 10_000, on="cpu")
+    more = memory.estimate_fit_bytes(dims, 2, 5000, 10_000, on="cpu", n_dense=7)
+    assert more - base == pytest.approx(8 * 7 * 2 * 320 * (1 + memory.DENSE_COPIES))
+    level1 = np.r_[np.zeros(50, dtype=int), np.arange(1, 101)]  # level 0: 50 entries, the others 1
+    from jaxlmm.crossprod import heavy_levels
+
+    assert heavy_levels(level1, 320, 0.1).tolist() == [0] and heavy_levels(level1, 320, 0.5).size == 0
+    assert memory.pair_count(level1[level1 != 0]) == 100

@@ -215,3 +215,50 @@ def test_penalized_rss_identity(pair):
     r2 = float(resid @ resid) + u2
     denom = d.n - d.p if fit.reml else d.n
     assert r2 == pytest.approx(fit.sigma**2 * denom, rel=1e-7)
+
+
+def _crossed_frame():
+    """600 rows of 40 users x 30 movies (5 to 29 each) with a covariate and a 4-level third factor."""
+    from jaxlmm import synthetic
+
+    df = synthetic.crossed(600, (40, 30), seed=5, bounds=((5, 29), (1, None)))
+    rng = np.random.default_rng(5)
+    return df.assign(x=rng.normal(size=600), genre=pd.Categorical(rng.integers(0, 4, 600).astype(str)))
+
+
+@pytest.mark.parametrize("formula", [
+    "rating ~ 1 + (1 | user) + (1 | movie)",
+    "rating ~ x + (x | user) + (1 | movie) + (1 | genre)",
+])
+def test_dense_rows_of_heavy_levels_equal_the_pairs_and_the_textbook(formula):
+    """The Schur update by dense rows (Control.dense_share), for none, some or all of term 1's levels:
+    the same criterion and gradient as the pairs alone (1e-10), the dense textbook criterion (1e-9),
+    and a gradient matching finite differences."""
+    frame = _crossed_frame()
+    models = {s: jaxlmm.LinearMixedModel(formula, frame, control=jaxlmm.Control(dense_share=s))
+              for s in (2.0, 0.5, 1e-9)}
+    l1 = models[2.0].products.term_dims[0][0]
+    n_dense = {s: m.products.n_dense for s, m in models.items()}
+    assert n_dense[2.0] == 0 and 0 < n_dense[0.5] < l1 and n_dense[1e-9] == l1
+    assert models[0.5].products.n_pairs < models[2.0].products.n_pairs and models[1e-9].products.n_pairs == 0
+    vg = jax.jit(jax.value_and_grad(deviance), static_argnames="reml")
+    split = models[0.5]
+    th = _random_theta(split, np.random.default_rng(3))
+    for reml in (True, False):
+        ref_f, ref_g = vg(jnp.asarray(th), models[2.0].products, reml=reml)
+        for s in (0.5, 1e-9):
+            f, g = vg(jnp.asarray(th), models[s].products, reml=reml)
+            assert float(f) == pytest.approx(float(ref_f), rel=1e-10)
+            np.testing.assert_allclose(np.asarray(g), np.asarray(ref_g), rtol=1e-9, atol=1e-9)
+        assert float(ref_f) == pytest.approx(dense_criterion(split, th, reml), rel=1e-9)
+    if formula.endswith("(1 | movie)"):  # the fits agree too (ML), whichever update runs
+        fits = [m.fit(reml=False) for m in (models[2.0], split)]
+        assert fits[1].objective == pytest.approx(fits[0].objective, rel=1e-10)
+        np.testing.assert_allclose(fits[1].theta, fits[0].theta, rtol=1e-6)
+    h, (_, g0) = 1e-5, vg(jnp.asarray(th), split.products, reml=True)
+    for i in range(th.size):
+        e = np.zeros_like(th)
+        e[i] = h
+        fd = (float(vg(jnp.asarray(th + e), split.products, reml=True)[0])
+              - float(vg(jnp.asarray(th - e), split.products, reml=True)[0])) / (2 * h)
+        assert float(g0[i]) == pytest.approx(fd, rel=1e-5, abs=1e-5)
