@@ -46,7 +46,8 @@ def run_shape(name: str, reml: bool, dense_share: float | None) -> dict:
         lambda event, secs, **kw: compiles.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None
     )
     t = time.perf_counter()
-    frame = synthetic.crossed(100_000, (2_000, 500), seed=0) if name == "small" else getattr(synthetic, SHAPES[name])()
+    frame = (synthetic.crossed(100_000, (2_000, 500), seed=0, bounds=((5, 400), (1, None))) if name == "small"
+             else getattr(synthetic, SHAPES[name])())
     generate = time.perf_counter() - t
     control = jaxlmm.Control(dense_share=dense_share)
     t = time.perf_counter()
