@@ -224,6 +224,27 @@ class CrossProducts:
         """The number of heavy levels of term 1 (:class:`Dense`)."""
         return int(np.shape(self.dense.level)[0])
 
+    def sharded(self, devices=None) -> CrossProducts:
+        """These cross-products with the Schur update's pairs and dense rows split across ``devices``
+        (default: all of JAX's; unchanged on one), everything else replicated on them.
+
+        The pairs and rows are padded to a multiple of the device count with pairs and rows of
+        zeros, which add nothing. The compiled criterion then runs each device's share of the
+        update and XLA sums the shares (an all-reduce); the rest is computed on every device.
+        """
+        split = row_sharding(devices)
+        if split is None:
+            return self
+        n = split.mesh.size
+        pad = lambda a: _padded(np.asarray(a), -(-len(a) // n) * n)  # noqa: E731
+        pairs = Pairs(level=pad(self.pairs.level), target=pad(self.pairs.target), product=pad(self.pairs.product))
+        data = replace(self, pairs=pairs, dense=Dense(level=pad(self.dense.level), C=pad(self.dense.C)))
+        whole = NamedSharding(split.mesh, PartitionSpec())
+        placement = replace(
+            jax.tree.map(lambda _: whole, data), pairs=Pairs(split, split, split), dense=Dense(split, split)
+        )
+        return jax.device_put(data, placement)
+
 
 def heavy_levels(level1: np.ndarray, q2: int, share: float) -> np.ndarray:
     """The levels of term 1 with entries in more than ``share`` of the further terms' q2 columns.
@@ -706,7 +727,7 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
         n=_as_f64(float(design.n)),
         ldw=_as_f64(design.log_det_weights),
         term_dims=tuple((t.nlevels, t.k) for t in terms),
-    )
+    ).sharded()
 
 
 def response_products(design: Design, y) -> Response:

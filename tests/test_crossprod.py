@@ -14,9 +14,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from operator import attrgetter
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -299,3 +301,62 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
                 assert_close(a, b.blocks)
         if case == "three_terms":
             check_against_dense(one, design)
+
+
+SHARDED_FIT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import jax, jax.numpy as jnp, numpy as np, pandas as pd
+    import jaxlmm
+    from jaxlmm.objective import deviance
+
+    warnings.simplefilter("ignore")
+    assert len(jax.devices()) == 4, jax.devices()
+    out = {}
+    for case, (formula, path, share) in json.loads(sys.argv[1]).items():
+        model = jaxlmm.LinearMixedModel(formula, pd.read_pickle(path), control=jaxlmm.Control(dense_share=share))
+        d = model.products
+        theta = jnp.asarray(json.loads(sys.argv[2])[case])
+        f, g = jax.value_and_grad(deviance)(theta, d, False)
+        fit = model.fit(reml=False)
+        out[case] = {
+            "shards": [[s.data.shape[0] for s in a.addressable_shards] for a in (d.pairs.level, d.dense.C)],
+            "n_pairs": d.n_pairs, "n_dense": d.n_dense, "f": float(f), "g": np.asarray(g).tolist(),
+            "objective": fit.objective, "theta": fit.theta.tolist(),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_sharded_schur_update_and_fit_equal_one_device(tmp_path):
+    """On four (forced CPU) devices the pairs and dense rows are split across them and padded; the
+    criterion, its gradient and the ML fit equal one device's (1e-10)."""
+    from jaxlmm import synthetic
+
+    crossed = synthetic.crossed(600, (40, 30), seed=5, bounds=((5, 29), (1, None)))
+    cases = {"three_terms": (THREE_TERMS, synthetic_frame(), None), "crossed": ("rating ~ 1 + (1 | user) + (1 | movie)", crossed, 0.5)}
+    spec, thetas, ones = {}, {}, {}
+    for case, (formula, frame, share) in cases.items():
+        frame.to_pickle(tmp_path / f"{case}.pkl")
+        spec[case] = (formula, str(tmp_path / f"{case}.pkl"), share)
+        model = jaxlmm.LinearMixedModel(formula, frame, control=jaxlmm.Control(dense_share=share))
+        thetas[case] = (0.5 + 0.1 * np.arange(model.theta0.size)).tolist()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jaxlmm.SingularFitWarning)  # three_terms: g3 at zero
+            ones[case] = (model, model.fit(reml=False))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED_FIT, json.dumps(spec), json.dumps(thetas)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    for case, (model, fit) in ones.items():
+        res, d = child[case], model.products
+        assert res["n_pairs"] == -(-d.n_pairs // 4) * 4 and res["n_dense"] == -(-d.n_dense // 4) * 4
+        assert all(len(s) == 4 and len(set(s)) == 1 for s in res["shards"])  # four equal shards each
+        f, g = jax.value_and_grad(deviance)(jnp.asarray(thetas[case]), d, False)
+        assert res["f"] == pytest.approx(float(f), rel=1e-12)
+        np.testing.assert_allclose(res["g"], np.asarray(g), rtol=1e-9, atol=1e-9)
+        assert res["objective"] == pytest.approx(fit.objective, rel=1e-10)
+        np.testing.assert_allclose(res["theta"], fit.theta, rtol=1e-6)
+    assert ones["crossed"][0].products.n_dense > 0 and ones["crossed"][0].products.n_pairs > 0
