@@ -128,8 +128,9 @@ def pb_test(
     lrt = float(f0.objective - f1.objective)
     t0, t1 = target_of(f0), target_of(f1)
     control = alt_fit.control if control is None else as_control(control)
-    nested = partial(_alt_start, same=_same_random_effects(f0, f1), default=theta_start(f1.products.term_dims))
-    job = Job(n, seed, t0.rows, fit_params(f0), (t0, t1), False, control, nested)
+    same = _same_random_effects(f0, f1)
+    nested = partial(_alt_start, same=same, default=theta_start(f1.products.term_dims))
+    job = Job(n, seed, t0.rows, fit_params(f0), (t0, t1), False, control, nested, alt_from_null=same)
     (r0, r1), passes = run_replicates(job, chunk_size, progress, "pb_test")
     lrt_star = r0.objective - r1.objective
     ok = r0.converged.astype(bool) & r1.converged.astype(bool) & np.isfinite(lrt_star)

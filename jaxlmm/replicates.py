@@ -376,7 +376,11 @@ class Job:
 
     ``nested``, for a null and an alternative target (in that order), gives
     the start of an alternative refit that ended above its null's optimum (a
-    local optimum): it is refitted from there, and the better kept.
+    local optimum): it is refitted from there, and the better kept. With
+    ``alt_from_null`` (the two have the same random-effect terms) the
+    alternative's first pass starts each replicate at its null's optimum,
+    nearer its own than the alternative's fitted theta (under the null the
+    extra fixed effects change theta less than a new response does).
     """
 
     n: int
@@ -387,6 +391,7 @@ class Job:
     reml: bool
     control: Control = Control()
     nested: Restart | None = None
+    alt_from_null: bool = False
 
 
 class Passes(NamedTuple):
@@ -458,9 +463,14 @@ def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list)
     parts = simulate_products(keys, job.rows, job.params, tuple(tg.rows for tg in job.targets))
     chunk = len(keys)
     res, unfinished = [], 0
+    null_thetas = None
     for tg, pt, wait in zip(job.targets, parts, waiting):
         starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
-        r = _take(_Batches(tg, job.reml, chunk, job.control).batch(pt, starts, cap), slice(0, keep))
+        if null_thetas is not None and job.alt_from_null:
+            starts = jnp.asarray(null_thetas).reshape(starts.shape)
+        whole = _Batches(tg, job.reml, chunk, job.control).batch(pt, starts, cap)
+        null_thetas = whole.theta
+        r = _take(whole, slice(0, keep))
         idx, start = _first_pass_restarts(r, cap, job.control.escape)
         wait.append(_Waiting(idx + offset, start[idx], _take(pt, idx)))
         unfinished = max(unfinished, len(idx))

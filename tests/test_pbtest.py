@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -78,3 +79,19 @@ def test_pb_test_refuses_non_nested_models_as_anova_does():
     assert pb == an  # one check (jaxlmm.anova.require_nested) for both
     res = jaxlmm.pb_test(small, other, n=3, progress=False, check_nested=False)
     assert res.df == other.npar - small.npar
+
+
+def test_pb_test_replicates_equal_separate_ml_refits():
+    """Each replicate's two deviances are those of lmm fitting its simulated response alone (ML), the
+    alternative's first refit having started at its null's optimum (same random-effect terms)."""
+    f0 = get_fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy", reml=False)
+    f1 = get_fit(SLEEP, "sleepstudy", reml=False)
+    res = jaxlmm.pb_test(f0, f1, n=48, seed=5, progress=False)
+    frame = jaxlmm.datasets.load("sleepstudy")
+    for i, y in enumerate(simulated_responses(f0, 48, seed=5)[:12]):
+        alone = frame.assign(Reaction=y)
+        for formula, column in (("Reaction ~ 1 + (Days | Subject)", "deviance_null"), (SLEEP, "deviance_alt")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", jaxlmm.SingularFitWarning)
+                single = jaxlmm.lmm(formula, alone, reml=False)
+            assert res.table[column].iloc[i] == pytest.approx(single.objective, rel=1e-8)
