@@ -165,26 +165,33 @@ def test_lapack_threads_of_scipy_only(setting, expected):
 
 
 def test_repeated_calls_with_the_same_shapes_compile_nothing():
-    """A second simulate, predict, bootstrap or Wald confint of the same shapes traces no new program
-    (counted with JAX's monitoring events: every trace of a jitted function reports its duration)."""
+    """A second simulate, predict, bootstrap, Wald confint, refit, anova or pb_test of the same shapes
+    traces no new program (counted with JAX's monitoring events: every trace of a jitted function
+    reports its duration)."""
     import collections
 
     import jax
 
     fit = get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    null = get_fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy")
     newdata = jaxlmm.datasets.load("sleepstudy").head(7)
     calls = {
         "simulate": lambda seed: fit.simulate(4, seed=seed),
         "predict": lambda seed: fit.predict(newdata),
         "bootstrap": lambda seed: jaxlmm.bootstrap(fit, n=8, seed=seed, progress=False),
         "confint": lambda seed: fit.confint("wald"),
+        "refit by ML": lambda seed: fit.refit(reml=False),
+        "anova (refits by ML)": lambda seed: jaxlmm.anova(null, fit),
+        "pb_test": lambda seed: jaxlmm.pb_test(null, fit, n=8, seed=seed, progress=False),
     }
     events = collections.Counter()
     jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.update([name]))
     for name, call in calls.items():
-        call(1)
-        events.clear()
-        call(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", JaxLMMWarning)  # anova and pb_test refit the REML fits by ML
+            call(1)
+            events.clear()
+            call(2)
         assert events["/jax/core/compile/jaxpr_trace_duration"] == 0, (name, dict(events))
     # the counter does see a trace: a new shape of simulate compiles
     fit.simulate(5, seed=3)
