@@ -37,6 +37,8 @@ def sleep():
         (dict(pending_share=1.5), r"pending_share must be a number in \[0, 1\]"),
         (dict(boundary_restart="yes"), "boundary_restart must be True or False"),
         (dict(hessian="newton"), "hessian must be one of"),
+        (dict(dense_share=0), "dense_share must be a positive number"),
+        (dict(dense_share="half"), "dense_share must be a positive number"),
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, message):
@@ -56,6 +58,14 @@ def test_settings_are_normalised_and_copied():
     with pytest.raises(jaxlmm.JaxLMMError, match="control must be a jaxlmm.Control"):
         as_control({"max_iter": 3})
     assert as_control(None) == Control()
+
+
+def test_the_dense_share_by_backend():
+    from jaxlmm.control import DENSE_SHARE
+
+    assert Control().schur_dense_share("cpu") == DENSE_SHARE["cpu"] == 0.1
+    assert Control().schur_dense_share("gpu") == Control().schur_dense_share("tpu") == DENSE_SHARE["gpu"]
+    assert Control(dense_share=0.25).schur_dense_share("gpu") == 0.25
 
 
 def test_the_hessian_policy():
