@@ -26,10 +26,10 @@ and the device; ``JAXLMM_CACHE_DIR=off`` turns it off.
 
 Compile time on the CPU. XLA's CPU compiler spends most of a first fit in
 LLVM, optimizing and generating code for each of the hundreds of fused loops
-of a criterion's derivatives. The fit, summary and profile programs are
-compiled through :func:`lean_jit`, which on the CPU backend turns off XLA's
-newer fusion emitters and lowers LLVM's optimization level: at level 1 for
-large data (InstEval's fit program: compile 7.1 s to 4.6 s, run 3.1 s to
+of a criterion's derivatives. The fit, summary, profile, simulation and
+bootstrap programs are compiled through :func:`lean_jit`, which on the CPU
+backend turns off XLA's newer fusion emitters and lowers LLVM's optimization
+level: at level 1 for large data (InstEval's fit program: compile 7.1 s to 4.6 s, run 3.1 s to
 3.4 s on a 2-core CPU) and at level 0 where the arguments hold at most
 :data:`QUICK_ENTRIES` numbers (sleepstudy's: compile 3.2 s to 1.0 s, run
 milliseconds either way). Other backends compile with XLA's defaults.
