@@ -68,7 +68,7 @@ from jax.tree_util import register_dataclass
 
 from .control import Control
 from .design import Design
-from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_count, rows_bytes
+from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_bytes, pair_count, rows_bytes
 
 
 @register_dataclass
@@ -246,18 +246,24 @@ class CrossProducts:
         return jax.device_put(data, placement)
 
 
-def heavy_levels(level1: np.ndarray, q2: int, share: float) -> np.ndarray:
-    """The levels of term 1 with entries in more than ``share`` of the further terms' q2 columns.
+def heavy_levels(level1: np.ndarray, q2: int, share: float, k1: int = 1) -> np.ndarray:
+    """The levels of term 1 with entries in more than ``share`` of the further terms' q2 columns,
+    and whose dense row takes no more memory than their pairs.
 
     A level with m entries adds m (m + 1) / 2 pairs to the Schur update, each
     gathered, multiplied and scattered at every evaluation of the criterion;
     as a dense row it adds k1 q2^2 multiply-adds to one matrix product. From
-    a share of q2 on the product is cheaper (``Control.dense_share``).
+    a share of q2 on the product is cheaper (``Control.dense_share``). The
+    row's k1 q2 numbers must also not outweigh the pairs' bytes
+    (:func:`jaxlmm.memory.pair_bytes`), so that no model needs more memory
+    with dense rows than without (many levels of a few entries each against
+    a small q2, with a small share).
     """
     if len(level1) == 0 or q2 == 0:
         return np.zeros(0, dtype=np.int64)
     m = np.bincount(np.asarray(level1, dtype=np.int64))
-    return np.flatnonzero(m > share * q2).astype(np.int64)
+    lighter = m * (m + 1) // 2 * pair_bytes(k1) >= 8 * k1 * q2
+    return np.flatnonzero((m > share * q2) & lighter).astype(np.int64)
 
 
 def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, pair_chunk: int = Control.pair_chunk):
@@ -707,10 +713,10 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
     offsets = np.concatenate([[0], np.cumsum([t.nlevels * t.k for t in rest])]).astype(np.int64)
     level1, column = _entries(plan, rest, offsets)
     q2 = int(offsets[-1])
-    heavy = heavy_levels(level1, q2, control.schur_dense_share(jax.default_backend()))
+    k1 = terms[0].k if terms else 0
+    heavy = heavy_levels(level1, q2, control.schur_dense_share(jax.default_backend()), max(k1, 1))
     _check_memory(design, plan, level1, heavy, control, memory_limit)
     sums = accumulate(plan, control.chunk_rows)
-    k1 = terms[0].k if terms else 0
     pairs, dense = schur_parts(level1, column, sums["coupling.blocks"], k1, q2, heavy, control.pair_chunk)
     return CrossProducts(
         first=FirstTerm(blocks=_as_f64(_symmetric(sums["first.blocks"])), zx=_as_f64(sums["first.zx"])),

@@ -174,4 +174,7 @@ def test_dense_rows_enter_the_estimate():
     from jaxlmm.crossprod import heavy_levels
 
     assert heavy_levels(level1, 320, 0.1).tolist() == [0] and heavy_levels(level1, 320, 0.5).size == 0
+    # past the share but lighter as pairs: 3 pairs (about 130 bytes) against a row of 8,000 bytes
+    assert heavy_levels(np.array([0, 0, 1]), 1000, 0.001).size == 0
+    assert heavy_levels(np.repeat([0, 1], [30, 1]), 1000, 0.001).tolist() == [0]  # 465 pairs: 20 kB
     assert memory.pair_count(level1[level1 != 0]) == 100
