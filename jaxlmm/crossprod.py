@@ -68,7 +68,7 @@ from jax.tree_util import register_dataclass
 
 from .control import Control
 from .design import Design
-from .memory import check_fits, chunk_bytes, estimate_fit_bytes, pair_bytes, pair_count, rows_bytes
+from .memory import F64, check_fits, chunk_bytes, estimate_fit_bytes, pair_bytes, pair_count, rows_bytes
 
 
 @register_dataclass
@@ -262,8 +262,16 @@ def heavy_levels(level1: np.ndarray, q2: int, share: float, k1: int = 1) -> np.n
     if len(level1) == 0 or q2 == 0:
         return np.zeros(0, dtype=np.int64)
     m = np.bincount(np.asarray(level1, dtype=np.int64))
-    lighter = m * (m + 1) // 2 * pair_bytes(k1) >= 8 * k1 * q2
+    lighter = m * (m + 1) // 2 * pair_bytes(k1) >= F64 * k1 * q2
     return np.flatnonzero((m > share * q2) & lighter).astype(np.int64)
+
+
+def light_entries(level1: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+    """Which flattened entries belong to a light level (not among the sorted ``heavy`` levels): those
+    the Schur update takes by pairs."""
+    is_heavy = np.zeros(int(np.max(level1, initial=-1)) + 1, dtype=bool)
+    is_heavy[heavy] = True
+    return ~is_heavy[level1]
 
 
 def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, pair_chunk: int = Control.pair_chunk):
@@ -665,7 +673,7 @@ def _check_memory(design: Design, plan: RowPlan, level1: np.ndarray, heavy: np.n
     ks = tuple(t.k for t in terms)
     per_row = sum(fam.ka * fam.kb for fam in _families(plan.layout, ks, p)[0])
     chunk = chunk_bytes(chunk_length(design.n, control.chunk_rows), per_row, p + 1 + sum(ks) + 2 * len(terms))
-    light = ~np.isin(level1, heavy)
+    light = light_entries(level1, heavy)
     needed = chunk + estimate_fit_bytes(term_dims, p, len(level1), pair_count(level1[light]),
                                         pair_chunk=control.pair_chunk, n_dense=len(heavy))
     needed += rows_bytes(design.n, p + 1 + sum(ks))
@@ -684,9 +692,7 @@ def schur_parts(level1: np.ndarray, column: np.ndarray, coupling_blocks: tuple, 
     """The Schur update's data: the pairs (:func:`schur_pairs`) of the entries of light levels,
     and the dense rows of the ``heavy`` levels (:class:`Dense`)."""
     C = _entry_vectors(coupling_blocks, k1)
-    is_heavy = np.zeros(int(level1.max(initial=-1)) + 1, dtype=bool)
-    is_heavy[heavy] = True
-    light = ~is_heavy[level1] if len(level1) else np.zeros(0, dtype=bool)
+    light = light_entries(level1, heavy)
     level, target, product = schur_pairs(level1[light], column[light], C[light], q2, pair_chunk)
     rows = np.zeros((len(heavy), k1, q2))
     where = np.searchsorted(heavy, level1[~light])

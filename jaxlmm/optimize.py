@@ -16,10 +16,11 @@ possible; the fit is reported converged when max|g| < ``conv_tol`` (1 + |f|).
 The Hessian policy is a :class:`Hessian`: ``EXACT`` at every iteration, or
 ``BFGS`` (forward differences of exact gradients at the start, then BFGS
 updates, the exact Hessian to confirm a stop on the bound); each pass of the
-loop records how it got its Hessian as a :class:`Mode`. The criterion, its
-gradient and its Hessian each appear once in the compiled loop: compilation
-time grows with the number of copies of the criterion's derivatives in a
-program. The loop carries a :class:`NewtonState`; one pass is ``_newton_pass`` (``_evaluate``, the
+loop records how it got its Hessian as a :class:`Mode`. The criterion's
+gradient and its Hessian each appear once in the compiled loop (and the
+criterion itself in the line search): compilation time grows with the number
+of copies of the criterion's derivatives in a program. The loop carries a
+:class:`NewtonState`; one pass is ``_newton_pass`` (``_evaluate``, the
 stopping tests, ``_direction`` and ``_line_search``).
 
 L-BFGS (optax): unconstrained, on a sign-canonical parameterization. The
@@ -182,7 +183,7 @@ between them, :meth:`jaxlmm.control.Control.newton_hessian`)."""
 
 
 class Mode(enum.IntEnum):
-    """How one pass of :func:`newton` gets its Hessian; the value is the pass's branch in ``lax.switch``."""
+    """How one pass of :func:`newton` gets its Hessian (:func:`_evaluate`)."""
 
     QUASI = 0  # the BFGS update of the previous pass's Hessian
     EXACT = 1  # grad_and_hessian

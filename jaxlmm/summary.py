@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .control import Hessian
 from .errors import JaxLMMError
 
 
@@ -60,7 +61,7 @@ def default_ddf(fit) -> str:
     a printed summary is then immediate, and ``fit.summary(ddf="satterthwaite")`` or
     ``fit.coef_table()`` computes them on request.
     """
-    return "satterthwaite" if fit.control.newton_hessian(fit.products.q_rest).value == "exact" else "none"
+    return "satterthwaite" if fit.control.newton_hessian(fit.products.q_rest) is Hessian.EXACT else "none"
 
 
 def format_summary(fit, correlation: bool | None = None, ddf: str | None = None) -> str:

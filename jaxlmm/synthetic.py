@@ -68,10 +68,11 @@ HEAVY_SHARE = 1 / 64
 all at once (:func:`_heavy_partners`); the others draw and redraw repeats (:func:`distinct_partners`)."""
 
 
-def _level_rows(g1: np.ndarray):
-    """Rows grouped by level: (order, starts) with the rows of level j at order[starts[j]:starts[j + 1]]."""
+def _level_rows(g1: np.ndarray, sizes: np.ndarray):
+    """Rows grouped by level (``sizes``: rows per level): (order, starts) with the rows of level j at
+    order[starts[j]:starts[j + 1]]."""
     order = np.argsort(g1, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(np.bincount(g1))])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     return order, starts
 
 
@@ -116,7 +117,7 @@ def distinct_partners(
     if sizes.max(initial=0) > levels2:
         raise ValueError(f"a level holds more rows than there are {levels2} levels to pair with")
     p = np.asarray(weights, dtype=float) / np.sum(weights)
-    order, starts = _level_rows(g1)
+    order, starts = _level_rows(g1, sizes)
     heavy = sizes > HEAVY_SHARE * levels2
     g2 = np.zeros(len(g1), dtype=np.int64)
     _heavy_partners(rng, g2, order, starts, np.flatnonzero(heavy), levels2, np.log(p))
