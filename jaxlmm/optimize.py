@@ -15,11 +15,13 @@ max|g| < ``gtol`` (1 + |f|) and stops early only when no further decrease is
 possible; the fit is reported converged when max|g| < ``conv_tol`` (1 + |f|).
 The Hessian policy is a :class:`Hessian`: ``EXACT`` at every iteration, or
 ``BFGS`` (forward differences of exact gradients at the start, then BFGS
-updates, the exact Hessian to confirm a stop on the bound); each pass of the
-loop records how it got its Hessian as a :class:`Mode`. The criterion's
-gradient and its Hessian each appear once in the compiled loop (and the
-criterion itself in the line search): compilation time grows with the number
-of copies of the criterion's derivatives in a program. The loop carries a
+updates, forward differences again where a stop on the bound needs true
+curvature); each pass of the loop records how it got its Hessian as a
+:class:`Mode`. The criterion's gradient (and, for ``EXACT``, its Hessian)
+appears once in the compiled loop (and the criterion itself in the line
+search): compilation time grows with the number of copies of the
+criterion's derivatives in a program, and the ``BFGS`` loop holds no
+Hessian of the criterion at all. The loop carries a
 :class:`NewtonState`; one pass is ``_newton_pass`` (``_evaluate``, the
 stopping tests, ``_direction`` and ``_line_search``).
 
@@ -186,8 +188,9 @@ class Mode(enum.IntEnum):
     """How one pass of :func:`newton` gets its Hessian (:func:`_evaluate`)."""
 
     QUASI = 0  # the BFGS update of the previous pass's Hessian
-    EXACT = 1  # grad_and_hessian
-    START = 2  # forward differences of exact gradients, one column per pass (hessian="bfgs" starts so)
+    EXACT = 1  # grad_and_hessian (hessian="exact")
+    START = 2  # forward differences of exact gradients, one column per pass (hessian="bfgs" starts
+    # so, and measures so at the bound)
 
 
 class NewtonState(NamedTuple):
@@ -261,11 +264,11 @@ def _gradient_pass(p: _Problem, s: NewtonState, x):
 
 
 def _evaluate(p: _Problem, s: NewtonState):
-    """(f, g, H) at s.point, H made as s.mode says (always exact for hessian="exact"). The
-    gradient-only passes (start and BFGS) share one program of the gradient."""
+    """(f, g, H) at s.point: exact for hessian="exact"; for hessian="bfgs" from the gradient alone
+    (:func:`_gradient_pass`), so that the loop holds no copy of the criterion's Hessian."""
     if p.hessian is Hessian.EXACT:
         return p.fgh(s.point)
-    return lax.cond(s.mode == int(Mode.EXACT), p.fgh, lambda x: _gradient_pass(p, s, x), s.point)
+    return _gradient_pass(p, s, s.point)
 
 
 def _direction(p: _Problem, theta, f, g, H):
@@ -307,7 +310,7 @@ def _line_search(p: _Problem, theta, f, gf, d, saddle):
     return fn <= f, end.point
 
 
-def _stop_tests(p: _Problem, s: NewtonState, x, f, g, H, exact):
+def _stop_tests(p: _Problem, s: NewtonState, x, f, g, H, measured):
     """(small, stalled): max|pg| < gtol (1 + |f|) and no boundary saddle; f and theta unchanged since the last pass."""
     pg = projected_gradient(x, g, p.lower)
     small = (jnp.max(jnp.abs(pg), initial=0.0) < p.gtol * (1.0 + jnp.abs(f))) & ~jnp.any(
@@ -316,8 +319,8 @@ def _stop_tests(p: _Problem, s: NewtonState, x, f, g, H, exact):
     stalled = (s.n_iter > 0) & (jnp.abs(s.f - f) <= 1e-15 * jnp.abs(s.f)) & (
         jnp.max(jnp.abs(x - s.theta), initial=0.0) < 1e-12
     )
-    if p.hessian is Hessian.BFGS:  # an exact pass repeats the confirming pass's point
-        stalled = stalled & ~exact
+    if p.hessian is Hessian.BFGS:  # a measuring pass repeats the confirming pass's point
+        stalled = stalled & ~measured
     return small, stalled
 
 
@@ -348,25 +351,29 @@ def _collect(s: NewtonState, x, f, g, H) -> NewtonState:
 
 def _step(p: _Problem, s: NewtonState, x, f, g, H) -> NewtonState:
     """The tests and the projected Newton step at x from (f, g, H) (see :func:`_newton_pass`)."""
-    exact = s.mode == int(Mode.EXACT)
+    measured = s.mode != int(Mode.QUASI)  # H exact, or all its finite-difference columns measured at x
     x, g, H = _flip(p, x, g, H)
-    small, stalled = _stop_tests(p, s, x, f, g, H, exact)
+    small, stalled = _stop_tests(p, s, x, f, g, H, measured)
     stop = small | stalled | (s.n_iter >= p.max_iter)
     d, gf, saddle = _direction(p, x, f, g, H)
     accept, x_next = _line_search(p, x, f, gf, d, saddle)
-    # a pass without the exact Hessian that would end the loop at the bound (converged, stalled,
-    # out of iterations or without a step): the next pass confirms at the same point with it
-    # (only there can the stopping point be a saddle, boundary_saddle; the final check needs it)
-    confirm = ~exact & (stop | ~accept) & jnp.any(x <= p.lower)
-    moved = accept & ~stop & ~confirm
-    x_next = jnp.where(moved, x_next, x)
+    moved = accept & ~stop
     if p.hessian is Hessian.EXACT:
-        mode_next = int(Mode.EXACT)
-    else:
-        mode_next = jnp.where(confirm, int(Mode.EXACT), int(Mode.QUASI))
-    return NewtonState(
-        x_next, x, f, g, H, s.n_iter + moved, ~moved & ~confirm, jnp.asarray(mode_next), s.mode, jnp.asarray(-1)
+        return NewtonState(x_next, x, f, g, H, s.n_iter + moved, ~moved, s.mode, s.mode, jnp.asarray(-1))
+    # A BFGS Hessian cannot tell a minimum on the bound from a saddle there (boundary_saddle; the
+    # final check needs true curvature). A pass at a point on the bound that would end the loop
+    # (converged, stalled, out of iterations or without a step), or that has just reached the
+    # bound, measures H at x by forward differences first (passes of Mode.START from its first
+    # column) and then steps or stops from the measured H.
+    arrived = jnp.any((x <= p.lower) & (s.theta > p.lower)) & (s.n_iter > 0)
+    confirm = ~measured & (stop | ~accept | arrived) & jnp.any(x <= p.lower)
+    moved = moved & ~confirm
+    quasi = NewtonState(
+        jnp.where(moved, x_next, x), x, f, g, H, s.n_iter + moved, ~moved & ~confirm, jnp.asarray(int(Mode.QUASI)),
+        s.mode, jnp.asarray(-1),
     )
+    measure = _collect(s._replace(col=jnp.asarray(-1), mode=jnp.asarray(int(Mode.START))), x, f, g, H)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(confirm, a, b), measure, quasi)
 
 
 def _initial_state(p: _Problem, theta0) -> NewtonState:
@@ -412,11 +419,14 @@ def newton(
     exact gradient only: the first Hessian is made by forward differences of
     the gradient (n_theta more gradient passes of the loop), later ones are
     BFGS updates (:func:`bfgs_update`, from the previous Hessian made positive
-    definite). A pass at a point on the bound that would end the loop there
-    (converged, stalled, out of iterations or without a step) is repeated
-    with the exact Hessian (the boundary saddle test and the final check need
-    true curvature), from which the iteration goes on if it is not the
-    minimum.
+    definite). At a point on the bound that would end the loop there
+    (converged, stalled, out of iterations or without a step), or that a
+    step has just reached, the Hessian is measured again by forward
+    differences (n_theta gradient passes; the boundary saddle test and the
+    final check need true curvature, and the criterion's evenness in a zero
+    diagonal entry makes its column there accurate to second order), from
+    which the iteration stops or goes on. No pass evaluates the criterion's
+    Hessian, so the compiled loop holds only its gradient.
     Not meant for ``vmap`` (its branches would all run). ``hessian`` is a
     :class:`Hessian` or its value.
 

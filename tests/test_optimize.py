@@ -97,11 +97,37 @@ def test_newton_leaves_a_corner_where_a_correlated_column_has_a_zero_diagonal():
 
 
 def test_bfgs_newton_leaves_a_saddle_on_the_bound():
-    """The quasi-Newton variant confirms a stopping point with the exact Hessian: x = 0 is a saddle."""
+    """The quasi-Newton variant confirms a stopping point on the bound with a measured Hessian: x = 0 is a saddle."""
     f = lambda x: jnp.sum((x**2 - 1.0) ** 2)  # noqa: E731
     res = newton(f, jnp.zeros(1), jnp.zeros(1), hessian="bfgs")
     assert float(res.theta[0]) == pytest.approx(1.0, abs=1e-8)
     assert bool(res.converged)
+
+
+def test_bfgs_newton_measures_curvature_where_a_step_reaches_the_bound():
+    """A BFGS pass whose point a step has just put on the bound measures H there by forward
+    differences before stepping on; the measured column of f = (x0^2 - 1)^2 + (x1 - 2)^2 at
+    x0 = 0 is f''(0) = -4 (a saddle), and the step after it leaves the bound."""
+    from jaxlmm.optimize import Mode, NewtonState, _newton_pass, _Problem, _step
+    from jaxlmm.control import Hessian
+
+    f = lambda x: (x[0] ** 2 - 1.0) ** 2 + (x[1] - 2.0) ** 2  # noqa: E731
+    p = _Problem(f, (), jnp.array([0.0, -10.0]), None, Hessian.BFGS, 1e-9, 200, 2.0, 0.1)
+    prev, x = jnp.array([0.4, 1.0]), jnp.array([0.0, 1.5])
+    v, g = jax.value_and_grad(f)(x)
+    s = NewtonState(x, prev, f(prev), jax.grad(f)(prev), jnp.eye(2), jnp.asarray(3), jnp.asarray(False),
+                    jnp.asarray(int(Mode.QUASI)), jnp.asarray(int(Mode.QUASI)), jnp.asarray(-1))
+    nxt = _step(p, s, x, v, g, jnp.eye(2))  # BFGS's H says nothing of the saddle
+    assert int(nxt.mode) == Mode.START and int(nxt.col) == 0 and not bool(nxt.done)
+    assert int(nxt.n_iter) == 3  # no step taken
+    np.testing.assert_array_equal(nxt.theta, x)
+    assert float(nxt.point[0]) == pytest.approx(1e-6) and float(nxt.point[1]) == 1.5
+    nxt = _newton_pass(p, nxt)  # column 0 measured: the next pass measures column 1
+    assert int(nxt.col) == 1 and float(nxt.H[0, 0]) == pytest.approx(-4.0, rel=1e-6)
+    nxt = _newton_pass(p, nxt)  # column 1: H complete, the step from x leaves the bound
+    assert int(nxt.mode) == Mode.QUASI and int(nxt.n_iter) == 4
+    np.testing.assert_allclose(nxt.H, [[-4.0, 0.0], [0.0, 2.0]], rtol=1e-5, atol=1e-5)
+    assert float(nxt.point[0]) > 0.0 and f(nxt.point) < v
 
 
 def test_bfgs_newton_on_a_curved_valley():
