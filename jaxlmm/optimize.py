@@ -193,6 +193,20 @@ class Mode(enum.IntEnum):
     # so, and measures so at the bound)
 
 
+class Trial(NamedTuple):
+    """A step proposed from NewtonState.theta (hessian="bfgs"). Where the last step was taken at
+    full length, the next pass evaluates value and gradient at the full length of this one and
+    takes it if Armijo's test holds there (``pending``), else backtracks by values alone from half
+    its length; otherwise the next pass searches by values alone from full length (``search``)."""
+
+    pending: jax.Array  # NewtonState.point is this untested full step
+    search: jax.Array  # the next pass is the line search from theta, by values alone
+    full: jax.Array  # the last step taken was of full length
+    d: jax.Array  # the projected Newton direction at theta
+    gf: jax.Array  # the gradient on the free set at theta (Armijo's predicted decrease)
+    saddle: jax.Array  # per entry: escaping a saddle on the bound (the step must lower the criterion)
+
+
 class NewtonState(NamedTuple):
     """The carry of :func:`newton`'s loop: the point the next pass evaluates and what the last pass found."""
 
@@ -206,6 +220,12 @@ class NewtonState(NamedTuple):
     mode: jax.Array  # Mode of the next pass
     last_mode: jax.Array  # Mode of the last pass (how H was made)
     col: jax.Array  # in Mode.START: the column of H the next pass measures (-1: the base point)
+    trial: Trial  # hessian="bfgs": whether point is a proposed step, and how to test it
+
+
+def _no_trial(n: int) -> Trial:
+    no = jnp.asarray(False)
+    return Trial(no, no, no, jnp.zeros(n), jnp.zeros(n), jnp.zeros(n, dtype=bool))
 
 
 class _Problem(NamedTuple):
@@ -287,27 +307,34 @@ def _direction(p: _Problem, theta, f, g, H):
     return d, gf, saddle
 
 
-def _line_search(p: _Problem, theta, f, gf, d, saddle):
-    """Armijo backtracking along max(theta + alpha d, lower), alpha = 1, 1/2, ...: (accepted, point)."""
+def _sufficient(theta, f, gf, saddle, point, value):
+    """Armijo's test for the step from theta (value f, free gradient gf) to point (value ``value``)."""
     slack = ROUNDOFF * (1.0 + jnp.abs(f))
+    decrease = jnp.vdot(gf, point - theta)
+    # Near the optimum the predicted decrease falls below the criterion's
+    # rounding error and Armijo's test cannot be met: a step whose
+    # predicted and actual changes are both at that level ends the search.
+    tiny = (-decrease <= slack) & (value <= f + slack)
+    return ((value <= f + 1e-4 * decrease) | tiny) & ((value < f) | ~jnp.any(saddle))
+
+
+def _line_search(p: _Problem, theta, f, gf, d, saddle, first=1.0, skip=False):
+    """Armijo backtracking along max(theta + alpha d, lower), alpha = first, first / 2, ...:
+    (accepted, point, alpha); none where ``skip`` (not accepted, theta)."""
 
     def cond(c: _LineSearch):
-        decrease = jnp.vdot(gf, c.point - theta)
-        # Near the optimum the predicted decrease falls below the criterion's
-        # rounding error and Armijo's test cannot be met: a step whose
-        # predicted and actual changes are both at that level ends the search.
-        tiny = (-decrease <= slack) & (c.value <= f + slack)
-        ok = ((c.value <= f + 1e-4 * decrease) | tiny) & ((c.value < f) | ~jnp.any(saddle))
-        return (c.k == 0) | ((~ok) & (c.k < 41))
+        return (c.k == 0) | (~_sufficient(theta, f, gf, saddle, c.point, c.value) & (c.k < 41))
 
     def body(c: _LineSearch):
-        alpha = c.alpha * 0.5  # the first pass tries the full step
+        alpha = c.alpha * 0.5
         tn = jnp.maximum(theta + alpha * d, p.lower)
         return _LineSearch(alpha, p.fun(tn, *p.args), tn, c.k + 1)
 
-    end = lax.while_loop(cond, body, _LineSearch(2.0, f, theta, 0))
+    init = _LineSearch(2.0 * jnp.asarray(first, dtype=f.dtype), jnp.where(skip, jnp.inf, f), theta,
+                       jnp.where(skip, 41, 0))
+    end = lax.while_loop(cond, body, init)
     fn = jnp.where(jnp.isfinite(end.value), end.value, jnp.inf)
-    return fn <= f, end.point
+    return fn <= f, end.point, end.alpha
 
 
 def _stop_tests(p: _Problem, s: NewtonState, x, f, g, H, measured):
@@ -329,15 +356,31 @@ def _newton_pass(p: _Problem, s: NewtonState) -> NewtonState:
 
     With hessian="bfgs" the loop starts with n_theta + 1 gradient passes (Mode.START): the base
     point, then one finite-difference column of H per pass (:func:`_collect`); the last of them
-    steps from the base point with the finished H."""
-    f, g, H = _evaluate(p, s)
+    steps from the base point with the finished H. A step is tried at full length by the next
+    pass's own value where the last step was of full length, else searched for by values alone
+    first (:class:`Trial`, :func:`_backtrack`): the criterion's gradient and its value each appear
+    once in the program."""
     if p.hessian is Hessian.EXACT:
+        f, g, H = _evaluate(p, s)
         return _step(p, s, s.point, f, g, H)
-    start = s.mode == int(Mode.START)
-    measured = start & (s.col >= 0)  # act (if at all) at the base point, from its value and gradient
-    x, f, g = (jnp.where(measured, a, b) for a, b in ((s.theta, s.point), (s.f, f), (s.g, g)))
-    collect = start & (s.col < s.point.shape[0] - 1)
-    return lax.cond(collect, lambda: _collect(s, x, f, g, H), lambda: _step(p, s, x, f, g, H))
+
+    def evaluated():
+        f, g, H = _evaluate(p, s)
+        start = s.mode == int(Mode.START)
+        measured = start & (s.col >= 0)  # act (if at all) at the base point, from its value and gradient
+        x, f0, g0 = (jnp.where(measured, a, b) for a, b in ((s.theta, s.point), (s.f, f), (s.g, g)))
+        collect = start & (s.col < s.point.shape[0] - 1)
+        nxt = lax.cond(collect, lambda: _collect(s, x, f0, g0, H), lambda: _step(p, s, x, f0, g0, H))
+        # a proposed step is taken where Armijo's test holds at the value just evaluated there and
+        # the value is not above theta's; where the test holds only at rounding level (a value a
+        # little above), the search ends there without a step, as _line_search's would
+        sufficient = s.trial.pending & _sufficient(s.theta, s.f, s.trial.gf, s.trial.saddle, s.point, f)
+        lower = f <= s.f
+        return nxt, ~s.trial.pending | (sufficient & lower), sufficient & ~lower
+
+    no = jnp.asarray(False)
+    nxt, ok, ended = lax.cond(s.trial.search, lambda: (s, no, no), evaluated)
+    return lax.cond(ok, lambda: nxt, lambda: _backtrack(p, s, ended))
 
 
 def _collect(s: NewtonState, x, f, g, H) -> NewtonState:
@@ -346,34 +389,61 @@ def _collect(s: NewtonState, x, f, g, H) -> NewtonState:
     col = s.col + 1
     e = jnp.arange(x.shape[0]) == col
     point = x + jnp.where(e, _fd_step(x), 0.0)
-    return NewtonState(point, x, f, g, H, s.n_iter, jnp.asarray(False), s.mode, s.mode, col)
+    return NewtonState(point, x, f, g, H, s.n_iter, jnp.asarray(False), s.mode, s.mode, col, _no_trial(x.shape[0]))
 
 
 def _step(p: _Problem, s: NewtonState, x, f, g, H) -> NewtonState:
     """The tests and the projected Newton step at x from (f, g, H) (see :func:`_newton_pass`)."""
     measured = s.mode != int(Mode.QUASI)  # H exact, or all its finite-difference columns measured at x
     x, g, H = _flip(p, x, g, H)
+    n_iter = s.n_iter + s.trial.pending  # x is a proposed step, taken
     small, stalled = _stop_tests(p, s, x, f, g, H, measured)
-    stop = small | stalled | (s.n_iter >= p.max_iter)
+    stop = small | stalled | (n_iter >= p.max_iter)
     d, gf, saddle = _direction(p, x, f, g, H)
-    accept, x_next = _line_search(p, x, f, gf, d, saddle)
-    moved = accept & ~stop
     if p.hessian is Hessian.EXACT:
-        return NewtonState(x_next, x, f, g, H, s.n_iter + moved, ~moved, s.mode, s.mode, jnp.asarray(-1))
-    # A BFGS Hessian cannot tell a minimum on the bound from a saddle there (boundary_saddle; the
-    # final check needs true curvature). A pass at a point on the bound that would end the loop
-    # (converged, stalled, out of iterations or without a step), or that has just reached the
-    # bound, measures H at x by forward differences first (passes of Mode.START from its first
-    # column) and then steps or stops from the measured H.
-    arrived = jnp.any((x <= p.lower) & (s.theta > p.lower)) & (s.n_iter > 0)
-    confirm = ~measured & (stop | ~accept | arrived) & jnp.any(x <= p.lower)
-    moved = moved & ~confirm
+        accept, x_next, _ = _line_search(p, x, f, gf, d, saddle)
+        moved = accept & ~stop
+        return NewtonState(x_next, x, f, g, H, n_iter + moved, ~moved, s.mode, s.mode, jnp.asarray(-1), s.trial)
+    # The step's full length is tried by the next pass, from the value and gradient it evaluates
+    # anyway (_newton_pass; _backtrack where it fails Armijo's test). A BFGS Hessian cannot tell a
+    # minimum on the bound from a saddle there (boundary_saddle; the final check needs true
+    # curvature): a pass at a point on the bound that would end the loop (converged, stalled, out
+    # of iterations; _backtrack: without a step), or that a step has just reached, measures H at x
+    # by forward differences first (passes of Mode.START from its first column) and then steps or
+    # stops from the measured H.
+    arrived = jnp.any((x <= p.lower) & (s.theta > p.lower)) & (n_iter > 0)
+    confirm = ~measured & (stop | arrived) & jnp.any(x <= p.lower)
+    go = ~stop & ~confirm
+    full = s.trial.full | s.trial.pending
     quasi = NewtonState(
-        jnp.where(moved, x_next, x), x, f, g, H, s.n_iter + moved, ~moved & ~confirm, jnp.asarray(int(Mode.QUASI)),
-        s.mode, jnp.asarray(-1),
+        jnp.where(go & full, jnp.maximum(x + d, p.lower), x), x, f, g, H, n_iter, ~go & ~confirm,
+        jnp.asarray(int(Mode.QUASI)), s.mode, jnp.asarray(-1), Trial(go & full, go & ~full, full, d, gf, saddle),
     )
+    return _measure_if(confirm, quasi, s._replace(n_iter=n_iter), x, f, g, H)
+
+
+def _measure_if(confirm, state: NewtonState, s: NewtonState, x, f, g, H) -> NewtonState:
+    """``state``, or where ``confirm`` the passes that measure H at x by forward differences."""
     measure = _collect(s._replace(col=jnp.asarray(-1), mode=jnp.asarray(int(Mode.START))), x, f, g, H)
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(confirm, a, b), measure, quasi)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(confirm, a, b), measure, state)
+
+
+def _backtrack(p: _Problem, s: NewtonState, ended) -> NewtonState:
+    """The line search from s.theta by values alone: from full length (a search pass), or from half
+    the length of a proposed step that failed Armijo's test (none where the search ``ended`` at
+    it). The next pass evaluates the point found (a step taken); without one the loop ends at
+    s.theta, or measures H there first where it is on the bound with a BFGS Hessian."""
+    t = s.trial
+    first = jnp.where(t.search, 1.0, 0.5)
+    accept, x, alpha = _line_search(p, s.theta, s.f, t.gf, t.d, t.saddle, first=first, skip=ended)
+    measured = s.last_mode != int(Mode.QUASI)  # how the pass at s.theta made H
+    confirm = ~accept & ~measured & jnp.any(s.theta <= p.lower)
+    found = NewtonState(
+        jnp.where(accept, x, s.theta), s.theta, s.f, s.g, s.H, s.n_iter + accept, ~accept & ~confirm,
+        s.mode, s.last_mode, jnp.asarray(-1),
+        t._replace(pending=jnp.asarray(False), search=jnp.asarray(False), full=accept & (alpha == 1.0)),
+    )
+    return _measure_if(confirm, found, s, s.theta, s.f, s.g, s.H)
 
 
 def _initial_state(p: _Problem, theta0) -> NewtonState:
@@ -383,7 +453,7 @@ def _initial_state(p: _Problem, theta0) -> NewtonState:
     mode0 = int(Mode.EXACT) if p.hessian is Hessian.EXACT else int(Mode.START)
     return NewtonState(
         theta0, theta0, jnp.asarray(jnp.inf), jnp.zeros(n), jnp.eye(n), jnp.asarray(0), jnp.asarray(False),
-        jnp.asarray(mode0), jnp.asarray(mode0), jnp.asarray(-1),
+        jnp.asarray(mode0), jnp.asarray(mode0), jnp.asarray(-1), _no_trial(n),
     )
 
 
@@ -416,7 +486,9 @@ def newton(
     per iteration (:func:`grad_and_hessian`), plus the values of the line
     search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
     gradients: large Schur complements), every iteration evaluates value and
-    exact gradient only: the first Hessian is made by forward differences of
+    exact gradient only, at the full length of the step it tries (:class:`Trial`;
+    the line search's values follow only where that fails Armijo's test, so an
+    accepted full step costs no separate value): the first Hessian is made by forward differences of
     the gradient (n_theta more gradient passes of the loop), later ones are
     BFGS updates (:func:`bfgs_update`, from the previous Hessian made positive
     definite). At a point on the bound that would end the loop there

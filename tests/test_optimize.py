@@ -108,7 +108,7 @@ def test_bfgs_newton_measures_curvature_where_a_step_reaches_the_bound():
     """A BFGS pass whose point a step has just put on the bound measures H there by forward
     differences before stepping on; the measured column of f = (x0^2 - 1)^2 + (x1 - 2)^2 at
     x0 = 0 is f''(0) = -4 (a saddle), and the step after it leaves the bound."""
-    from jaxlmm.optimize import Mode, NewtonState, _newton_pass, _Problem, _step
+    from jaxlmm.optimize import Mode, NewtonState, _newton_pass, _no_trial, _Problem, _step
     from jaxlmm.control import Hessian
 
     f = lambda x: (x[0] ** 2 - 1.0) ** 2 + (x[1] - 2.0) ** 2  # noqa: E731
@@ -116,7 +116,7 @@ def test_bfgs_newton_measures_curvature_where_a_step_reaches_the_bound():
     prev, x = jnp.array([0.4, 1.0]), jnp.array([0.0, 1.5])
     v, g = jax.value_and_grad(f)(x)
     s = NewtonState(x, prev, f(prev), jax.grad(f)(prev), jnp.eye(2), jnp.asarray(3), jnp.asarray(False),
-                    jnp.asarray(int(Mode.QUASI)), jnp.asarray(int(Mode.QUASI)), jnp.asarray(-1))
+                    jnp.asarray(int(Mode.QUASI)), jnp.asarray(int(Mode.QUASI)), jnp.asarray(-1), _no_trial(2))
     nxt = _step(p, s, x, v, g, jnp.eye(2))  # BFGS's H says nothing of the saddle
     assert int(nxt.mode) == Mode.START and int(nxt.col) == 0 and not bool(nxt.done)
     assert int(nxt.n_iter) == 3  # no step taken
@@ -124,10 +124,39 @@ def test_bfgs_newton_measures_curvature_where_a_step_reaches_the_bound():
     assert float(nxt.point[0]) == pytest.approx(1e-6) and float(nxt.point[1]) == 1.5
     nxt = _newton_pass(p, nxt)  # column 0 measured: the next pass measures column 1
     assert int(nxt.col) == 1 and float(nxt.H[0, 0]) == pytest.approx(-4.0, rel=1e-6)
-    nxt = _newton_pass(p, nxt)  # column 1: H complete, the step from x leaves the bound
-    assert int(nxt.mode) == Mode.QUASI and int(nxt.n_iter) == 4
+    nxt = _newton_pass(p, nxt)  # column 1: H complete, a step off the bound is searched for
+    assert int(nxt.mode) == Mode.QUASI and bool(nxt.trial.search) and int(nxt.n_iter) == 3
     np.testing.assert_allclose(nxt.H, [[-4.0, 0.0], [0.0, 2.0]], rtol=1e-5, atol=1e-5)
-    assert float(nxt.point[0]) > 0.0 and f(nxt.point) < v
+    assert float(nxt.trial.d[0]) > 0.0
+    nxt = _newton_pass(p, nxt)  # by values: the step is taken, the next pass evaluates its point
+    assert int(nxt.n_iter) == 4 and float(nxt.point[0]) > 0.0 and f(nxt.point) < v
+
+
+def test_bfgs_newton_backtracks_from_a_failed_full_step():
+    """After a step of full length, the full step of a BFGS pass is tested at the next pass's own
+    value; where Armijo's test fails there, values alone backtrack from half its length, the point
+    found is taken, and the step after it is searched for by values from full length."""
+    from jaxlmm.optimize import Mode, NewtonState, Trial, _newton_pass, _Problem
+    from jaxlmm.control import Hessian
+
+    f = lambda x: jnp.sum((x - 1.0) ** 2)  # noqa: E731
+    p = _Problem(f, (), jnp.full(1, -10.0), None, Hessian.BFGS, 1e-9, 200, 2.0, 0.1)
+    x = jnp.array([3.0])
+    d = jnp.array([-5.0])  # to -2: value 9 against 4 at x
+    s = NewtonState(x + d, x, f(x), jax.grad(f)(x), 2.0 * jnp.eye(1), jnp.asarray(2), jnp.asarray(False),
+                    jnp.asarray(int(Mode.QUASI)), jnp.asarray(int(Mode.QUASI)), jnp.asarray(-1),
+                    Trial(jnp.asarray(True), jnp.asarray(False), jnp.asarray(True), d, jax.grad(f)(x), jnp.zeros(1, dtype=bool)))
+    nxt = _newton_pass(p, s)
+    np.testing.assert_allclose(nxt.point, [0.5])  # half the step
+    assert not bool(nxt.trial.pending) and int(nxt.n_iter) == 3 and not bool(nxt.done)
+    np.testing.assert_array_equal(nxt.theta, x)  # the base point is kept until the next pass
+    nxt = _newton_pass(p, nxt)  # the point found, evaluated; its step was not of full length, so
+    assert float(nxt.theta[0]) == 0.5 and float(nxt.f) == 0.25 and int(nxt.n_iter) == 3
+    assert bool(nxt.trial.search) and not bool(nxt.trial.pending)  # the next is searched for by values
+    nxt = _newton_pass(p, nxt)  # the full Newton step to 1 passes: the step after it is tried at full length
+    assert float(nxt.point[0]) == 1.0 and bool(nxt.trial.full) and int(nxt.n_iter) == 4
+    nxt = _newton_pass(p, nxt)
+    assert float(nxt.theta[0]) == 1.0 and bool(nxt.done)
 
 
 def test_bfgs_newton_on_a_curved_valley():
