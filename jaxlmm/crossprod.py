@@ -297,6 +297,7 @@ def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, 
     flat_dtype = np.int32 if q2 * q2 < 2**31 else np.int64
     if E == 0:
         return np.zeros(0, np.int32), np.zeros(0, flat_dtype), np.zeros((0, k1 * k1))
+    idx = np.int32 if E < 2**31 else np.int64
     level1 = np.asarray(level1, dtype=np.int64)
     column = np.asarray(column, dtype=np.int64)
     by_level = np.lexsort((column, level1))  # each level's entries, by column
@@ -307,7 +308,16 @@ def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, 
     by_col = np.argsort(column, kind="stable")
     counts = rank[by_col] + 1  # entry a pairs with its level's entries of columns <= column[a]
     ends = np.cumsum(counts)
-    total = int(ends[-1]) if len(ends) else 0
+    # Entry a's side in the order of the pairs (by column: repeated, read in sequence) and entry
+    # b's side in level order (b runs over its level's first entries: one gather each), in the
+    # narrowest integers that hold them.
+    lev_a = level1[by_col].astype(np.int32)
+    row_a = (column[by_col] * q2).astype(flat_dtype)
+    first_b = starts[level1[by_col]].astype(idx)
+    C_a = C[by_col]
+    col_b = column[by_level].astype(flat_dtype)
+    C_b = C[by_level]
+    total = int(ends[-1])
     j_out = np.empty(total, dtype=np.int32)
     flat_out = np.empty(total, dtype=flat_dtype)
     prod_out = np.empty((total, k1 * k1))
@@ -315,15 +325,18 @@ def schur_pairs(level1: np.ndarray, column: np.ndarray, C: np.ndarray, q2: int, 
     while lo < E:  # a run of entries a whose pairs fill at most pair_chunk slots (at least one entry)
         base = int(ends[lo - 1]) if lo else 0
         hi = max(lo + 1, int(np.searchsorted(ends, base + pair_chunk, side="right")))
-        a_idx = by_col[lo:hi]
         cnt = counts[lo:hi]
-        a = np.repeat(a_idx, cnt)
-        local = np.arange(len(a)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        b = by_level[starts[level1[a]] + local]
-        sl = slice(base, base + len(a))
-        j_out[sl] = level1[a]
-        flat_out[sl] = column[a] * q2 + column[b]
-        prod_out[sl] = (C[a][:, :, None] * C[b][:, None, :]).reshape(len(a), k1 * k1)
+        n = int(ends[hi - 1]) - base
+        sl = slice(base, base + n)
+        # entry a's partners b: first_b[a] + 0, 1, ..., cnt[a] - 1
+        b = np.repeat(first_b[lo:hi] - (np.cumsum(cnt) - cnt).astype(idx), cnt) + np.arange(n, dtype=idx)
+        j_out[sl] = np.repeat(lev_a[lo:hi], cnt)
+        flat_out[sl] = np.repeat(row_a[lo:hi], cnt) + col_b[b]
+        if k1 == 1:
+            prod_out[sl, 0] = np.repeat(C_a[lo:hi, 0], cnt) * C_b[b, 0]
+        else:
+            Ca = np.repeat(C_a[lo:hi], cnt, axis=0)
+            prod_out[sl] = (Ca[:, :, None] * C_b[b][:, None, :]).reshape(n, k1 * k1)
         lo = hi
     return j_out, flat_out, prod_out
 
