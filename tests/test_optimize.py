@@ -186,3 +186,24 @@ def test_bfgs_newton_reaches_lme4s_optimum(case):
     assert float(opt.fun) == pytest.approx(r["objective"], rel=1e-8)
     theta = np.asarray(canonical_theta(opt.theta, m.term_dims))
     np.testing.assert_allclose(theta, np.atleast_1d(r["theta"]), rtol=1e-3, atol=1e-4)
+
+
+def test_bfgs_newton_ends_where_a_full_step_rises_by_rounding_only():
+    """A proposed step whose value is above the base's by rounding error (Armijo's test held only at
+    that level) ends the loop at the base, as the search by values would."""
+    from jaxlmm.optimize import Mode, NewtonState, Trial, _newton_pass, _Problem
+    from jaxlmm.control import Hessian
+
+    f = lambda x: jnp.sum((x - 1.0) ** 2) + 1.0  # noqa: E731
+    p = _Problem(f, (), jnp.full(1, -10.0), None, Hessian.BFGS, 1e-9, 200, 2.0, 0.1)
+    x = jnp.array([1.0])
+    point = jnp.array([1.0 + 1e-7])  # value 1 + 1e-14: not lower, within the criterion's rounding
+    assert float(f(point)) > float(f(x))
+    s = NewtonState(point, x, f(x), jnp.zeros(1), 2.0 * jnp.eye(1), jnp.asarray(5), jnp.asarray(False),
+                    jnp.asarray(int(Mode.QUASI)), jnp.asarray(int(Mode.QUASI)), jnp.asarray(-1),
+                    Trial(jnp.asarray(True), jnp.asarray(False), jnp.asarray(True), point - x, jnp.zeros(1),
+                          jnp.zeros(1, dtype=bool)))
+    nxt = _newton_pass(p, s)
+    assert bool(nxt.done) and int(nxt.n_iter) == 5
+    np.testing.assert_array_equal(nxt.theta, x)
+    assert float(nxt.f) == 1.0
