@@ -45,6 +45,7 @@ from jax import lax
 from .control import Hessian
 
 ROUNDOFF = 1e-12  # relative rounding error of the criterion's value
+GTOL = 1e-9  # Newton's aim: max|projected gradient| < GTOL (1 + |f|)
 
 
 class OptResult(NamedTuple):
@@ -473,7 +474,7 @@ def newton(
     lower,
     args: tuple = (),
     column=None,
-    gtol: float = 1e-9,
+    gtol: float = GTOL,
     max_iter: int = 200,
     max_step: float = 2.0,
     conv_tol: float = 1e-6,

@@ -42,6 +42,7 @@ from .crossprod import CrossProducts, Response, response_products, row_sharding,
 from .fitting import first_order, has_direction, is_below, minimize_theta, moved_start, second_is_better
 from .memory import available_memory_bytes, bootstrap_bytes, check_fits, replicate_bytes
 from .objective import sigma_hat, solve
+from .optimize import GTOL
 from .theta import relative_factors, theta_lower_bounds
 from .validate import check_count, check_seed
 
@@ -194,7 +195,8 @@ def sequential(data: CrossProducts, control: Control) -> bool:
 def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.ndarray, np.ndarray]:
     """Replicates the batched pass left unfinished, and where each restarts.
 
-    - out of iterations: from where it stopped;
+    - out of iterations: from where it stopped (not those whose last pass met Newton's
+      aim, max|g| < ``GTOL`` (1 + |f|): they stopped where a refit without the cap stops);
     - at a saddle on the bound (``Refit.stuck``): the criterion is even in a
       diagonal theta entry whose column holds nothing else below it
       (flipping the sign of a column of T leaves Lambda Lambda' unchanged),
@@ -207,7 +209,10 @@ def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.n
     """
     stuck = np.asarray(res.stuck, dtype=bool).reshape(len(res.objective), -1)
     theta = np.asarray(res.theta).reshape(stuck.shape)
-    redo = stuck.any(axis=1) | (np.asarray(res.n_iter) >= max_iter) | ~np.asarray(res.converged, dtype=bool)
+    grad = np.asarray(res.grad).reshape(stuck.shape)
+    aimed = np.max(np.abs(grad), axis=1, initial=0.0) < GTOL * (1.0 + np.abs(np.asarray(res.objective)))
+    capped = (np.asarray(res.n_iter) >= max_iter) & ~aimed
+    redo = stuck.any(axis=1) | capped | ~np.asarray(res.converged, dtype=bool)
     return np.flatnonzero(redo), np.where(stuck, escape, theta)
 
 

@@ -41,6 +41,7 @@ def test_bootstrap_redoes_replicates_that_did_not_converge():
         objective=np.zeros(4), theta=theta, beta=np.zeros((4, 1)), sigma=np.ones(4),
         converged=np.array([True, False, False, True]), n_iter=np.array([3, 4, 8, 2]),
         stuck=np.array([[False, False], [True, False], [False, False], [False, False]]),
+        grad=np.full((4, 2), 1e-6),
     )
     idx, start = _first_pass_restarts(res, 8, 0.1)
     assert idx.tolist() == [1, 2]  # a saddle on the bound; out of iterations
@@ -49,6 +50,11 @@ def test_bootstrap_redoes_replicates_that_did_not_converge():
                        stuck=np.zeros((4, 2), dtype=bool))
     idx, _ = _first_pass_restarts(res, 8, 0.1)
     assert idx.tolist() == [1, 3]  # a failed line search or negative curvature away from the bound
+    # at the cap, those whose last pass met Newton's aim max|g| < 1e-9 (1 + |f|) are done
+    res = res._replace(converged=np.ones(4, dtype=bool), n_iter=np.full(4, 8), objective=np.full(4, 1e3),
+                       grad=np.array([[1e-7, 0.0], [1.01e-6, 0.0], [0.0, -2e-6], [0.0, -9e-7]]))
+    idx, _ = _first_pass_restarts(res, 8, 0.1)
+    assert idx.tolist() == [1, 2]
 
 
 # ---- every pass batched: the replicates equal single refits ------------------------------------
