@@ -16,7 +16,7 @@ Prints the device, versions and one line per case, then the same as JSON
 
     python benchmarks/gpu_bootstrap.py --boot 2000 --pb 2000 --insteval 4 --insteval-warmup 2
 
-(``--insteval 0`` skips InstEval.)
+(``--boot 0``, ``--pb 0``, ``--insteval 0`` skip a case.)
 """
 
 from __future__ import annotations
@@ -84,11 +84,13 @@ def main() -> None:
     sleep = jaxlmm.datasets.load("sleepstudy")
     fit, fit_s = _timed(lambda: jaxlmm.lmm(SLEEP, sleep))
     print(f"sleepstudy fit (compiles) {fit_s:.2f} s", flush=True)
-    rows.append(_case("sleepstudy bootstrap", lambda n, s: jaxlmm.bootstrap(fit, n=n, seed=s, progress=False),
-                      min(1000, args.boot), args.boot))
-    f0, f1 = (jaxlmm.lmm(f, sleep, reml=False) for f in (SLEEP0, SLEEP))
-    rows.append(_case("sleepstudy pb_test Days", lambda n, s: jaxlmm.pb_test(f0, f1, n=n, seed=s, progress=False),
-                      min(1000, args.pb), args.pb))
+    if args.boot:
+        rows.append(_case("sleepstudy bootstrap", lambda n, s: jaxlmm.bootstrap(fit, n=n, seed=s, progress=False),
+                          min(1000, args.boot), args.boot))
+    if args.pb:
+        f0, f1 = (jaxlmm.lmm(f, sleep, reml=False) for f in (SLEEP0, SLEEP))
+        rows.append(_case("sleepstudy pb_test Days",
+                          lambda n, s: jaxlmm.pb_test(f0, f1, n=n, seed=s, progress=False), min(1000, args.pb), args.pb))
     if args.insteval:
         inst = jaxlmm.datasets.load("insteval")
         ifit, ifit_s = _timed(lambda: jaxlmm.lmm(INST, inst, reml=False))

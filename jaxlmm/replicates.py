@@ -169,18 +169,23 @@ def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> t
 
 @lean_jit(quick=False, static_argnames=("reml", "method", "hessian", "sequential"))
 def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool, max_iter, method: str = "newton",
-                conv_tol=Control.convergence_tol, hessian: str = "exact", sequential: bool = False):
+                conv_tol=Control.convergence_tol, hessian: str = "exact", sequential: bool = False, valid=None):
     """:func:`refit` of a batch of responses (their cross-products ``parts``), each from its own start.
 
     Every pass of the bootstrap, the first and the later ones, is this one
     program (``max_iter`` and ``conv_tol`` are traced): a batch of the same size compiles once.
     ``hessian``: Newton's (the fit's policy, :meth:`jaxlmm.control.Control.newton_hessian`).
     ``sequential``: the replicates one after another inside the program (``lax.map``) instead of
-    vectorized (``vmap``), see :func:`sequential`.
+    vectorized (``vmap``), see :func:`sequential`; there the replicates not ``valid`` (a boolean per
+    replicate: the copies that pad a batch) are skipped, their results zeros.
     """
     one = lambda pt, st: refit(with_response(data, pt), st, lower, reml, max_iter, method, conv_tol, hessian)  # noqa: E731
     if sequential:
-        return jax.lax.map(lambda a: one(*a), (parts, starts))
+        if valid is None:
+            return jax.lax.map(lambda a: one(*a), (parts, starts))
+        shapes = jax.eval_shape(one, *jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (parts, starts)))
+        skip = lambda pt, st: jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)  # noqa: E731
+        return jax.lax.map(lambda a: jax.lax.cond(a[2], one, skip, a[0], a[1]), (parts, starts, valid))
     return jax.vmap(one)(parts, starts)
 
 
@@ -244,19 +249,23 @@ class _Batches:
     size: int
     control: Control = Control()
 
-    def batch(self, parts: Response, starts, max_iter: int, method: str = "newton") -> Refit:
-        """One :func:`refit_batch` call with the target's data and the settings of ``control``."""
+    def batch(self, parts: Response, starts, max_iter: int, method: str = "newton", valid: int | None = None) -> Refit:
+        """One :func:`refit_batch` call with the target's data and the settings of ``control``; the
+        replicates from ``valid`` on only pad the batch (a sequential batch skips them)."""
         data = self.target.data
+        seq = sequential(data, self.control)
+        n = len(starts)
+        mask = jnp.arange(n) < (n if valid is None else valid) if seq else None
         return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
                            jnp.asarray(self.control.convergence_tol), self.control.newton_hessian(data.q_rest).value,
-                           sequential(data, self.control))
+                           seq, mask)
 
     def __call__(self, parts: Response, starts: np.ndarray, max_iter: int, method: str = "newton") -> Refit:
         m = len(starts)
         out = []
         for lo in range(0, m, self.size):
             idx = np.minimum(np.arange(lo, lo + self.size), m - 1)
-            r = self.batch(_take(parts, idx), jnp.asarray(starts[idx]), max_iter, method)
+            r = self.batch(_take(parts, idx), jnp.asarray(starts[idx]), max_iter, method, valid=m - lo)
             out.append(_take(r, slice(0, min(self.size, m - lo))))
         return Refit(*(np.concatenate(a) for a in zip(*out)))
 
@@ -473,7 +482,7 @@ def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list)
         starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
         if null_thetas is not None and job.alt_from_null:
             starts = jnp.asarray(null_thetas).reshape(starts.shape)
-        whole = _Batches(tg, job.reml, chunk, job.control).batch(pt, starts, cap)
+        whole = _Batches(tg, job.reml, chunk, job.control).batch(pt, starts, cap, valid=keep)
         null_thetas = whole.theta
         r = _take(whole, slice(0, keep))
         idx, start = _first_pass_restarts(r, cap, job.control.escape)

@@ -195,3 +195,14 @@ def test_a_sequential_batch_equals_a_vectorized_one():
     b = jaxlmm.bootstrap(fit, n=8, seed=2, progress=False, control=by_map)
     np.testing.assert_allclose(b.table["objective"], a.table["objective"], rtol=1e-10)
     np.testing.assert_allclose(b.table["theta_plate.(Intercept)"], a.table["theta_plate.(Intercept)"], rtol=1e-6)
+    # chunks of 3: the last chunk pads one copy, which the sequential batch skips (zeros); the
+    # replicates are unchanged
+    c = jaxlmm.bootstrap(fit, n=8, seed=2, progress=False, control=by_map, chunk_size=3)
+    np.testing.assert_allclose(c.table["objective"], a.table["objective"], rtol=1e-10)
+    tg = replicates.target_of(fit)
+    run = replicates._Batches(tg, fit.reml, 3, by_map)
+    starts = np.repeat(np.asarray(tg.theta0)[None], 3, axis=0)
+    parts = jax.tree.map(lambda v: np.repeat(np.asarray(v)[None], 3, axis=0), fit.products.response)
+    r = run.batch(parts, jax.numpy.asarray(starts), 50, valid=2)
+    assert np.all(np.asarray(r.converged)[:2]) and not bool(np.asarray(r.converged)[2])
+    assert float(r.objective[2]) == 0.0 and float(r.objective[0]) == pytest.approx(fit.objective, rel=1e-10)
