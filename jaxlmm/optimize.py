@@ -162,8 +162,18 @@ def column_flip(theta, g, H, lower, column):
 def positive_eigh(H):
     """Eigenvalues and vectors of the symmetric H with each eigenvalue replaced by max(|lambda|, delta)."""
     lam, Q = jnp.linalg.eigh(H)
+    return _positive(lam), Q
+
+
+def _positive(lam):
     scale = jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
-    return jnp.maximum(jnp.abs(lam), 1e-8 * scale), Q
+    return jnp.maximum(jnp.abs(lam), 1e-8 * scale)
+
+
+HALFWAY = 0.5
+NEAR = 0.05
+"""Where the Hessian has negative curvature, a Newton step goes at most HALFWAY of the way to the
+bound in any entry more than NEAR above it (:func:`_direction`)."""
 
 
 def bfgs_update(H, s, y):
@@ -300,10 +310,17 @@ def _direction(p: _Problem, theta, f, g, H):
     both = free[:, None] & free[None, :]
     Hf = jnp.where(both, H, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
     gf = jnp.where(free, g, 0.0)
-    lam, Q = positive_eigh(Hf)
-    d = -Q @ ((Q.T @ gf) / lam)
+    lam, Q = jnp.linalg.eigh(Hf)
+    d = -Q @ ((Q.T @ gf) / _positive(lam))
     big = jnp.max(jnp.abs(d))
     d = jnp.where(big > p.max_step, d * (p.max_step / big), d)
+    # With negative curvature the step's length comes from |lambda|, not from the criterion: a step
+    # that would put diagonal entries on their bound from afar (lme4's start for a random slope) lands
+    # in the corner where a relative factor's column turns through its zero diagonal, a flat curved
+    # valley Newton then creeps along. Such a step goes at most halfway to the bound.
+    gap = theta - p.lower
+    room = jnp.where(jnp.isfinite(gap) & (gap > NEAR) & (d < 0), HALFWAY * gap / jnp.maximum(-d, 1e-300), jnp.inf)
+    d = jnp.where(jnp.min(lam) < 0, d * jnp.minimum(1.0, jnp.min(room, initial=jnp.inf)), d)
     d = jnp.where(saddle, jnp.maximum(d, p.escape), d)
     return d, gf, saddle
 

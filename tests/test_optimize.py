@@ -207,3 +207,25 @@ def test_bfgs_newton_ends_where_a_full_step_rises_by_rounding_only():
     assert bool(nxt.done) and int(nxt.n_iter) == 5
     np.testing.assert_array_equal(nxt.theta, x)
     assert float(nxt.f) == 1.0
+
+
+def test_a_step_with_negative_curvature_goes_at_most_halfway_to_the_bound():
+    """Where the Hessian is indefinite, the Newton step's length is not the criterion's: an entry more
+    than NEAR above its bound moves at most halfway to it (the whole step scaled); with a positive
+    definite Hessian, or for entries already near the bound, the step is the projected Newton step."""
+    from jaxlmm.control import Hessian
+    from jaxlmm.optimize import HALFWAY, _direction, _Problem
+
+    p = _Problem(None, (), jnp.array([0.0, 0.0, -jnp.inf]), None, Hessian.EXACT, 1e-9, 200, 2.0, 0.1)
+    theta, g = jnp.array([1.0, 0.5, 0.0]), jnp.array([3.0, 0.2, 1.0])
+    H = jnp.diag(jnp.array([1.0, 1.0, -2.0]))  # negative curvature in the unbounded entry
+    d, _, _ = _direction(p, theta, 0.0, g, H)
+    newton = -g / jnp.array([1.0, 1.0, 2.0])  # -|H|^-1 g: (-3, -0.2, -0.5), capped at 2 -> scale 2/3
+    newton = newton * (2.0 / 3.0)
+    assert float(theta[0] + d[0]) == pytest.approx(theta[0] * (1 - HALFWAY))  # halfway to 0, not onto it
+    np.testing.assert_allclose(d, newton * (HALFWAY * 1.0 / 2.0), rtol=1e-12)  # the whole step scaled
+    d_pd, _, _ = _direction(p, theta, 0.0, g, jnp.eye(3))
+    np.testing.assert_allclose(d_pd, -g * (2.0 / 3.0), rtol=1e-12)  # positive definite: capped Newton step
+    near = jnp.array([0.04, 0.5, 0.0])  # within NEAR of the bound: may go onto it
+    d_near, _, _ = _direction(p, near, 0.0, jnp.array([3.0, 0.0, 0.0]), H)
+    assert float(near[0] + d_near[0]) < 0.0
