@@ -319,7 +319,8 @@ def _direction(p: _Problem, theta, f, g, H):
     # in the corner where a relative factor's column turns through its zero diagonal, a flat curved
     # valley Newton then creeps along. Such a step goes at most halfway to the bound.
     gap = theta - p.lower
-    room = jnp.where(jnp.isfinite(gap) & (gap > NEAR) & (d < 0), HALFWAY * gap / jnp.maximum(-d, 1e-300), jnp.inf)
+    far = jnp.isfinite(gap) & (gap > NEAR) & (d < 0)
+    room = jnp.where(far, HALFWAY * gap / jnp.maximum(-d, 1e-300), jnp.inf)
     d = jnp.where(jnp.min(lam) < 0, d * jnp.minimum(1.0, jnp.min(room, initial=jnp.inf)), d)
     d = jnp.where(saddle, jnp.maximum(d, p.escape), d)
     return d, gf, saddle
@@ -504,18 +505,18 @@ def newton(
     per iteration (:func:`grad_and_hessian`), plus the values of the line
     search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
     gradients: large Schur complements), every iteration evaluates value and
-    exact gradient only, at the full length of the step it tries (:class:`Trial`;
-    the line search's values follow only where that fails Armijo's test, so an
-    accepted full step costs no separate value): the first Hessian is made by forward differences of
+    exact gradient only; once steps of full length are being accepted, the next
+    step's full length is tested by the next iteration's own value (:class:`Trial`:
+    an accepted full step costs no separate line-search value). The first
+    Hessian is made by forward differences of
     the gradient (n_theta more gradient passes of the loop), later ones are
     BFGS updates (:func:`bfgs_update`, from the previous Hessian made positive
     definite). At a point on the bound that would end the loop there
     (converged, stalled, out of iterations or without a step), or that a
     step has just reached, the Hessian is measured again by forward
-    differences (n_theta gradient passes; the boundary saddle test and the
-    final check need true curvature, and the criterion's evenness in a zero
-    diagonal entry makes its column there accurate to second order), from
-    which the iteration stops or goes on. No pass evaluates the criterion's
+    differences (n_theta gradient passes: the boundary saddle test and the
+    final check need true curvature), from which the iteration stops or goes
+    on. No pass evaluates the criterion's
     Hessian, so the compiled loop holds only its gradient.
     Not meant for ``vmap`` (its branches would all run). ``hessian`` is a
     :class:`Hessian` or its value.

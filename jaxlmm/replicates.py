@@ -183,7 +183,8 @@ def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool,
     if sequential:
         if valid is None:
             return jax.lax.map(lambda a: one(*a), (parts, starts))
-        shapes = jax.eval_shape(one, *jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (parts, starts)))
+        each = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (parts, starts))
+        shapes = jax.eval_shape(one, *each)
         skip = lambda pt, st: jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)  # noqa: E731
         return jax.lax.map(lambda a: jax.lax.cond(a[2], one, skip, a[0], a[1]), (parts, starts, valid))
     return jax.vmap(one)(parts, starts)

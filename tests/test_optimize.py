@@ -145,7 +145,8 @@ def test_bfgs_newton_backtracks_from_a_failed_full_step():
     d = jnp.array([-5.0])  # to -2: value 9 against 4 at x
     s = NewtonState(x + d, x, f(x), jax.grad(f)(x), 2.0 * jnp.eye(1), jnp.asarray(2), jnp.asarray(False),
                     jnp.asarray(int(Mode.QUASI)), jnp.asarray(int(Mode.QUASI)), jnp.asarray(-1),
-                    Trial(jnp.asarray(True), jnp.asarray(False), jnp.asarray(True), d, jax.grad(f)(x), jnp.zeros(1, dtype=bool)))
+                    Trial(jnp.asarray(True), jnp.asarray(False), jnp.asarray(True), d, jax.grad(f)(x),
+                          jnp.zeros(1, dtype=bool)))
     nxt = _newton_pass(p, s)
     np.testing.assert_allclose(nxt.point, [0.5])  # half the step
     assert not bool(nxt.trial.pending) and int(nxt.n_iter) == 3 and not bool(nxt.done)
