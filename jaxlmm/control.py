@@ -30,7 +30,8 @@ class Hessian(str, enum.Enum):
 
     AUTO = "auto"  # the fit's choice: exact below ``Control.bfgs_from`` further random effects, BFGS from there
     EXACT = "exact"  # autodiff's exact Hessian at every iteration
-    BFGS = "bfgs"  # forward differences of exact gradients first, then BFGS updates; exact to confirm a stop on the bound
+    BFGS = "bfgs"  # forward differences of exact gradients first, then BFGS updates; forward differences
+    # again where a stop on the bound, or a step that reaches it, needs true curvature
 
 
 DENSE_SHARE = {"cpu": 0.1, "gpu": 0.01}
