@@ -505,19 +505,18 @@ def newton(
     per iteration (:func:`grad_and_hessian`), plus the values of the line
     search. With ``hessian="bfgs"`` (for criteria whose Hessian costs many
     gradients: large Schur complements), every iteration evaluates value and
-    exact gradient only; once steps of full length are being accepted, the next
-    step's full length is tested by the next iteration's own value (:class:`Trial`:
-    an accepted full step costs no separate line-search value). The first
-    Hessian is made by forward differences of
-    the gradient (n_theta more gradient passes of the loop), later ones are
-    BFGS updates (:func:`bfgs_update`, from the previous Hessian made positive
-    definite). At a point on the bound that would end the loop there
-    (converged, stalled, out of iterations or without a step), or that a
-    step has just reached, the Hessian is measured again by forward
-    differences (n_theta gradient passes: the boundary saddle test and the
-    final check need true curvature), from which the iteration stops or goes
-    on. No pass evaluates the criterion's
-    Hessian, so the compiled loop holds only its gradient.
+    exact gradient only; once steps of full length are being accepted, the
+    next step's full length is tested by the next iteration's own value
+    (:class:`Trial`: an accepted full step costs no separate line-search
+    value). The first Hessian is made by forward differences of the gradient
+    (n_theta more gradient passes of the loop), later ones are BFGS updates
+    (:func:`bfgs_update`, from the previous Hessian made positive definite).
+    At a point on the bound that would end the loop there (converged,
+    stalled, out of iterations or without a step), or that a step has just
+    reached, the Hessian is measured again by forward differences (n_theta
+    gradient passes: the boundary saddle test and the final check need true
+    curvature), from which the iteration stops or goes on. No pass evaluates
+    the criterion's Hessian, so the compiled loop holds only its gradient.
     Not meant for ``vmap`` (its branches would all run). ``hessian`` is a
     :class:`Hessian` or its value.
 

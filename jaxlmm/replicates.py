@@ -215,8 +215,7 @@ def _first_pass_restarts(res: Refit, max_iter: int, escape: float) -> tuple[np.n
     """
     stuck = np.asarray(res.stuck, dtype=bool).reshape(len(res.objective), -1)
     theta = np.asarray(res.theta).reshape(stuck.shape)
-    grad = np.asarray(res.grad).reshape(stuck.shape)
-    aimed = np.max(np.abs(grad), axis=1, initial=0.0) < GTOL * (1.0 + np.abs(np.asarray(res.objective)))
+    aimed = first_order(res.objective, np.asarray(res.grad).reshape(stuck.shape), GTOL)
     capped = (np.asarray(res.n_iter) >= max_iter) & ~aimed
     redo = stuck.any(axis=1) | capped | ~np.asarray(res.converged, dtype=bool)
     return np.flatnonzero(redo), np.where(stuck, escape, theta)
