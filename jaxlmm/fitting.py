@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import ahead
 from ._config import lean_jit
 from .control import Control
 from .crossprod import CrossProducts
@@ -48,7 +49,7 @@ def minimize_theta(
     """
     if data.n_theta == 0:  # no random-effect term: the criterion is closed form
         z = jnp.zeros(jnp.shape(theta0))
-        return OptResult(theta0, deviance(theta0, data, reml), theta0, 0, True, z.astype(bool), z)
+        return OptResult(theta0, deviance(theta0, data, reml), theta0, 0, True, z.astype(bool), z, z[:, None] * z)
     if scale is None:
         fun, w, args = deviance, 1.0, (data, reml)
     else:
@@ -63,7 +64,9 @@ def minimize_theta(
         opt = lbfgs(fun, theta0 * w, canon, args=args, max_iter=max_iter * 5, conv_tol=conv_tol)
     else:  # pragma: no cover (checked by the callers)
         raise ValueError(method)
-    return opt._replace(theta=opt.theta / w, grad=opt.grad * w, descent=opt.descent / w)
+    w = jnp.broadcast_to(w, opt.theta.shape)
+    return opt._replace(theta=opt.theta / w, grad=opt.grad * w, descent=opt.descent / w,
+                        hessian=opt.hessian * jnp.outer(w, w))
 
 
 optimize_theta = lean_jit(minimize_theta, static_argnames=("method", "max_iter", "hessian"))
@@ -131,7 +134,11 @@ class _Run:
 
     def run(self, start, method: str = "newton") -> OptResult:
         """One compiled pass from ``start`` (theta); its iterations are counted."""
-        opt = optimize_theta(jnp.asarray(start), self.lower, self.data, self.reml, method=method, **self.kw)
+        args, kw = (jnp.asarray(start), self.lower, self.data, self.reml), dict(method=method, **self.kw)
+        if ahead.pending():  # trace and lower first, then let the programs after the fit compile beside it
+            optimize_theta.lower(*args, **kw)
+            ahead.release()
+        opt = optimize_theta(*args, **kw)
         self.n_iter += int(opt.n_iter)
         return opt
 

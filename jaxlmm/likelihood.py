@@ -27,9 +27,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from ._config import lean_jit
 from .crossprod import CrossProducts
 from .objective import LOG2PI, factorize, pieces_of_diagonals
 
@@ -94,3 +96,19 @@ def vcov_beta_varpar(varpar, data: CrossProducts):
     theta, sigma = varpar[:-1], varpar[-1]
     inv = solve_triangular(factor_parts(theta, data).RXt, jnp.eye(data.p), lower=True)
     return sigma**2 * (inv.T @ inv)
+
+
+def _m_and_r2(theta, data: CrossProducts):
+    """M(theta) = (R_X'R_X)^{-1} (Var(beta-hat) / sigma^2) and r^2(theta), from one factorization."""
+    fp = factor_parts(theta, data)
+    inv = solve_triangular(fp.RXt, jnp.eye(data.p), lower=True)
+    return inv.T @ inv, fp.r2
+
+
+@lean_jit
+def theta_derivatives(theta, data: CrossProducts):
+    """M = (R_X'R_X)^{-1}, dM/dtheta (p, p, n_theta) and dr^2/dtheta at theta, by one forward-mode
+    pass: with the fit's Hessian of the profiled criterion, what Satterthwaite's df need
+    (:mod:`jaxlmm.satterthwaite`)."""
+    (M, _), (dM, dr2) = _m_and_r2(theta, data), jax.jacfwd(_m_and_r2)(theta, data)
+    return M, dM, dr2

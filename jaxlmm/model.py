@@ -14,12 +14,13 @@ import inspect
 import jax.numpy as jnp
 
 from ._config import ensure_x64, uses_float64
+from .ahead import compile_ahead
 from .control import Control, as_control
 from .crossprod import CrossProducts, cross_products
 from .design import Design, build_design
 from .errors import JaxLMMError, closest_name
 from .fitting import deviance_jit
-from .results import LmmFit, estimate
+from .results import LmmFit, after_fit, estimate
 from .theta import theta_lower_bounds, theta_start
 from .validate import as_theta, check_bool
 
@@ -80,10 +81,12 @@ class LinearMixedModel:
         ``control.replace(max_iter=...)``.
         """
         ensure_x64()
-        return estimate(
-            self.design, self.products, reml=reml, method=method, theta0=theta0, max_iter=max_iter,
-            control=self.control if control is None else as_control(control), data_name=self.data_name,
-        )
+        control = self.control if control is None else as_control(control)
+        with compile_ahead(after_fit(self.products, method, control)):
+            return estimate(
+                self.design, self.products, reml=reml, method=method, theta0=theta0, max_iter=max_iter,
+                control=control, data_name=self.data_name,
+            )
 
 
 def _keywords(func, skip=("self", "formula", "data", "design")) -> list[str]:

@@ -56,6 +56,7 @@ class OptResult(NamedTuple):
     converged: jax.Array  # first-order conditions and non-negative curvature (second_order)
     stuck: jax.Array  # per entry: at its bound with negative curvature there (a saddle)
     descent: jax.Array  # a direction of negative curvature at theta (zeros where there is none)
+    hessian: jax.Array  # the criterion's exact Hessian at theta where the optimizer computed it, else NaN
 
 
 def projected_gradient(theta, g, lower):
@@ -483,7 +484,8 @@ def _newton_result(p: _Problem, theta, f, g, H, n_iter, conv_tol: float) -> OptR
     curv_ok, v = second_order(theta, f, g, H, p.lower, conv_tol)
     at = theta <= p.lower
     stuck = at & ((jnp.diagonal(H) < 0) | (jnp.abs(v) >= 0.1 * jnp.max(jnp.abs(v), initial=0.0)) & (v != 0))
-    return OptResult(theta, f, pg, n_iter, first & curv_ok, stuck, v)
+    exact = H if p.hessian is Hessian.EXACT else jnp.full_like(H, jnp.nan)
+    return OptResult(theta, f, pg, n_iter, first & curv_ok, stuck, v, exact)
 
 
 def newton(
@@ -581,4 +583,5 @@ def lbfgs(
     theta = canonical(x)
     fval = fun(theta, *args)
     conv = jnp.max(jnp.abs(g), initial=0.0) < conv_tol * (1.0 + jnp.abs(fval))
-    return OptResult(theta, fval, g, it, conv, jnp.zeros(theta.shape, dtype=bool), jnp.zeros(theta.shape))
+    n = theta.shape[0]
+    return OptResult(theta, fval, g, it, conv, jnp.zeros(n, dtype=bool), jnp.zeros(n), jnp.full((n, n), jnp.nan))

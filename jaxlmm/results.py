@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from ._config import lean_jit, uses_float64
-from .control import Control
+from .control import Control, Hessian
 from .crossprod import CrossProducts
 from .design import Design
 from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, warn
 from .fitting import METHODS, deviance_jit, minimize
+from .likelihood import theta_derivatives
 from .objective import conditional_variances, sigma_hat, solve
 from .optimize import OptResult
 from .theta import factors_batch, is_singular, theta_lower_bounds, theta_scales, theta_start
@@ -63,6 +64,7 @@ class LmmFit:
     nobs: int
     n_dropped: int
     b: tuple  # conditional modes per term, arrays (levels, columns)
+    hessian: np.ndarray | None = None  # the profiled criterion's exact Hessian in theta at the optimum
 
     # ---- likelihood summaries -------------------------------------------
     @property
@@ -318,6 +320,19 @@ def _float64_methods(cls):
 _float64_methods(LmmFit)
 
 
+def after_fit(products: CrossProducts, method: str, control: Control) -> list:
+    """The programs a fit of ``products`` calls once its optimizer is done, for
+    :func:`jaxlmm.ahead.compile_ahead`: the solve at the optimum, and where the default summary
+    computes Satterthwaite's df from the fit's exact Hessian (Newton with exact Hessians), their
+    forward-mode pass."""
+    theta = jnp.asarray(theta_start(products.term_dims))
+    tasks = [(_solve_jit, (theta, products), {})]
+    if (method == "newton" and products.n_theta and products.p
+            and control.newton_hessian(products.q_rest) is Hessian.EXACT):
+        tasks.append((theta_derivatives, (theta, products), {}))
+    return tasks
+
+
 def check_fit(fit, what: str = "fit", func: str = "") -> None:
     """``fit`` is an :class:`~jaxlmm.results.LmmFit` (what ``jaxlmm.lmm`` returns)."""
     if not isinstance(fit, LmmFit):
@@ -431,4 +446,12 @@ def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool
         nobs=n,
         n_dropped=design.n_dropped,
         b=tuple(b),
+        hessian=exact_hessian(opt),
     )
+
+
+def exact_hessian(opt: OptResult) -> np.ndarray | None:
+    """The optimizer's exact Hessian of the profiled criterion at its theta, or None where it made
+    none (BFGS Hessians, L-BFGS)."""
+    H = np.asarray(opt.hessian, dtype=np.float64)
+    return H if H.size == 0 or np.all(np.isfinite(H)) else None

@@ -9,9 +9,24 @@ Burns, Biometrics 1985; lmerTest, Kuznetsova et al., J. Stat. Softw. 2017):
 with phi = (theta, sigma) the variance parameters and H the Hessian of the
 deviance D(phi) (:func:`jaxlmm.likelihood.deviance_varpar`: REML for REML
 fits, ML for ML fits) at the estimate; A is the asymptotic covariance of
-phi-hat. lmerTest takes g and H by finite differences; here both are exact
-(``jax.jacfwd``, ``jax.hessian``). nu does not depend on how phi is
-parameterized. As lmerTest, H is inverted on its positive eigenvalues
+phi-hat. lmerTest takes g and H by finite differences; here both are exact.
+nu does not depend on how phi is parameterized.
+
+Where the fit's Newton optimizer computed the exact Hessian h of the
+profiled criterion d(theta) at its optimum (``fit.hessian``), H follows from
+it without differentiating twice again. With D(theta, sigma) = c(theta) +
+r^2(theta)/sigma^2 + m log sigma^2 (m = n - p for REML, n for ML; c holds
+the log-determinants) and sigma-hat^2 = r^2/m, so d(theta) = c + m log(r^2/m)
++ m, at sigma = sigma-hat (where the fit reports sigma) with g = dr^2/dtheta:
+
+    H_theta,theta = h + g g' / (m sigma^4),  H_theta,sigma = -2 g / sigma^3,
+    H_sigma,sigma = 4 m / sigma^2;
+
+and V = sigma^2 M(theta) with M = (R_X'R_X)^{-1}, so dV/dsigma = 2 V/sigma.
+One forward-mode pass in theta then gives dM/dtheta and g together
+(:func:`jaxlmm.likelihood.theta_derivatives`). Otherwise (fits with BFGS Hessians or by
+L-BFGS) H is ``jax.hessian`` of D and dV/dphi ``jax.jacfwd`` of V
+(:func:`_derivatives`). As lmerTest, H is inverted on its positive eigenvalues
 only, so a parameter on the boundary whose curvature vanishes drops out.
 
 For a q-row contrast matrix L the F statistic and its denominator df follow
@@ -33,7 +48,7 @@ import pandas as pd
 from ._config import lean_jit
 from .distributions import f_sf, t_sf2
 from .errors import JaxLMMError
-from .likelihood import deviance_varpar, vcov_beta_varpar
+from .likelihood import deviance_varpar, theta_derivatives, vcov_beta_varpar
 
 DDF_METHODS = ("satterthwaite", "wald", "residual")
 
@@ -53,6 +68,20 @@ def _derivatives(varpar, data, reml):
     return vcov_beta_varpar(varpar, data), J, H
 
 
+def _from_profiled_hessian(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V, J, H) from the fit's exact Hessian of the profiled criterion (the module's notes)."""
+    sigma, data = float(fit.sigma), fit.products
+    M, dM, g = (np.asarray(a) for a in theta_derivatives(jnp.asarray(fit.theta), data))
+    m = float(data.n - data.p) if fit.reml else float(data.n)
+    k = len(fit.theta)
+    H = np.empty((k + 1, k + 1))
+    H[:k, :k] = fit.hessian + np.outer(g, g) / (m * sigma**4)
+    H[:k, k] = H[k, :k] = -2.0 * g / sigma**3
+    H[k, k] = 4.0 * m / sigma**2
+    J = np.concatenate([sigma**2 * dM, (2.0 * sigma * M)[:, :, None]], axis=2)
+    return sigma**2 * M, J, H
+
+
 def positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     """Inverse of the symmetric H on its eigenvalues above tol * max(|eig|) (lmerTest)."""
     lam, Q = np.linalg.eigh(H)
@@ -63,8 +92,11 @@ def positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
 
 def varpar_derivatives(fit) -> VarparDerivatives:
     """V, dV/dphi and A = 2 H^+ at the fit's (theta, sigma); the fit keeps them (``fit.varpar_derivatives``)."""
-    varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
-    V, J, H = _derivatives(varpar, fit.products, bool(fit.reml))
+    if fit.hessian is not None and len(fit.theta) and fit.sigma > 0:
+        V, J, H = _from_profiled_hessian(fit)
+    else:
+        varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
+        V, J, H = _derivatives(varpar, fit.products, bool(fit.reml))
     return VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H)))
 
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxlmm"
 
 # lowest first; within a layer a module may import another of the same layer (the graph stays acyclic)
 LAYERS = {
-    "support": ["errors", "_config", "distributions", "linalg"],
+    "support": ["errors", "_config", "ahead", "distributions", "linalg"],
     "data": ["terms", "formula", "validate", "control", "design"],
     "parameters": ["theta", "varcorr"],
     "cross-products": ["memory", "crossprod"],

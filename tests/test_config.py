@@ -217,3 +217,69 @@ def test_lean_jit_picks_its_options_by_size_and_computes_the_same(monkeypatch):
     values.append(float(f(theta, fit.products, reml=True)))
     np.testing.assert_allclose(values, fit.objective, rtol=1e-13)
     assert fit.objective == pytest.approx(1743.6282719585, rel=1e-10)  # lme4 1.1.31, REML
+
+
+# ---- compiling ahead (jaxlmm.ahead) ------------------------------------------------------------
+
+
+def _traces_of(call) -> int:
+    """The programs JAX traces while ``call()`` runs (its monitoring events)."""
+    import collections
+
+    events = collections.Counter()
+
+    def count(name, secs, **kw):
+        events.update([name])
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        call()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    return events["/jax/core/compile/jaxpr_trace_duration"]
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_the_summary_after_a_first_fit_was_compiled_ahead(monkeypatch, setting):
+    """A first fit of new shapes compiles the summary's derivatives beside its own program: printing
+    the summary then traces nothing; with JAXLMM_COMPILE_AHEAD=off it traces them (the counter sees
+    it). Either way no compiling thread outlives the fit, and the fit is the same."""
+    import threading
+
+    from jaxlmm import ahead
+
+    monkeypatch.setenv("JAXLMM_COMPILE_AHEAD", setting)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert ahead.enabled() == (setting == "on")
+    # shapes no other test fits: a quadratic term (theta of 6), and one subject (on) or two (off) less
+    drop = SLEEP.Subject.unique()[: 1 if setting == "on" else 2]
+    data = SLEEP[~SLEEP.Subject.isin(drop)].assign(D2=lambda d: (d.Days - 4.5) ** 2 / 10)
+    box = {}
+    assert _traces_of(lambda: box.update(fit=jaxlmm.lmm("Reaction ~ Days + D2 + (Days + D2 | Subject)", data))) > 0
+    fit = box["fit"]
+    assert not [t for t in threading.enumerate() if t.name == "jaxlmm-compile-ahead"]
+    n = _traces_of(lambda: str(fit))
+    assert (n == 0) if setting == "on" else (n > 0)
+    ref = jaxlmm.lmm("Reaction ~ Days + D2 + (Days + D2 | Subject)", data)  # compiled by now, nothing ahead
+    assert fit.objective == ref.objective and np.array_equal(fit.theta, ref.theta)
+
+
+def test_compile_ahead_drops_errors_and_compiles_only_what_is_released():
+    """A task that cannot be compiled is recorded, not raised; a block never released compiles nothing;
+    the block's end waits for the thread."""
+    from jaxlmm import ahead
+
+    f = jax.jit(lambda x: x @ x)
+    bad = (f, (jnp.ones((2, 3)),), {})  # a shape error when lowered
+    good = (f, (jnp.ones((3, 3)),), {})
+    with ahead.compile_ahead([bad, good]) as a:
+        assert ahead.pending()
+        ahead.release()
+        assert not ahead.pending()
+    if ahead.enabled():
+        assert a.thread is not None and not a.thread.is_alive()
+        assert len(a.errors) == 1 and a.compiled == 1
+    with ahead.compile_ahead([good]) as b:
+        pass
+    assert b.thread is None and b.compiled == 0
+    assert not ahead.pending()  # outside any block

@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 import scipy.stats as st
 
+import jax
+import jax.numpy as jnp
+
 import jaxlmm
-from jaxlmm.satterthwaite import satterthwaite_df
-from models import get_fit, weighted_fit
+from jaxlmm.objective import deviance
+from jaxlmm.satterthwaite import _derivatives, _from_profiled_hessian, satterthwaite_df
+from models import get_fit, get_model, weighted_fit
 from oracle import DYE, SLOPE, WEIGHTS, load_fit_reference
 
 SATT_CASES = {
@@ -112,3 +116,50 @@ def test_satterthwaite_df_match_lmertest():
     for case in ("intercept", "slope"):
         fit = weighted_fit(case, "REML")
         np.testing.assert_allclose(fit.coef_table()["df"], CASES[case]["REML"]["satterthwaite_df"], rtol=1e-3)
+
+
+# ---- the two ways to the derivatives ------------------------------------------------------------
+
+DERIVATIVE_FITS = {
+    "slope-REML": lambda: get_fit(SLOPE, "sleepstudy"),
+    "slope-ML": lambda: get_fit(SLOPE, "sleepstudy", reml=False),
+    "crossed": lambda: get_fit("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin"),
+    "singular": lambda: get_fit("Yield ~ 1 + (1 | Batch)", "dyestuff2"),
+    "weighted": lambda: weighted_fit("slope", "REML"),
+}
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+@pytest.mark.parametrize("name", list(DERIVATIVE_FITS))
+def test_fit_hessian_is_the_criterions(name):
+    """The Hessian Newton leaves on the fit (on theta's scale, whatever the optimizer's scale) is
+    jax.hessian of the profiled criterion at fit.theta."""
+    fit = DERIVATIVE_FITS[name]()
+    want = jax.hessian(deviance)(jnp.asarray(fit.theta), fit.products, fit.reml)
+    assert fit.hessian is not None and fit.hessian.shape == (len(fit.theta),) * 2
+    assert _rel(fit.hessian, want) < 1e-9
+
+
+@pytest.mark.parametrize("name", list(DERIVATIVE_FITS))
+def test_derivatives_from_the_fit_hessian_equal_the_direct_ones(name):
+    """V, dV/dphi and the Hessian of D(theta, sigma) assembled from the fit's profiled Hessian equal
+    jax.jacfwd / jax.hessian of the unprofiled criterion (the path of fits without that Hessian)."""
+    fit = DERIVATIVE_FITS[name]()
+    varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
+    V0, J0, H0 = _derivatives(varpar, fit.products, bool(fit.reml))
+    V1, J1, H1 = _from_profiled_hessian(fit)
+    assert _rel(V1, V0) < 1e-10 and _rel(J1, J0) < 1e-10 and _rel(H1, H0) < 1e-10
+
+
+def test_fits_without_an_exact_hessian_take_the_direct_derivatives():
+    """BFGS Hessians (a further term at least bfgs_from wide) or L-BFGS leave no Hessian on the fit;
+    the df come out the same."""
+    crossed = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    model = get_model(crossed, "penicillin")
+    exact = get_fit(crossed, "penicillin")
+    for fit in (model.fit(control=jaxlmm.Control(bfgs_from=1)), model.fit(method="lbfgs")):
+        assert fit.hessian is None
+        np.testing.assert_allclose(satterthwaite_df(fit), satterthwaite_df(exact), rtol=1e-5)
