@@ -86,7 +86,7 @@ def batched(n: int, l1: int, l2: int) -> dict:
     keys = jax.random.split(jax.random.key(0), chunk)
     (parts,) = simulate_products(keys, tg.rows, fit_params(fit), (tg.rows,))
     starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
-    ma = refit_batch.lower(parts, starts, tg.data, tg.lower, True, jnp.asarray(fit.control.first_pass)).compile().memory_analysis()
+    ma = refit_batch.lower(parts, starts, tg.data, tg.lower, True, jnp.asarray(fit.control.first_pass or 8)).compile().memory_analysis()
     boot_est = memory.bootstrap_bytes([fit.products], fit.nobs, chunk, chunk)
     k = 100
     draw = jax.jit(jax.vmap(simulate_one, in_axes=(0, None, None)))

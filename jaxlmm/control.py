@@ -40,6 +40,10 @@ were measured to cost more than its dense row (MovieLens-1M shape); on a GPU, wh
 run near peak and scatters do not, the lead of the arithmetic (not yet measured)."""
 
 
+FIRST_PASS = 8
+"""Newton iterations of the first batched pass of refits not on lanes (``Control.first_pass``)."""
+
+
 @dataclass(frozen=True)
 class Control:
     """Settings of the fit, the cross-products and the batched refits; the defaults are the tested ones.
@@ -69,8 +73,9 @@ class Control:
     Parametric bootstrap (:mod:`jaxlmm.replicates`):
 
     - ``first_pass``: Newton iterations of the batched pass at first; replicates needing more
-      are finished by later batched passes. ``pending_share``: above this share of a chunk left
-      unfinished, the batched pass of the later chunks gets twice the iterations.
+      are finished by later batched passes. None: ``max_iter`` where the refits run on lanes
+      (``cpu_lanes`` below), else :data:`FIRST_PASS`. ``pending_share``: above this share of a
+      chunk left unfinished, the batched pass of the later chunks gets twice the iterations.
     - ``escape``: the restart value of a diagonal theta entry stuck at a saddle on the bound.
     - ``chunk_share``: the share of the memory available when a bootstrap starts (an
       accelerator's free memory, the host's on the CPU) one chunk of replicates may use when no
@@ -79,6 +84,15 @@ class Control:
     - ``cpu_map_from``: on the CPU backend, models whose further random effects have this many
       columns or more refit a chunk's replicates one after another inside the compiled program
       instead of vectorized (XLA's CPU scatter-adds are far slower batched).
+    - ``lanes``, ``cpu_lanes``, ``lane_rounds``: with ``lanes`` (None: on the CPU backend only),
+      vectorized Newton refits (all but the sequential ones, on one device) run a chunk's
+      replicates on lanes, each taking up the next replicate as soon as its own has ended
+      (:func:`jaxlmm.optimize.newton_lanes`): a replicate needing many iterations holds one lane,
+      not a whole batch. On the CPU backend ``cpu_lanes`` lanes (measured: 32 lanes refit
+      sleepstudy's replicates faster than 64, 128 or 256) and default chunks of at most
+      ``cpu_lanes * lane_rounds`` replicates; on accelerators a ``lane_rounds``-th of the chunk
+      (which the device's memory sets). Accelerators, where a pass of a batch of any width costs
+      about the same, refit vectorized batches by default (not yet measured with lanes).
     """
 
     max_iter: int = 200
@@ -90,18 +104,23 @@ class Control:
     convergence_tol: float = 1e-6
     chunk_rows: int = 2**20
     pair_chunk: int = 2**24
-    first_pass: int = 8
+    first_pass: int | None = None
     pending_share: float = 0.1
     escape: float = 0.1
     chunk_share: float = 0.25
     chunk_entries: int | None = None
     cpu_chunk: int = 256
     cpu_map_from: int = 256
+    lanes: bool | None = None
+    cpu_lanes: int = 32
+    lane_rounds: int = 128
     dense_share: float | None = None
 
     def __post_init__(self):
-        positive = ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "first_pass", "cpu_chunk", "cpu_map_from")
-        for name in positive + (("chunk_entries",) if self.chunk_entries is not None else ()):
+        positive = ("max_iter", "bfgs_from", "chunk_rows", "pair_chunk", "cpu_chunk", "cpu_map_from", "cpu_lanes",
+                    "lane_rounds")
+        optional = tuple(name for name in ("chunk_entries", "first_pass") if getattr(self, name) is not None)
+        for name in positive + optional:
             object.__setattr__(self, name, check_positive_int(getattr(self, name), f"Control: {name}"))
         if not _number(self.chunk_share) or not 0 < self.chunk_share <= 1:
             raise JaxLMMError(f"Control: chunk_share must be a number in (0, 1], not {self.chunk_share!r}.")
@@ -110,6 +129,8 @@ class Control:
             _positive_number(self, name)
         if self.dense_share is not None:
             _positive_number(self, "dense_share")
+        if self.lanes is not None:
+            object.__setattr__(self, "lanes", check_bool(self.lanes, "Control: lanes"))
         if not _number(self.pending_share) or not 0 <= self.pending_share <= 1:
             raise JaxLMMError(f"Control: pending_share must be a number in [0, 1], not {self.pending_share!r}.")
         object.__setattr__(self, "boundary_restart", check_bool(self.boundary_restart, "Control: boundary_restart"))

@@ -488,6 +488,14 @@ def _newton_result(p: _Problem, theta, f, g, H, n_iter, conv_tol: float) -> OptR
     return OptResult(theta, f, pg, n_iter, first & curv_ok, stuck, v, exact)
 
 
+def _problem(fun, args, lower, column=None, gtol: float = GTOL, max_iter: int = 200, max_step: float = 2.0,
+             escape: float = 0.1, hessian: Hessian | str = "exact") -> _Problem:
+    """The :class:`_Problem` of :func:`newton`'s arguments (``hessian`` checked)."""
+    if hessian not in HESSIANS:
+        raise ValueError(f"hessian must be one of {HESSIANS}, not {hessian!r}")
+    return _Problem(fun, args, lower, column, Hessian(hessian), gtol, max_iter, max_step, escape)
+
+
 def newton(
     fun: Callable,
     theta0,
@@ -527,11 +535,8 @@ def newton(
     :func:`column_flip`), zero diagonal entries of relative factors are
     moved off their bound through the sign symmetry of their column.
     """
-    if hessian not in HESSIANS:
-        raise ValueError(f"hessian must be one of {HESSIANS}, not {hessian!r}")
-    hessian = Hessian(hessian)
     theta0 = jnp.maximum(jnp.asarray(theta0, dtype=jnp.float64), lower)
-    p = _Problem(fun, args, lower, column, hessian, gtol, max_iter, max_step, escape)
+    p = _problem(fun, args, lower, column, gtol, max_iter, max_step, escape, hessian)
     # The loop evaluates value, gradient and Hessian once per pass, at the point
     # the previous pass accepted (so they appear once in the compiled program).
     s = lax.while_loop(lambda s: ~s.done, lambda s: _newton_pass(p, s), _initial_state(p, theta0))
@@ -585,3 +590,63 @@ def lbfgs(
     conv = jnp.max(jnp.abs(g), initial=0.0) < conv_tol * (1.0 + jnp.abs(fval))
     n = theta.shape[0]
     return OptResult(theta, fval, g, it, conv, jnp.zeros(n, dtype=bool), jnp.zeros(n), jnp.full((n, n), jnp.nan))
+
+
+class _Ended(NamedTuple):
+    """Where each problem of :func:`newton_lanes` ended: the loop state :func:`_newton_result` reads."""
+
+    theta: jax.Array
+    f: jax.Array
+    g: jax.Array
+    H: jax.Array
+    n_iter: jax.Array
+
+
+def newton_lanes(fun: Callable, theta0, lower, args: tuple, lanes: int, count=None, conv_tol: float = 1e-6,
+                 **settings) -> OptResult:
+    """:func:`newton` for N problems ``fun(theta, *args_i)`` from ``theta0[i]`` (``args``: arrays
+    with a leading axis N), run ``lanes`` at a time, vectorized: a lane whose problem has ended
+    takes up the next one, so a batch costs the iterations its problems need, not N / lanes times
+    the most any of them needs (as ``vmap`` of :func:`newton` would). Each problem's iterates are
+    exactly :func:`newton`'s with the same ``settings`` (its keywords ``column``, ``gtol``,
+    ``max_iter``, ``max_step``, ``escape``, ``hessian``). Problems from ``count`` on (traced;
+    default N) are skipped, their results zeros. The result has a leading axis N.
+    """
+    theta0 = jnp.maximum(jnp.asarray(theta0, dtype=jnp.float64), lower)
+    n = theta0.shape[0]
+    width = min(int(lanes), n)
+    count = jnp.asarray(n if count is None else jnp.minimum(count, n))
+    problem = lambda a: _problem(fun, a, lower, **settings)  # noqa: E731
+
+    def take(i):
+        return jax.tree.map(lambda x: x[jnp.clip(i, 0, n - 1)], args)
+
+    def start(i):
+        return jax.vmap(lambda t, a: _initial_state(problem(a), t))(theta0[jnp.clip(i, 0, n - 1)], take(i))
+
+    def lanewise(mask, a, b):  # per lane: a where mask, else b
+        return jax.tree.map(lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+    def body(c):
+        states, idx, nxt, ended = c
+        active = idx < count
+        new = lanewise(active, jax.vmap(lambda s, a: _newton_pass(problem(a), s))(states, take(idx)), states)
+        fin = active & new.done
+        rows = jnp.where(fin, idx, n)  # row n is out of bounds: dropped
+        ended = jax.tree.map(lambda e, v: e.at[rows].set(v, mode="drop"), ended,
+                             _Ended(new.theta, new.f, new.g, new.H, new.n_iter))
+        following = nxt + jnp.cumsum(fin) - 1
+        idx = jnp.where(fin, jnp.where(following < count, following, n), idx)
+        return lanewise(fin, start(idx), new), idx, nxt + jnp.sum(fin), ended
+
+    k = theta0.shape[1]
+    ended = _Ended(jnp.zeros((n, k)), jnp.zeros(n), jnp.zeros((n, k)), jnp.zeros((n, k, k)),
+                   jnp.zeros(n, dtype=jnp.asarray(0).dtype))
+    idx = jnp.arange(width)
+    idx = jnp.where(idx < count, idx, n)
+    carry = (start(idx), idx, jnp.minimum(count, width), ended)
+    ended = lax.while_loop(lambda c: jnp.any(c[1] < count), body, carry)[3]
+    p = problem(None)
+    res = jax.vmap(lambda e: _newton_result(p, e.theta, e.f, e.g, e.H, e.n_iter, conv_tol))(ended)
+    live = jnp.arange(n) < count
+    return lanewise(live, res, jax.tree.map(jnp.zeros_like, res))

@@ -37,13 +37,13 @@ import numpy as np
 from jax.tree_util import register_dataclass
 
 from ._config import ensure_x64, lean_jit
-from .control import Control
+from .control import FIRST_PASS, Control
 from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
 from .fitting import first_order, has_direction, is_below, minimize_theta, moved_start, second_is_better
 from .memory import available_memory_bytes, bootstrap_bytes, check_fits, replicate_bytes
-from .objective import sigma_hat, solve
-from .optimize import GTOL
-from .theta import relative_factors, theta_lower_bounds
+from .objective import deviance, sigma_hat, solve
+from .optimize import GTOL, newton_lanes
+from .theta import relative_factors, theta_columns, theta_lower_bounds
 from .validate import check_count, check_seed
 
 
@@ -167,9 +167,10 @@ def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> t
     return tuple(response_products(r, ys) for r in rows)
 
 
-@lean_jit(quick=False, static_argnames=("reml", "method", "hessian", "sequential"))
+@lean_jit(quick=False, static_argnames=("reml", "method", "hessian", "sequential", "lanes"))
 def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool, max_iter, method: str = "newton",
-                conv_tol=Control.convergence_tol, hessian: str = "exact", sequential: bool = False, valid=None):
+                conv_tol=Control.convergence_tol, hessian: str = "exact", sequential: bool = False, valid=None,
+                lanes: int | None = None):
     """:func:`refit` of a batch of responses (their cross-products ``parts``), each from its own start.
 
     Every pass of the bootstrap, the first and the later ones, is this one
@@ -177,9 +178,18 @@ def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool,
     ``hessian``: Newton's (the fit's policy, :meth:`jaxlmm.control.Control.newton_hessian`).
     ``sequential``: the replicates one after another inside the program (``lax.map``) instead of
     vectorized (``vmap``), see :func:`sequential`; there the replicates not ``valid`` (a boolean per
-    replicate: the copies that pad a batch) are skipped, their results zeros.
+    replicate: the copies that pad a batch) are skipped, their results zeros. ``lanes`` (Newton,
+    not sequential): the replicates run that many at a time, vectorized, each lane taking up the
+    next replicate as soon as its own has ended (:func:`jaxlmm.optimize.newton_lanes`); ``valid``
+    is then the number of replicates to refit (the rest pad the batch, skipped, zeros).
     """
     one = lambda pt, st: refit(with_response(data, pt), st, lower, reml, max_iter, method, conv_tol, hessian)  # noqa: E731
+    if lanes is not None:
+        fun = lambda th, pt: deviance(th, with_response(data, pt), reml)  # noqa: E731
+        opt = newton_lanes(fun, starts, lower, (parts,), lanes, count=valid, column=theta_columns(data.term_dims),
+                           max_iter=max_iter, conv_tol=conv_tol, hessian=hessian)
+        sol = jax.vmap(lambda th, pt: solve(th, with_response(data, pt)))(opt.theta, parts)
+        return jax.vmap(lambda o, s: _as_refit(o, s, data, reml))(opt, sol)
     if sequential:
         if valid is None:
             return jax.lax.map(lambda a: one(*a), (parts, starts))
@@ -249,12 +259,19 @@ class _Batches:
     size: int
     control: Control = Control()
 
+    lanes: int | None = None  # Newton's lanes (uses_lanes), or None: vmap or lax.map
+
     def batch(self, parts: Response, starts, max_iter: int, method: str = "newton", valid: int | None = None) -> Refit:
         """One :func:`refit_batch` call with the target's data and the settings of ``control``; the
-        replicates from ``valid`` on only pad the batch (a sequential batch skips them)."""
+        replicates from ``valid`` on only pad the batch (a sequential or lane batch skips them)."""
         data = self.target.data
         seq = sequential(data, self.control)
         n = len(starts)
+        if self.lanes is not None and method == "newton" and data.n_theta and not seq:
+            count = jnp.asarray(n if valid is None else min(valid, n))
+            return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
+                               jnp.asarray(self.control.convergence_tol),
+                               self.control.newton_hessian(data.q_rest).value, False, count, lanes=self.lanes)
         mask = jnp.arange(n) < (n if valid is None else valid) if seq else None
         return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
                            jnp.asarray(self.control.convergence_tol), self.control.newton_hessian(data.q_rest).value,
@@ -358,21 +375,49 @@ def _per_replicate_size(targets) -> int:
     return max(1, sum(replicate_bytes(tg.data, int(tg.rows.X.shape[0])) for tg in targets) // 8)
 
 
-def chunk_length(targets, n: int, chunk_size: int | None, control: Control, n_devices: int = 1) -> int:
-    """Replicates per chunk: ``chunk_size``, or as many as fit in ``control.chunk_share`` of the memory
-    available now (:func:`jaxlmm.memory.available_memory_bytes`; ``control.chunk_entries`` float64
-    entries when that is None), at most ``control.cpu_chunk`` on the CPU backend; at most ``n``, a
-    multiple of the device count."""
+def uses_lanes(targets, control: Control, n_devices: int = 1) -> bool:
+    """Whether the refits run on Newton's lanes (:func:`jaxlmm.optimize.newton_lanes`): where
+    ``control.lanes`` asks for them (None: on the CPU backend), on one device, where every target has
+    random effects and none is refitted sequentially (:func:`sequential`)."""
+    wanted = jax.default_backend() == "cpu" if control.lanes is None else control.lanes
+    return wanted and n_devices == 1 and all(tg.data.n_theta and not sequential(tg.data, control) for tg in targets)
+
+
+def lane_count(chunk: int, control: Control) -> int:
+    """Newton's lanes for a chunk of ``chunk`` replicates: ``control.cpu_lanes`` at most on the CPU
+    backend, elsewhere a ``control.lane_rounds``-th of the chunk."""
+    if jax.default_backend() == "cpu":
+        return min(chunk, control.cpu_lanes)
+    return max(1, math.ceil(chunk / control.lane_rounds))
+
+
+def _default_chunk(targets, control: Control, lanes: bool) -> int:
+    """As many replicates as fit in ``control.chunk_share`` of the memory available now
+    (``control.chunk_entries`` float64 entries when that is None), at most ``control.cpu_chunk`` on
+    the CPU backend (``control.cpu_lanes * control.lane_rounds`` on ``lanes``)."""
+    if control.chunk_entries is None:
+        entries = int(control.chunk_share * available_memory_bytes()[0]) // 8
+    else:
+        entries = control.chunk_entries
+    chunk = max(1, entries // _per_replicate_size(targets))
+    if jax.default_backend() == "cpu":
+        # vmapped Newton loops over batches of 512 and more were seen to stall in XLA's CPU
+        # runtime (jax 0.10); default chunks (lanes) stay below that there
+        chunk = min(chunk, control.cpu_lanes * control.lane_rounds if lanes else control.cpu_chunk)
+    return chunk
+
+
+def chunk_length(targets, n: int, chunk_size: int | None, control: Control, n_devices: int = 1,
+                 lanes: bool = False) -> int:
+    """Replicates per chunk: ``chunk_size``, or :func:`_default_chunk`; at most ``n``, a multiple of
+    the device count. On ``lanes`` (:func:`uses_lanes`) a default chunk is a power of two (the
+    largest that fits, or the smallest that holds ``n``: the lanes skip the padding), so that
+    bootstraps of other sizes reuse its program; its memory estimate counts a refit's temporaries
+    for every replicate, not only for every lane."""
     if chunk_size is None:
-        if control.chunk_entries is None:
-            entries = int(control.chunk_share * available_memory_bytes()[0]) // 8
-        else:
-            entries = control.chunk_entries
-        chunk_size = max(1, entries // _per_replicate_size(targets))
-        if jax.default_backend() == "cpu":
-            # vmapped Newton loops over batches of 512 and more were seen to stall in XLA's CPU
-            # runtime (jax 0.10); default chunks stay below that there
-            chunk_size = min(chunk_size, control.cpu_chunk)
+        chunk_size = _default_chunk(targets, control, lanes)
+        if lanes:
+            return min(2 ** int(math.log2(chunk_size)), 2 ** math.ceil(math.log2(n)))
     else:
         chunk_size = check_count(chunk_size, "chunk_size (None, or a positive integer)")
     chunk = min(int(chunk_size), n)
@@ -439,14 +484,17 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
     ensure_x64()
     n, seed = check_count(job.n, "n (the number of bootstrap replicates)"), check_seed(job.seed)
     sharding = row_sharding()  # the replicate axis of a chunk, split across devices (None: one)
-    chunk = chunk_length(job.targets, n, chunk_size, job.control, 1 if sharding is None else sharding.mesh.size)
+    n_devices = 1 if sharding is None else sharding.mesh.size
+    on_lanes = uses_lanes(job.targets, job.control, n_devices)
+    chunk = chunk_length(job.targets, n, chunk_size, job.control, n_devices, on_lanes)
+    lanes = lane_count(chunk, job.control) if on_lanes else None
     check_fits(
         bootstrap_bytes([tg.data for tg in job.targets], int(job.rows.X.shape[0]), n, chunk),
         f"{desc}(n={n}) in chunks of {chunk} replicates",
     )
     keys = jax.random.split(jax.random.key(int(seed)), n)
     pieces, waiting = [], [[] for _ in job.targets]
-    cap = job.control.first_pass
+    cap = job.control.first_pass or (job.control.max_iter if on_lanes else FIRST_PASS)
     bar = tqdm(total=n, desc=desc, unit="replicate", disable=not progress)
     t0 = time.perf_counter()
     for c in range(math.ceil(n / chunk)):
@@ -454,7 +502,7 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
         if sharding is not None:
             kc = jax.device_put(kc, sharding)
         keep = int(min(chunk, n - c * chunk))
-        res, unfinished = _first_pass(job, kc, keep, c * chunk, cap, waiting)
+        res, unfinished = _first_pass(job, kc, keep, c * chunk, cap, waiting, lanes)
         if unfinished > job.control.pending_share * keep:  # this model needs more iterations than most
             cap = min(2 * cap, job.control.max_iter)
         pieces.append(res)
@@ -463,14 +511,15 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
     t1 = time.perf_counter()
     res = [Refit(*(np.concatenate(a, axis=0) for a in zip(*(p[t] for p in pieces)))) for t in range(len(job.targets))]
     out = tuple(
-        _finish_all(r, waiting[t], _Batches(tg, job.reml, chunk, job.control), job.control)
+        _finish_all(r, waiting[t], _Batches(tg, job.reml, chunk, job.control, lanes), job.control)
         for t, (r, tg) in enumerate(zip(res, job.targets))
     )
     later = tuple(int(sum(len(w.index) for w in wait)) for wait in waiting)
     return out, Passes(chunk, n, t1 - t0, later, time.perf_counter() - t1)
 
 
-def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list) -> tuple[tuple, int]:
+def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list,
+                lanes: int | None = None) -> tuple[tuple, int]:
     """One chunk's first batched pass: simulate, refit each target with ``cap`` Newton iterations from its
     start; the first ``keep`` replicates' refits, and the most any target left waiting (appended to
     ``waiting``, per target, with their rows counted from ``offset``)."""
@@ -482,7 +531,7 @@ def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list)
         starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
         if null_thetas is not None and job.alt_from_null:
             starts = jnp.asarray(null_thetas).reshape(starts.shape)
-        whole = _Batches(tg, job.reml, chunk, job.control).batch(pt, starts, cap, valid=keep)
+        whole = _Batches(tg, job.reml, chunk, job.control, lanes).batch(pt, starts, cap, valid=keep)
         null_thetas = whole.theta
         r = _take(whole, slice(0, keep))
         idx, start = _first_pass_restarts(r, cap, job.control.escape)

@@ -230,3 +230,31 @@ def test_a_step_with_negative_curvature_goes_at_most_halfway_to_the_bound():
     near = jnp.array([0.04, 0.5, 0.0])  # within NEAR of the bound: may go onto it
     d_near, _, _ = _direction(p, near, 0.0, jnp.array([3.0, 0.0, 0.0]), H)
     assert float(near[0] + d_near[0]) < 0.0
+
+
+@pytest.mark.parametrize("hessian", ["exact", "bfgs"])
+def test_newton_lanes_are_newton_on_each_problem(hessian):
+    """newton_lanes on 40 simulated sleepstudy responses, 8 lanes, the last 5 skipped: each problem's
+    optimum, gradient, Hessian, iterations and verdict are vmap(newton)'s bit for bit (the lanes change
+    which problems share a vectorized pass, not their iterates); skipped problems are zeros."""
+    from jaxlmm.crossprod import with_response
+    from jaxlmm.objective import deviance
+    from jaxlmm.optimize import newton_lanes
+    from jaxlmm.replicates import fit_params, simulate_products, target_of
+    from jaxlmm.theta import theta_columns
+
+    fit = get_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy", reml=False)
+    tg = target_of(fit)
+    n, count = 40, 35
+    (parts,) = simulate_products(jax.random.split(jax.random.key(3), n), tg.rows, fit_params(fit), (tg.rows,))
+    column = theta_columns(fit.products.term_dims)
+    fun = lambda th, pt: deviance(th, with_response(fit.products, pt), False)  # noqa: E731
+    starts = jnp.broadcast_to(tg.theta0, (n, 3)) * jnp.linspace(0.2, 2.0, n)[:, None]  # some far away
+    each = jax.jit(jax.vmap(lambda t, pt: newton(fun, t, tg.lower, args=(pt,), column=column, hessian=hessian)))
+    lanes = jax.jit(lambda s, pt, c: newton_lanes(fun, s, tg.lower, (pt,), lanes=8, count=c, column=column,
+                                                  hessian=hessian))
+    want, got = each(starts, parts), lanes(starts, parts, count)
+    assert len(set(np.asarray(want.n_iter[:count]).tolist())) > 3  # problems of different lengths
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(b)[:count], np.asarray(a)[:count])
+        assert not np.any(np.asarray(b)[count:])

@@ -206,3 +206,46 @@ def test_a_sequential_batch_equals_a_vectorized_one():
     r = run.batch(parts, jax.numpy.asarray(starts), 50, valid=2)
     assert np.all(np.asarray(r.converged)[:2]) and not bool(np.asarray(r.converged)[2])
     assert float(r.objective[2]) == 0.0 and float(r.objective[0]) == pytest.approx(fit.objective, rel=1e-10)
+
+
+def test_lanes_chunks_and_their_padding():
+    """On one device, vectorized refits run on Newton's lanes: a default chunk is a power of two (the
+    smallest holding n, at most cpu_lanes * lane_rounds on the CPU), with cpu_lanes lanes; a padded
+    chunk's copies are skipped (zeros), and lanes give the vectorized (vmap) refits' optima. Sequential
+    targets and several devices do not use lanes."""
+    formula, data, fit = _batched_case("crossed")
+    tg = replicates.target_of(fit)
+    control = fit.control
+    assert not replicates.uses_lanes([tg], control.replace(lanes=True), n_devices=2)
+    assert not replicates.uses_lanes([tg], control.replace(cpu_map_from=1))
+    assert replicates.uses_lanes([tg], control.replace(lanes=True)) and not replicates.uses_lanes(
+        [tg], control.replace(lanes=False))
+    assert replicates.uses_lanes([tg], control) == (jax.default_backend() == "cpu")
+    control = control.replace(lanes=True)
+    if jax.default_backend() == "cpu":
+        most = control.cpu_lanes * control.lane_rounds
+        assert [replicates.chunk_length([tg], n, None, control, lanes=True) for n in (1, 5, 100, 10**6)] == [
+            1, 8, 128, most]
+        assert replicates.chunk_length([tg], 100, None, control) == min(100, control.cpu_chunk)
+        assert replicates.lane_count(most, control) == control.cpu_lanes
+    assert replicates.chunk_length([tg], 100, 7, control, lanes=True) == 7  # a chunk_size is kept
+    starts = jax.numpy.asarray(np.repeat(np.asarray(tg.theta0)[None], 6, axis=0) * np.linspace(0.5, 2, 6)[:, None])
+    parts = jax.tree.map(lambda v: np.repeat(np.asarray(v)[None], 6, axis=0), fit.products.response)
+    on_lanes = replicates._Batches(tg, fit.reml, 6, control, lanes=2).batch(parts, starts, 50, valid=4)
+    by_vmap = replicates._Batches(tg, fit.reml, 6, control).batch(parts, starts, 50)
+    np.testing.assert_allclose(np.asarray(on_lanes.objective)[:4], np.asarray(by_vmap.objective)[:4], rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(on_lanes.n_iter)[:4], np.asarray(by_vmap.n_iter)[:4])
+    assert np.all(np.asarray(on_lanes.converged)[:4]) and not np.any(np.asarray(on_lanes.objective)[4:])
+    assert float(on_lanes.objective[0]) == pytest.approx(fit.objective, rel=1e-10)
+
+
+@pytest.mark.parametrize("case", ["random slope", "crossed"])
+def test_bootstraps_on_lanes_and_in_vectorized_batches_agree(case):
+    """The same replicates refitted on lanes and as vmap-ped batches (Control.lanes, the default on
+    accelerators) reach the same optima; the batches finish some in later passes."""
+    formula, data, fit = _batched_case(case)
+    a = jaxlmm.bootstrap(fit, n=24, seed=4, progress=False, control=fit.control.replace(lanes=True))
+    b = jaxlmm.bootstrap(fit, n=24, seed=4, progress=False, control=fit.control.replace(lanes=False, first_pass=3))
+    assert a.passes.chunk == 32 and b.passes.chunk == 24 and sum(b.passes.later) > 0
+    np.testing.assert_allclose(b.table["objective"], a.table["objective"], rtol=1e-10)
+    assert a.n_failed == b.n_failed == 0
