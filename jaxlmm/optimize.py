@@ -39,7 +39,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from .control import Hessian
@@ -563,6 +562,8 @@ def lbfgs(
     conv_tol: float = 1e-6,
 ) -> OptResult:
     """Minimize ``fun(canonical(x), *args)`` over unconstrained x with optax's L-BFGS."""
+    import optax  # here: a Newton fit (the common case) does not import it (50 ms)
+
 
     def f(x):
         return fun(canonical(x), *args)
