@@ -27,7 +27,8 @@ design's rows, the arguments, and the larger of the build's transients and
 the fit's temporaries, plus ``RUNTIME_BYTES`` for XLA's compilation of the
 fit (measured at 300 to 490 MiB on the CPU with XLA's default options;
 ``LEAN_RUNTIME_BYTES`` with the lean ones, :func:`jaxlmm._config.lean_jit`,
-measured at 80 to 110 MiB). On an accelerator the device
+measured at 80 to 110 MiB), and ``AHEAD_BYTES`` more where the programs after
+the fit compile beside it (:mod:`jaxlmm.ahead`; measured about 40 MiB). On an accelerator the device
 holds the arguments and the temporaries only, and XLA fuses the pairs' terms
 there: ``GPU_TEMP_COPIES`` s x s arrays and the Cholesky's trailing
 matrices (an H200's ``peak_bytes_in_use`` equals XLA's arguments plus
@@ -50,6 +51,7 @@ import resource
 import jax
 import numpy as np
 
+from . import ahead
 from ._config import lean_compiles
 from .control import Control
 from .errors import JaxLMMError
@@ -64,6 +66,7 @@ PAIR_BUILD_BYTES = 40  # host index work per pair while building them
 ROW_OVERHEAD = 64  # bytes per row of the design beyond its columns (codes, masks, frame copies)
 RUNTIME_BYTES = 512 * 2**20  # XLA's compilation of a fit, and the runtime's own buffers (measured 300-490 MiB)
 LEAN_RUNTIME_BYTES = 160 * 2**20  # the same with the lean CPU options of jaxlmm._config.lean_jit (80-110 MiB)
+AHEAD_BYTES = 80 * 2**20  # the programs compiled beside a fit's (jaxlmm.ahead; measured about 40 MiB)
 DENSE_COPIES = 3  # temporaries per dense row of a heavy level: W C, its cotangent and its tangent
 GPU_TEMP_COPIES = 8.5  # s x s float64 temporaries of the fit compiled for a GPU (pairs' terms fused)
 GPU_BATCH_FACTOR = 1.4  # a vmapped refit's temporaries per replicate on a GPU, relative to a fit's (measured 1.06-1.3)
@@ -80,8 +83,9 @@ def _runtime() -> int:
 
 
 def _compile_bytes() -> int:
-    """Host bytes of XLA's compilation of a fit and the CPU runtime's buffers, by the compile options."""
-    return LEAN_RUNTIME_BYTES if lean_compiles() else RUNTIME_BYTES
+    """Host bytes of XLA's compilation of a fit and the CPU runtime's buffers, by the compile options,
+    and of the programs compiled beside it where they are (:func:`jaxlmm.ahead.enabled`)."""
+    return (LEAN_RUNTIME_BYTES if lean_compiles() else RUNTIME_BYTES) + (AHEAD_BYTES if ahead.enabled() else 0)
 
 
 def pair_count(e_j1: np.ndarray, e_col: np.ndarray | None = None) -> int:
