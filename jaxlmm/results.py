@@ -26,7 +26,7 @@ from .fitting import METHODS, deviance_jit, minimize
 from .likelihood import theta_derivatives
 from .objective import conditional_variances, sigma_hat, solve
 from .optimize import OptResult
-from .theta import factors_batch, is_singular, theta_lower_bounds, theta_scales, theta_start
+from .theta import factors_batch, is_singular, moment_start, theta_lower_bounds, theta_scales, theta_start
 from .validate import as_theta, check_bool, check_max_iter
 from .varcorr import sdcor_estimates, varcorr_table
 
@@ -360,6 +360,8 @@ def estimate(design: Design, products: CrossProducts, reml=True, method: str = "
     start0 = theta_start(products.term_dims)
     scale = theta_scales(design.terms)
     start = start0 / scale if theta0 is None else as_theta(theta0, start0.size, "theta0")
+    if theta0 is None and control.newton_hessian(products.q_rest) is Hessian.BFGS:
+        start = moment_start(design, start)  # iterations cost seconds here: start near the optimum
     if theta0 is not None:
         _check_start(products, start, start0, reml)
     opt = minimize(products, design.y_net, start, lower, scale, reml, method, control)
