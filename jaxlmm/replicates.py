@@ -391,19 +391,31 @@ def lane_count(chunk: int, control: Control) -> int:
     return max(1, math.ceil(chunk / control.lane_rounds))
 
 
+LANE_ENTRIES = 2**25
+"""On the CPU, a chunk on lanes holds at most this many working float64 entries (but at least
+``Control.cpu_chunk`` replicates): small models get ``cpu_lanes * lane_rounds`` replicates per chunk
+(sleepstudy's 4,096 refit in about 0.4 s, and `pb_test`'s in 0.5 s), larger ones fewer, so that a chunk, and the progress
+bar's step, stays short."""
+
+
 def _default_chunk(targets, control: Control, lanes: bool) -> int:
     """As many replicates as fit in ``control.chunk_share`` of the memory available now
     (``control.chunk_entries`` float64 entries when that is None), at most ``control.cpu_chunk`` on
-    the CPU backend (``control.cpu_lanes * control.lane_rounds`` on ``lanes``)."""
+    the CPU backend (on ``lanes``: ``control.cpu_lanes * control.lane_rounds``, and
+    :data:`LANE_ENTRIES` working entries unless that is fewer than ``control.cpu_chunk``)."""
     if control.chunk_entries is None:
         entries = int(control.chunk_share * available_memory_bytes()[0]) // 8
     else:
         entries = control.chunk_entries
-    chunk = max(1, entries // _per_replicate_size(targets))
+    size = _per_replicate_size(targets)
+    chunk = max(1, entries // size)
     if jax.default_backend() == "cpu":
         # vmapped Newton loops over batches of 512 and more were seen to stall in XLA's CPU
         # runtime (jax 0.10); default chunks (lanes) stay below that there
-        chunk = min(chunk, control.cpu_lanes * control.lane_rounds if lanes else control.cpu_chunk)
+        if lanes:
+            chunk = min(chunk, control.cpu_lanes * control.lane_rounds, max(control.cpu_chunk, LANE_ENTRIES // size))
+        else:
+            chunk = min(chunk, control.cpu_chunk)
     return chunk
 
 

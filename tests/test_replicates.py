@@ -228,6 +228,10 @@ def test_lanes_chunks_and_their_padding():
             1, 8, 128, most]
         assert replicates.chunk_length([tg], 100, None, control) == min(100, control.cpu_chunk)
         assert replicates.lane_count(most, control) == control.cpu_lanes
+        # a model whose replicates hold many entries gets smaller chunks, down to cpu_chunk
+        size = replicates._per_replicate_size([tg])
+        assert replicates._default_chunk([tg], control.replace(lane_rounds=10**6), True) == max(
+            control.cpu_chunk, replicates.LANE_ENTRIES // size)
     assert replicates.chunk_length([tg], 100, 7, control, lanes=True) == 7  # a chunk_size is kept
     starts = jax.numpy.asarray(np.repeat(np.asarray(tg.theta0)[None], 6, axis=0) * np.linspace(0.5, 2, 6)[:, None])
     parts = jax.tree.map(lambda v: np.repeat(np.asarray(v)[None], 6, axis=0), fit.products.response)
