@@ -377,10 +377,13 @@ def _per_replicate_size(targets) -> int:
 
 def uses_lanes(targets, control: Control, n_devices: int = 1) -> bool:
     """Whether the refits run on Newton's lanes (:func:`jaxlmm.optimize.newton_lanes`): where
-    ``control.lanes`` asks for them (None: on the CPU backend), on one device, where every target has
-    random effects and none is refitted sequentially (:func:`sequential`)."""
+    ``control.lanes`` asks for them (None: on the CPU backend), on one device, where a target has
+    random effects and none is refitted sequentially (:func:`sequential`). A target without random
+    effects (a closed form: ``pb_test``'s null of a variance test) is refitted vectorized, in the
+    same chunks."""
     wanted = jax.default_backend() == "cpu" if control.lanes is None else control.lanes
-    return wanted and n_devices == 1 and all(tg.data.n_theta and not sequential(tg.data, control) for tg in targets)
+    return bool(wanted and n_devices == 1 and any(tg.data.n_theta for tg in targets)
+                and not any(sequential(tg.data, control) for tg in targets))
 
 
 def lane_count(chunk: int, control: Control) -> int:

@@ -253,3 +253,19 @@ def test_bootstraps_on_lanes_and_in_vectorized_batches_agree(case):
     assert a.passes.chunk == 32 and b.passes.chunk == 24 and sum(b.passes.later) > 0
     np.testing.assert_allclose(b.table["objective"], a.table["objective"], rtol=1e-10)
     assert a.n_failed == b.n_failed == 0
+
+
+def test_a_variance_test_refits_its_alternative_on_lanes():
+    """pb_test of Dyestuff's batch variance: the null (no random effects, closed form) is refitted
+    vectorized and the alternative on lanes, in the same chunks; the statistics equal those of
+    vectorized batches for both (Control.lanes=False)."""
+    dye = jaxlmm.datasets.load("dyestuff")
+    null = jaxlmm.lmm("Yield ~ 1", dye, reml=False)
+    alt = jaxlmm.lmm("Yield ~ 1 + (1 | Batch)", dye, reml=False)
+    targets = [replicates.target_of(null), replicates.target_of(alt)]
+    assert replicates.uses_lanes(targets, alt.control.replace(lanes=True))
+    assert not replicates.uses_lanes(targets[:1], alt.control.replace(lanes=True))  # nothing to iterate
+    a = jaxlmm.pb_test(null, alt, n=40, seed=3, progress=False, control=alt.control.replace(lanes=True))
+    b = jaxlmm.pb_test(null, alt, n=40, seed=3, progress=False, control=alt.control.replace(lanes=False))
+    np.testing.assert_allclose(a.table["lrt"], b.table["lrt"], rtol=1e-9, atol=1e-9)
+    assert a.p_value == b.p_value and a.n_failed == b.n_failed == 0
