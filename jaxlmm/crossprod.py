@@ -436,12 +436,10 @@ def row_plan(design: Design) -> RowPlan:
     )
     size = _families(layout, tuple(t.k for t in terms), design.X.shape[1])[1]  # of the flat sums
     index = np.int32 if size < 2**31 else np.int64
-    sw = design.sqrt_weights
-    scaled = (lambda a: a) if sw is None else (lambda a: a * (sw if a.ndim == 1 else sw[:, None]))  # noqa: E731
     rows = {
-        "X": scaled(np.asarray(design.X, dtype=np.float64)),
-        "y": scaled(np.asarray(design.y_net, dtype=np.float64)),
-        "z": tuple(scaled(np.asarray(t.X, dtype=np.float64)) for t in terms),
+        "X": design.weighted(design.X),
+        "y": design.weighted(design.y_net),
+        "z": tuple(design.weighted(t.X) for t in terms),
         "g": tuple(t.codes.astype(index) for t in terms),
         "coo": tuple(i.astype(index) for i in coo_idx),
         "pair": tuple(i.astype(index) for i in pair_idx),

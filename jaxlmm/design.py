@@ -108,6 +108,13 @@ class Design:
         """The prior weights of the rows (ones without weights=)."""
         return np.ones(len(self.y)) if self.weights is None else self.weights
 
+    def weighted(self, a) -> np.ndarray:
+        """The rows of ``a`` (the response, X, or a term's columns) times sqrt(w_i), as float64: what
+        the criterion's cross-products are sums of (``a`` itself without weights)."""
+        a = np.asarray(a, dtype=np.float64)
+        sw = self.sqrt_weights
+        return a if sw is None else a * (sw if a.ndim == 1 else sw[:, None])
+
     @property
     def sqrt_weights(self) -> np.ndarray | None:
         """sqrt(w_i): the factor each row of [Z X y] is scaled by in the cross-products (None: unweighted)."""

@@ -564,7 +564,6 @@ def lbfgs(
     """Minimize ``fun(canonical(x), *args)`` over unconstrained x with optax's L-BFGS."""
     import optax  # here: a Newton fit (the common case) does not import it (50 ms)
 
-
     def f(x):
         return fun(canonical(x), *args)
 

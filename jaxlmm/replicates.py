@@ -144,8 +144,9 @@ class Target(NamedTuple):
     lower: jax.Array
 
 
-def _as_refit(opt, sol, data: CrossProducts, reml: bool) -> Refit:
+def _as_refit(opt, data: CrossProducts, reml: bool) -> Refit:
     """A :class:`Refit` from the optimum and the conditional estimates there."""
+    sol = solve(opt.theta, data)
     ok = opt.converged & jnp.isfinite(opt.fun) & jnp.all(jnp.isfinite(sol.beta))
     sigma = sigma_hat(sol.r2, data.n, data.p, reml)
     return Refit(opt.fun, opt.theta, sol.beta, sigma, ok, opt.n_iter, opt.stuck, opt.grad, opt.descent)
@@ -156,7 +157,7 @@ def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=Control.max_i
     """Minimize the profiled criterion for ``data`` from ``theta0`` (``max_iter``, ``conv_tol`` may be traced)."""
     opt = minimize_theta(theta0, lower, data, reml, method=method, max_iter=max_iter, conv_tol=conv_tol,
                          hessian=hessian)
-    return _as_refit(opt, solve(opt.theta, data), data, reml)
+    return _as_refit(opt, data, reml)
 
 
 @lean_jit(quick=False)
@@ -188,8 +189,7 @@ def refit_batch(parts: Response, starts, data: CrossProducts, lower, reml: bool,
         fun = lambda th, pt: deviance(th, with_response(data, pt), reml)  # noqa: E731
         opt = newton_lanes(fun, starts, lower, (parts,), lanes, count=valid, column=theta_columns(data.term_dims),
                            max_iter=max_iter, conv_tol=conv_tol, hessian=hessian)
-        sol = jax.vmap(lambda th, pt: solve(th, with_response(data, pt)))(opt.theta, parts)
-        return jax.vmap(lambda o, s: _as_refit(o, s, data, reml))(opt, sol)
+        return jax.vmap(lambda o, pt: _as_refit(o, with_response(data, pt), reml))(opt, parts)
     if sequential:
         if valid is None:
             return jax.lax.map(lambda a: one(*a), (parts, starts))
@@ -267,15 +267,15 @@ class _Batches:
         data = self.target.data
         seq = sequential(data, self.control)
         n = len(starts)
-        if self.lanes is not None and method == "newton" and data.n_theta and not seq:
-            count = jnp.asarray(n if valid is None else min(valid, n))
-            return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
-                               jnp.asarray(self.control.convergence_tol),
-                               self.control.newton_hessian(data.q_rest).value, False, count, lanes=self.lanes)
-        mask = jnp.arange(n) < (n if valid is None else valid) if seq else None
+        valid = n if valid is None else min(valid, n)
+        lanes = self.lanes if method == "newton" and data.n_theta and not seq else None
+        if lanes is not None:
+            valid = jnp.asarray(valid)  # how many to refit
+        else:
+            valid = jnp.arange(n) < valid if seq else None  # which to refit (vmap refits all)
         return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
                            jnp.asarray(self.control.convergence_tol), self.control.newton_hessian(data.q_rest).value,
-                           seq, mask)
+                           seq, valid, lanes=lanes)
 
     def __call__(self, parts: Response, starts: np.ndarray, max_iter: int, method: str = "newton") -> Refit:
         m = len(starts)
@@ -396,9 +396,9 @@ def lane_count(chunk: int, control: Control) -> int:
 
 LANE_ENTRIES = 2**25
 """On the CPU, a chunk on lanes holds at most this many working float64 entries (but at least
-``Control.cpu_chunk`` replicates): small models get ``cpu_lanes * lane_rounds`` replicates per chunk
-(sleepstudy's 4,096 refit in about 0.4 s, and `pb_test`'s in 0.5 s), larger ones fewer, so that a chunk, and the progress
-bar's step, stays short."""
+``Control.cpu_chunk`` replicates): small models get ``cpu_lanes * lane_rounds`` replicates per
+chunk (sleepstudy's 4,096 refit in about 0.4 s, ``pb_test``'s in 0.5 s), larger ones fewer, so
+that a chunk, and the progress bar's step, stays short."""
 
 
 def _default_chunk(targets, control: Control, lanes: bool) -> int:

@@ -26,6 +26,7 @@ from .fitting import METHODS, deviance_jit, minimize
 from .likelihood import theta_derivatives
 from .objective import conditional_variances, sigma_hat, solve
 from .optimize import OptResult
+from .summary import satterthwaite_by_default
 from .theta import factors_batch, is_singular, moment_start, theta_lower_bounds, theta_scales, theta_start
 from .validate import as_theta, check_bool, check_max_iter
 from .varcorr import sdcor_estimates, varcorr_table
@@ -327,8 +328,7 @@ def after_fit(products: CrossProducts, method: str, control: Control) -> list:
     forward-mode pass."""
     theta = jnp.asarray(theta_start(products.term_dims))
     tasks = [(_solve_jit, (theta, products), {})]
-    if (method == "newton" and products.n_theta and products.p
-            and control.newton_hessian(products.q_rest) is Hessian.EXACT):
+    if method == "newton" and products.n_theta and products.p and satterthwaite_by_default(control, products):
         tasks.append((theta_derivatives, (theta, products), {}))
     return tasks
 

@@ -52,6 +52,12 @@ _TESTS = {
 }
 
 
+def satterthwaite_by_default(control, products) -> bool:
+    """Whether the default summary of a fit of ``products`` under ``control`` computes
+    Satterthwaite's df: where its optimizer uses exact Hessians (:func:`default_ddf`)."""
+    return control.newton_hessian(products.q_rest) is Hessian.EXACT
+
+
 def default_ddf(fit) -> str:
     """The summary's df when none is asked for: Satterthwaite's (lmerTest's table) where the fit's
     optimizer used exact Hessians (``fit.control.newton_hessian``), else ``"none"`` (lme4's table).
@@ -61,7 +67,7 @@ def default_ddf(fit) -> str:
     a printed summary is then immediate, and ``fit.summary(ddf="satterthwaite")`` or
     ``fit.coef_table()`` computes them on request.
     """
-    return "satterthwaite" if fit.control.newton_hessian(fit.products.q_rest) is Hessian.EXACT else "none"
+    return "satterthwaite" if satterthwaite_by_default(fit.control, fit.products) else "none"
 
 
 def format_summary(fit, correlation: bool | None = None, ddf: str | None = None) -> str:

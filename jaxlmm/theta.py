@@ -80,9 +80,7 @@ def moment_start(design, start: np.ndarray) -> np.ndarray:
     terms' shares (at least a tenth of it). A start for fits whose iterations are costly (large
     crossed terms); ``start`` where the residuals carry no information (no variance left).
     """
-    sw = design.sqrt_weights
-    y = design.y_net if sw is None else design.y_net * sw
-    X = design.X if sw is None else design.X * sw[:, None]
+    y, X = design.weighted(design.y_net), design.weighted(design.X)
     e = y - X @ np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else y
     total = float(e @ e) / max(len(e) - X.shape[1], 1)
     if not np.isfinite(total) or total <= 1e-20 * float(y @ y) / max(len(y), 1):  # fitted to rounding
@@ -92,18 +90,17 @@ def moment_start(design, start: np.ndarray) -> np.ndarray:
         if t.k != 1:
             shares.append(None)
             continue
-        x = t.X[:, 0] if sw is None else t.X[:, 0] * sw
+        x = design.weighted(t.X[:, 0])
         S = np.bincount(t.codes, weights=x * e, minlength=t.nlevels)
         Xj = np.bincount(t.codes, weights=x * x, minlength=t.nlevels)
         var = (float(S @ S) - total * float(Xj.sum())) / max(float(Xj @ Xj), 1e-300)
         shares.append((max(var, 0.0), float(np.mean(x * x))))
     sigma2 = max(total - sum(v * m for v, m in filter(None, shares)), 0.1 * total)
     out = np.array(start, dtype=np.float64)
-    i = 0
-    for t, share in zip(design.terms, shares):
+    first = np.cumsum([0] + [len(lay.rows) for lay in theta_layout(dims_of(design.terms))])
+    for i, share in zip(first, shares):
         if share is not None:
             out[i] = np.clip(np.sqrt(share[0] / sigma2), *MOMENT_RANGE)
-        i += t.k * (t.k + 1) // 2
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import jaxlmm
 import jaxlmm.synthetic
-from jaxlmm.theta import MOMENT_RANGE, moment_start, theta_start
+from jaxlmm.theta import MOMENT_RANGE, dims_of, moment_start, theta_start
 
 
 def _design(formula, data, **kw):
@@ -18,8 +18,7 @@ def _design(formula, data, **kw):
 
 
 def _start(design):
-    dims = tuple((t.nlevels, t.k) for t in design.terms)
-    return moment_start(design, theta_start(dims))
+    return moment_start(design, theta_start(dims_of(design.terms)))
 
 
 def test_moment_start_recovers_known_components():
