@@ -19,6 +19,7 @@ gradient and the Hessian of the criterion run at matrix-product speed.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.linalg import solve_triangular
 
 BLOCK = 256
@@ -80,27 +81,87 @@ def small_cholesky(A):
     refits batches of these). Larger k falls back to ``jnp.linalg.cholesky``.
     """
     k = A.shape[-1]
-    if k > SMALL:
+    if k > SMALL or k == 0:
         return jnp.linalg.cholesky(A)
-    L = [[None] * k for _ in range(k)]
-    for j in range(k):
-        d = jnp.sqrt(A[..., j, j] - sum(L[j][m] ** 2 for m in range(j)))
-        L[j][j] = d
-        for i in range(j + 1, k):
-            L[i][j] = (A[..., i, j] - sum(L[i][m] * L[j][m] for m in range(j))) / d
-    zero = jnp.zeros_like(A[..., 0, 0])
-    return jnp.stack(
-        [jnp.stack([L[i][j] if j <= i else zero for j in range(k)], axis=-1) for i in range(k)], axis=-2
-    )
+    L = cholesky_entries([[entry(A, i, j) for j in range(i + 1)] for i in range(k)])
+    return stack_lower(L)
 
 
 def small_solve_lower(L, B):
     """L^{-1} B for a batch of small lower-triangular L (..., k, k), B (..., k, m): forward substitution."""
     k = L.shape[-1]
-    if k > SMALL:
+    if k > SMALL or k == 0:
         return solve_triangular(L, B, lower=True)
+    rows = solve_entries([[entry(L, i, j) for j in range(i + 1)] for i in range(k)],
+                         [lax.index_in_dim(B, i, B.ndim - 2, keepdims=False) for i in range(k)])
+    return stack(rows, axis=-2)
+
+
+# The small factors above are unrolled into elementwise operations on arrays with one value per
+# matrix of the batch ("entries"). They are written with lax's primitives, not jax.numpy's
+# operators: each jax.numpy operator is a small jitted function, which the derivatives of the
+# criterion trace again (jvp and linearize) at every use. Tracing the Newton loop of a random-slope
+# model (value, gradient and Hessian) took about twice as long in a fresh process. The
+# primitives and their order are those the operators would give, so the numbers are the same.
+
+
+def entry(A, i: int, j: int):
+    """A[..., i, j] by lax's slicing."""
+    r = A.ndim
+    return lax.index_in_dim(lax.index_in_dim(A, j, r - 1, keepdims=False), i, r - 2, keepdims=False)
+
+
+def diagonal(A):
+    """The diagonal (..., k) of a batch (..., k, k): by :func:`entry` for k <= SMALL."""
+    k = A.shape[-1]
+    if k > SMALL or k == 0:
+        return jnp.diagonal(A, axis1=-2, axis2=-1)
+    return stack([entry(A, i, i) for i in range(k)], axis=-1)
+
+
+def total(terms):
+    """terms[0] + terms[1] + ..., left to right (Python's ``sum`` without its 0); None for none."""
+    out = None
+    for t in terms:
+        out = t if out is None else lax.add(out, t)
+    return out
+
+
+def stack(arrays, axis: int):
+    """``jnp.stack`` of arrays of one shape and dtype, by lax."""
+    nd = arrays[0].ndim + 1
+    axis = axis % nd
+    return lax.concatenate([lax.expand_dims(a, (axis,)) for a in arrays], axis)
+
+
+def stack_lower(L):
+    """The (..., k, k) array of lower-triangular entries ``L[i][j]`` (j <= i), zeros above."""
+    k = len(L)
+    zero = lax.full_like(L[0][0], 0.0)
+    return stack([stack([L[i][j] if j <= i else zero for j in range(k)], axis=-1) for i in range(k)], axis=-2)
+
+
+def cholesky_entries(A):
+    """The Cholesky-Crout recursion on entries: ``A[i][j]`` (j <= i) the lower triangle of a batch of
+    SPD matrices, arrays of one shape; the factor's entries ``L[i][j]`` (j <= i)."""
+    k = len(A)
+    L = [[None] * k for _ in range(k)]
+    for j in range(k):
+        s = total(lax.integer_pow(L[j][m], 2) for m in range(j))
+        d = lax.sqrt(A[j][j] if s is None else lax.sub(A[j][j], s))
+        L[j][j] = d
+        for i in range(j + 1, k):
+            s = total(lax.mul(L[i][m], L[j][m]) for m in range(j))
+            L[i][j] = lax.div(A[i][j] if s is None else lax.sub(A[i][j], s), d)
+    return L
+
+
+def solve_entries(L, B):
+    """Forward substitution on entries: ``L[i][j]`` (j <= i, shape s) a batch of lower-triangular
+    factors, ``B[i]`` its right-hand sides' rows (shape s + (m,)); the rows of L^{-1} B."""
     rows = []
-    for i in range(k):
-        r = B[..., i, :] - sum(L[..., i, m, None] * rows[m] for m in range(i))
-        rows.append(r / L[..., i, i, None])
-    return jnp.stack(rows, axis=-2)
+    for i in range(len(B)):
+        s = total(lax.mul(lax.expand_dims(L[i][m], (L[i][m].ndim,)), rows[m]) for m in range(i))
+        r = B[i] if s is None else lax.sub(B[i], s)
+        rows.append(lax.div(r, lax.expand_dims(L[i][i], (L[i][i].ndim,))))
+    return rows

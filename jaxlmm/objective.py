@@ -32,10 +32,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
-from .linalg import SMALL, cholesky, cholesky_diagonal, small_cholesky, small_solve_lower
+from .linalg import (
+    SMALL, cholesky, cholesky_diagonal, cholesky_entries, diagonal, entry, small_cholesky, small_solve_lower, solve_entries,
+    stack, stack_lower, total,
+)
 from .theta import relative_factors, theta_layout
 
 LOG2PI = float(np.log(2.0 * np.pi))
@@ -74,26 +78,26 @@ def _first_term_unrolled(theta, k, d1, C1):
     loops; a replicate batch (the bootstrap's ``vmap``) only lengthens them.
     Products of batched 2 x 2 matrices, and their derivatives, otherwise
     become many small reductions over axes of length 2. The factor and the
-    solve are :func:`small_cholesky` and :func:`small_solve_lower`, also
-    written entry by entry.
+    solve are :func:`~jaxlmm.linalg.cholesky_entries` and
+    :func:`~jaxlmm.linalg.solve_entries`, on the same entries.
     """
     rows, cols = theta_layout([(0, k)])[0]
-    T = [[0.0] * k for _ in range(k)]
+    T = [[None] * k for _ in range(k)]
     for i, (r, c) in enumerate(zip(rows, cols)):
-        T[r][c] = theta[i]
+        T[r][c] = lax.index_in_dim(theta, i, keepdims=False)
 
     def tdot(a, vecs):  # sum_b T[b][a] vecs[b], skipping the zeros above the diagonal
-        return sum(T[b][a] * vecs[b] for b in range(a, k))
+        return total(lax.mul(T[b][a], vecs[b]) for b in range(a, k))
 
-    TD = [[tdot(a, [d1[:, b, c] for b in range(k)]) for c in range(k)] for a in range(k)]  # (T' D)_ac
-    M = jnp.stack(
-        [jnp.stack([sum(TD[a][c] * T[c][d] for c in range(d, k)) + (a == d) for d in range(k)], axis=-1)
-         for a in range(k)],
-        axis=-2,
-    )  # T' D T + I
-    B = jnp.stack([tdot(a, [C1[:, b, :] for b in range(k)]) for a in range(k)], axis=1)  # T' C
-    L1 = small_cholesky(M)
-    return L1, small_solve_lower(L1, B)
+    d = [[entry(d1, b, c) for c in range(k)] for b in range(k)]
+    TD = [[tdot(a, [d[b][c] for b in range(k)]) for c in range(k)] for a in range(k)]  # (T' D)_ac
+    M = [[total(lax.mul(TD[a][c], T[c][e]) for c in range(e, k)) for e in range(a + 1)] for a in range(k)]
+    for a in range(k):
+        M[a][a] = lax.add(M[a][a], 1.0)  # T' D T + I, its lower triangle
+    C = [lax.index_in_dim(C1, b, 1, keepdims=False) for b in range(k)]
+    L = cholesky_entries(M)
+    F = solve_entries(L, [tdot(a, C) for a in range(k)])  # L1^{-1} T' C
+    return stack_lower(L), stack(F, axis=1)
 
 
 class _Reduced(NamedTuple):
@@ -125,18 +129,19 @@ def _reduced(theta, data: CrossProducts) -> _Reduced:
     if not dims:
         z = jnp.zeros((0, 0, 0))
         return _Reduced(z, jnp.zeros((0, 0, p + 1)), jnp.zeros((0, 0)), omega_ff, dense=True)
-    Ts = relative_factors(theta, dims)
-    T1 = Ts[0]
     l1, k1 = dims[0]
     C1 = jnp.concatenate([data.first.zx, resp.z1y[:, :, None]], axis=2)
     if k1 <= SMALL:
         L1, F = _first_term_unrolled(theta, k1, data.first.blocks, C1)
     else:
+        T1 = relative_factors(theta, dims[:1])[0]
         L1 = jnp.linalg.cholesky(jnp.einsum("ba,jbc,cd->jad", T1, data.first.blocks, T1) + jnp.eye(k1))
         F = solve_triangular(L1, jnp.einsum("ba,jbf->jaf", T1, C1), lower=True)
-    omega_ff = omega_ff - jnp.einsum("jka,jkb->ab", F, F)
+    omega_ff = lax.sub(omega_ff, lax.dot_general(F, F, (((0, 1), (0, 1)), ((), ()))))  # sum_j F_j' F_j
     if q2 == 0:
         return _Reduced(L1, F, jnp.zeros((0, k1)), omega_ff, dense=False)
+    Ts = relative_factors(theta, dims)
+    T1 = Ts[0]
     Vs = []
     for coupling, T in zip(data.coupling, Ts[1:]):
         G = jnp.einsum("ba,ebc,cd->ead", T1, coupling.blocks, T)
@@ -195,17 +200,20 @@ def pieces_of_diagonals(L1, d22, q2: int, p: int) -> Pieces:
     """The criterion's scalars from the factor's diagonals: those of term 1's blocks ``L1``
     (l1, k1, k1) and ``d22``, the diagonal of the dense factor L22 (rows: q2 further
     random effects, p fixed effects, y)."""
-    ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L1, axis1=1, axis2=2))) + 2.0 * jnp.sum(
-        jnp.log(d22[:q2])
-    )
-    ldx = 2.0 * jnp.sum(jnp.log(d22[q2 : q2 + p]))
-    return Pieces(ld, ldx, d22[-1] ** 2)
+    ld = lax.add(_twice_sum_log(diagonal(L1)), _twice_sum_log(d22[:q2]))
+    ldx = _twice_sum_log(d22[q2 : q2 + p])
+    return Pieces(ld, ldx, lax.integer_pow(d22[-1], 2))
+
+
+def _twice_sum_log(d):
+    """2 sum(log d), by lax (cheap to trace: see :func:`jaxlmm.linalg.entry`)."""
+    return lax.mul(2.0, lax.reduce_sum(lax.log(d), tuple(range(d.ndim))))
 
 
 def pieces(theta, data: CrossProducts) -> Pieces:
     """The criterion's scalars at ``theta``; the dense factor's diagonal alone (:func:`cholesky_diagonal`)."""
     red = _reduced(theta, data)
-    d22 = cholesky_diagonal(red.omega) if red.dense else jnp.diagonal(small_cholesky(red.omega))
+    d22 = cholesky_diagonal(red.omega) if red.dense else diagonal(small_cholesky(red.omega))
     return pieces_of_diagonals(red.L1, d22, data.q_rest, data.p)
 
 
@@ -217,12 +225,11 @@ def deviance(theta, data: CrossProducts, reml=True):
     """
     pc = pieces(theta, data)
     n = data.n
-    p = data.p
-    ld = pc.logdet_L - data.ldw
-    ml = ld + n * (1.0 + LOG2PI + jnp.log(pc.r2 / n))
-    nmp = n - p
-    rl = ld + pc.logdet_RX + nmp * (1.0 + LOG2PI + jnp.log(pc.r2 / nmp))
-    return jnp.where(reml, rl, ml)
+    ld = lax.sub(pc.logdet_L, data.ldw)
+    ml = lax.add(ld, lax.mul(n, lax.add(1.0 + LOG2PI, lax.log(lax.div(pc.r2, n)))))
+    nmp = lax.sub(n, float(data.p))
+    rl = lax.add(lax.add(ld, pc.logdet_RX), lax.mul(nmp, lax.add(1.0 + LOG2PI, lax.log(lax.div(pc.r2, nmp)))))
+    return lax.select(jnp.asarray(reml, dtype=bool), rl, ml)
 
 
 def sigma_hat(r2, n, p: int, reml: bool):
