@@ -465,7 +465,7 @@ def _families(layout: Layout, ks: tuple, p: int) -> tuple[list[Family], int]:
     return out, offset
 
 
-def flat_sums(rows: dict, layout: Layout):
+def flat_sums(rows: dict, layout: Layout, xp=jnp):
     """All cross-products of one chunk of rows, as (flat group sums, [X y]'[X y]).
 
     ``rows`` is a dict as :attr:`RowPlan.rows`. Every sum over groups is a
@@ -475,16 +475,16 @@ def flat_sums(rows: dict, layout: Layout):
     the compiled program small; [X y]'[X y] is one matmul. Rows of zeros add
     nothing, so a chunk may be padded with them. With the row axis sharded
     across devices, each device sums its rows and XLA reduces the sums
-    across devices.
+    across devices. With ``xp=numpy`` the same sums on the host (``np.bincount``).
     """
     X, y, z = rows["X"], rows["y"], rows["z"]
     c, p = X.shape
-    W = jnp.concatenate([X, y[:, None]], axis=1)
+    W = xp.concatenate([X, y[:, None]], axis=1)
     fams, size = _families(layout, tuple(Zt.shape[1] for Zt in z), p)
     values, index = [], []
     for fam in fams:
         if fam.key == "g":
-            A, B = z[fam.index], jnp.concatenate([z[fam.index], W], axis=1)
+            A, B = z[fam.index], xp.concatenate([z[fam.index], W], axis=1)
         elif fam.key == "coo":
             A, B = z[0], z[1 + fam.index]
         else:
@@ -493,13 +493,14 @@ def flat_sums(rows: dict, layout: Layout):
         seg = rows[fam.key][fam.index]
         width = fam.ka * fam.kb
         values.append((A[:, :, None] * B[:, None, :]).reshape(c, width))
-        index.append(fam.offset + seg[:, None] * width + jnp.arange(width, dtype=seg.dtype)[None, :])
-    if values:
-        flat = jax.ops.segment_sum(
-            jnp.concatenate(values, axis=1).ravel(), jnp.concatenate(index, axis=1).ravel(), num_segments=size
-        )
+        index.append(fam.offset + seg[:, None] * width + xp.arange(width, dtype=seg.dtype)[None, :])
+    if not values:
+        return xp.zeros(0, dtype=W.dtype), W.T @ W
+    values, index = xp.concatenate(values, axis=1).ravel(), xp.concatenate(index, axis=1).ravel()
+    if xp is np:
+        flat = np.bincount(index, weights=values, minlength=size)
     else:
-        flat = jnp.zeros(0, dtype=W.dtype)
+        flat = jax.ops.segment_sum(values, index, num_segments=size)
     return flat, W.T @ W
 
 
@@ -604,6 +605,11 @@ def device_chunks(plan: RowPlan, chunk_rows: int | None = None, sharding: NamedS
         yield jax.device_put(chunk, sharding)
 
 
+HOST_PRODUCTS = 2**22
+"""Up to this many products of entries (rows times products per row), one device and one chunk,
+:func:`accumulate` sums on the host."""
+
+
 def accumulate(plan: RowPlan, chunk_rows: int | None = None, devices=None) -> dict:
     """:func:`chunk_sums` added up over all chunks of rows on the device(s); numpy arrays back.
 
@@ -612,13 +618,22 @@ def accumulate(plan: RowPlan, chunk_rows: int | None = None, devices=None) -> di
 
     ``devices`` defaults to all of JAX's devices; with more than one, the
     rows of each chunk are sharded across them (:func:`row_sharding`).
+
+    Small data (one device, one chunk, at most :data:`HOST_PRODUCTS`
+    products) are summed by numpy instead: the same sums without a program
+    to compile, which in a new process took longer than the sums (sleepstudy:
+    0.15 s against milliseconds).
     """
     sharding = row_sharding(devices)
-    replicated = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
-    step = _accumulator(replicated)
     ks = tuple(Zt.shape[1] for Zt in plan.rows["z"])
     p1 = plan.rows["X"].shape[1] + 1
-    acc = (np.zeros(_families(plan.layout, ks, p1 - 1)[1]), np.zeros((p1, p1)))
+    fams, size = _families(plan.layout, ks, p1 - 1)
+    per_row = sum(f.ka * f.kb for f in fams) + p1 * p1
+    if sharding is None and chunk_length(plan.n, chunk_rows) >= plan.n and plan.n * per_row <= HOST_PRODUCTS:
+        return unpack(*flat_sums(plan.rows, plan.layout, xp=np), plan.layout, ks)
+    replicated = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+    step = _accumulator(replicated)
+    acc = (np.zeros(size), np.zeros((p1, p1)))
     acc = jax.device_put(acc, replicated)
     for rows in device_chunks(plan, chunk_rows, sharding):
         acc = step(acc, rows, layout=plan.layout)

@@ -172,7 +172,8 @@ def test_chunked_sums_equal_dense_products(case):
     assert design.n > 2 * SMALL_CHUNK and design.n % SMALL_CHUNK != 0  # several chunks, the last padded
     small = cross_products(design, control=jaxlmm.Control(chunk_rows=SMALL_CHUNK))
     check_against_dense(small, design)
-    whole = cross_products(design)  # one chunk of all rows
+    whole = cross_products(design)  # one chunk of all rows: summed on the host (numpy)
+    check_against_dense(whole, design)
     for name in FLOATS:
         assert_close(attrgetter(name)(small), attrgetter(name)(whole))
     for a, b in zip(small.coupling, whole.coupling, strict=True):
@@ -182,6 +183,21 @@ def test_chunked_sums_equal_dense_products(case):
     for name in ["entries.level1", "entries.column", "pairs.level", "pairs.target"]:
         np.testing.assert_array_equal(attrgetter(name)(small), attrgetter(name)(whole))
     assert_close(small.pairs.product, whole.pairs.product)
+
+
+@pytest.mark.parametrize("case", ["three_terms", "sleepstudy"])
+def test_host_sums_equal_device_sums(case, monkeypatch):
+    """Small data are summed by numpy (crossprod.HOST_PRODUCTS), larger by the compiled chunk sums: the same sums."""
+    plan = row_plan(design_of(case))
+    host = crossprod.accumulate(plan)
+    monkeypatch.setattr(crossprod, "HOST_PRODUCTS", 0)
+    device = crossprod.accumulate(plan)
+    assert sorted(host) == sorted(device)
+    for name in host:
+        a, b = jax.tree.leaves(host[name]), jax.tree.leaves(device[name])
+        assert len(a) == len(b) and all(isinstance(x, (np.ndarray, np.generic)) for x in a)
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, np.asarray(y), rtol=1e-12, atol=1e-9)
 
 
 def test_chunk_sums_of_all_rows_are_the_cross_products():
