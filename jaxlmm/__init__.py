@@ -7,38 +7,48 @@ backend (see ``jaxlmm._config``).
 
 from __future__ import annotations
 
-import jax
+import gc as _gc
 
-jax.config.update("jax_enable_x64", True)
+_collecting = _gc.isenabled()
+_gc.disable()  # while importing: see jaxlmm._config.imports_settled
+try:
+    import jax
 
-from ._config import enable_compilation_cache, limit_lapack_threads  # noqa: E402
+    jax.config.update("jax_enable_x64", True)
 
-enable_compilation_cache()
-limit_lapack_threads()
+    from ._config import enable_compilation_cache, imports_settled, limit_lapack_threads
 
-from . import datasets  # noqa: E402
-from .anova import anova  # noqa: E402
-from .bootstrap import BootstrapResult, bootstrap  # noqa: E402
-from .control import Control  # noqa: E402
-from .errors import (  # noqa: E402
-    ConvergenceWarning,
-    DataError,
-    FormulaError,
-    JaxLMMError,
-    JaxLMMWarning,
-    MissingDataWarning,
-    RankDeficiencyWarning,
-    SingularFitWarning,
-)
-from .formula import parse_formula  # noqa: E402
-from .model import LinearMixedModel, lmm  # noqa: E402
-from .oneway import oneway_anova  # noqa: E402
-from .pbtest import PBTest, pb_test  # noqa: E402
-from .plotting import plot_bootstrap, plot_profile  # noqa: E402
-from .profile import profile  # noqa: E402
-from .ranova import ranova  # noqa: E402
-from .rlrt import ExactTest, exact_lrt, exact_rlrt  # noqa: E402
-from .results import LmmFit  # noqa: E402
+    enable_compilation_cache()
+    limit_lapack_threads()
+
+    from . import datasets
+    from .anova import anova
+    from .bootstrap import BootstrapResult, bootstrap
+    from .control import Control
+    from .errors import (
+        ConvergenceWarning,
+        DataError,
+        FormulaError,
+        JaxLMMError,
+        JaxLMMWarning,
+        MissingDataWarning,
+        RankDeficiencyWarning,
+        SingularFitWarning,
+    )
+    from .formula import parse_formula
+    from .model import LinearMixedModel, lmm
+    from .oneway import oneway_anova
+    from .pbtest import PBTest, pb_test
+    from .plotting import plot_bootstrap, plot_profile
+    from .profile import profile
+    from .ranova import ranova
+    from .rlrt import ExactTest, exact_lrt, exact_rlrt
+    from .results import LmmFit
+
+    imports_settled()
+finally:
+    if _collecting:
+        _gc.enable()
 
 __version__ = "0.1.0"
 

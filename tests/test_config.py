@@ -283,3 +283,78 @@ def test_compile_ahead_drops_errors_and_compiles_only_what_is_released():
         pass
     assert b.thread is None and b.compiled == 0
     assert not ahead.pending()  # outside any block
+
+
+# ---- Python's cyclic garbage collector ------------------------------------------------------
+
+
+def _gc_after_import_in_child(before: str) -> list:
+    import json as _json
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, json\n" + before + "\n"
+        "gen2 = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and gen2.append(info['generation']))\n"
+        "import jaxlmm\n"
+        "print(json.dumps([gc.isenabled(), gc.get_freeze_count(), len(gen2)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return _json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("before,enabled,frozen", [("", True, 0), ("gc.disable()", False, 0),
+                                                     ("gc.freeze()", True, None)])
+def test_import_collects_nothing_and_leaves_the_collector_as_it_was(before, enabled, frozen):
+    """`import jaxlmm` runs no collection, then leaves the collector on or off as it was, and
+    objects the program froze itself frozen (then its objects are collected as usual after it)."""
+    on, count, collections = _gc_after_import_in_child(before)
+    assert on is enabled
+    assert (count == 0 and collections == 0) if frozen == 0 else count > 0
+
+
+def test_old_objects_are_set_aside_only_by_the_outermost_block():
+    import gc
+    import weakref
+
+    from jaxlmm._config import old_objects_aside
+
+    class Node:
+        pass
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    old = Node()
+    with old_objects_aside():
+        held = gc.get_freeze_count()
+        assert held > 0 and gc.is_tracked(old)
+        with old_objects_aside():  # nested: nothing more frozen, nothing thawed on leaving
+            assert gc.get_freeze_count() == held
+        assert gc.get_freeze_count() == held
+        young = Node()
+        young.me = young  # a cycle made in the block is collected as usual
+        gone = weakref.ref(young)
+        del young
+        gc.collect()
+        assert gone() is None
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(ZeroDivisionError):
+        with old_objects_aside():
+            1 / 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # objects frozen by the program: left frozen
+    try:
+        mine = gc.get_freeze_count()
+        with old_objects_aside():
+            assert gc.get_freeze_count() == mine
+        assert gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
+
+
+def test_entry_points_thaw_what_they_set_aside():
+    import gc
+
+    fit = jaxlmm.lmm("Reaction ~ Days + (1 | Subject)", SLEEP)
+    str(fit)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
