@@ -111,14 +111,6 @@ def entry(A, i: int, j: int):
     return lax.index_in_dim(lax.index_in_dim(A, j, r - 1, keepdims=False), i, r - 2, keepdims=False)
 
 
-def diagonal(A):
-    """The diagonal (..., k) of a batch (..., k, k): by :func:`entry` for k <= SMALL."""
-    k = A.shape[-1]
-    if k > SMALL or k == 0:
-        return jnp.diagonal(A, axis1=-2, axis2=-1)
-    return stack([entry(A, i, i) for i in range(k)], axis=-1)
-
-
 def total(terms):
     """terms[0] + terms[1] + ..., left to right (Python's ``sum`` without its 0); None for none."""
     out = None

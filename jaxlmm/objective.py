@@ -37,7 +37,7 @@ from jax.scipy.linalg import solve_triangular
 
 from .crossprod import CrossProducts
 from .linalg import (
-    SMALL, cholesky, cholesky_diagonal, cholesky_entries, diagonal, entry, small_cholesky, small_solve_lower, solve_entries,
+    SMALL, cholesky, cholesky_diagonal, cholesky_entries, entry, small_cholesky, small_solve_lower, solve_entries,
     stack, stack_lower, total,
 )
 from .theta import relative_factors, theta_layout
@@ -200,7 +200,7 @@ def pieces_of_diagonals(L1, d22, q2: int, p: int) -> Pieces:
     """The criterion's scalars from the factor's diagonals: those of term 1's blocks ``L1``
     (l1, k1, k1) and ``d22``, the diagonal of the dense factor L22 (rows: q2 further
     random effects, p fixed effects, y)."""
-    ld = lax.add(_twice_sum_log(diagonal(L1)), _twice_sum_log(d22[:q2]))
+    ld = lax.add(_twice_sum_log(jnp.diagonal(L1, axis1=1, axis2=2)), _twice_sum_log(d22[:q2]))
     ldx = _twice_sum_log(d22[q2 : q2 + p])
     return Pieces(ld, ldx, lax.integer_pow(d22[-1], 2))
 
@@ -213,7 +213,7 @@ def _twice_sum_log(d):
 def pieces(theta, data: CrossProducts) -> Pieces:
     """The criterion's scalars at ``theta``; the dense factor's diagonal alone (:func:`cholesky_diagonal`)."""
     red = _reduced(theta, data)
-    d22 = cholesky_diagonal(red.omega) if red.dense else diagonal(small_cholesky(red.omega))
+    d22 = cholesky_diagonal(red.omega) if red.dense else jnp.diagonal(small_cholesky(red.omega))
     return pieces_of_diagonals(red.L1, d22, data.q_rest, data.p)
 
 
