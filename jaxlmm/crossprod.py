@@ -66,6 +66,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import register_dataclass
 
+from ._config import on_device
 from .control import Control
 from .design import Design
 from .memory import F64, check_fits, chunk_bytes, estimate_fit_bytes, pair_bytes, pair_count, rows_bytes
@@ -667,11 +668,11 @@ def _dense_zz(plan: RowPlan, sums: dict, rest, offsets: np.ndarray) -> np.ndarra
 
 
 def _as_f64(a) -> jax.Array:
-    return jnp.asarray(a, dtype=jnp.float64)
+    return on_device(a, np.float64)
 
 
 def _as_i64(a) -> jax.Array:
-    return jnp.asarray(a, dtype=jnp.int64)
+    return on_device(a, np.int64)
 
 
 def _entries(plan: RowPlan, rest, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -723,7 +724,7 @@ def schur_parts(level1: np.ndarray, column: np.ndarray, coupling_blocks: tuple, 
     rows = np.zeros((len(heavy), k1, q2))
     where = np.searchsorted(heavy, level1[~light])
     rows[where, :, column[~light]] = C[~light]
-    pairs = Pairs(level=jnp.asarray(level), target=jnp.asarray(target), product=_as_f64(product))
+    pairs = Pairs(level=on_device(level), target=on_device(target), product=_as_f64(product))
     return pairs, Dense(level=_as_i64(heavy), C=_as_f64(rows))
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import ahead
-from ._config import lean_jit
+from ._config import lean_jit, on_device
 from .control import Control
 from .crossprod import CrossProducts
 from .objective import deviance
@@ -134,7 +134,7 @@ class _Run:
 
     def run(self, start, method: str = "newton") -> OptResult:
         """One compiled pass from ``start`` (theta); its iterations are counted."""
-        args, kw = (jnp.asarray(start), self.lower, self.data, self.reml), dict(method=method, **self.kw)
+        args, kw = (on_device(start), self.lower, self.data, self.reml), dict(method=method, **self.kw)
         if ahead.pending():  # trace and lower first, then let the programs after the fit compile beside it
             optimize_theta.lower(*args, **kw)
             ahead.release()
@@ -194,7 +194,7 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", s
               conv_tol=control.convergence_tol)
     w = np.ones(np.shape(start)) if scale is None else np.asarray(scale)
     run = _Run(lower, data, reml, w, np.asarray(lower) * w, kw)
-    start = jnp.asarray(start)
+    start = on_device(start)
     best = run.run(start, method)
     if method != "newton" or data.n_theta == 0:
         return best
@@ -207,7 +207,7 @@ def fit_theta(start, lower, data: CrossProducts, reml, method: str = "newton", s
         best = _lbfgs_fallback(run, best)
     if not bool(best.converged) and run.first_order(best):
         best = _probe_flat(run, best, control)
-    return best._replace(n_iter=jnp.asarray(run.n_iter))
+    return best._replace(n_iter=on_device(run.n_iter))
 
 
 def _saddle_restarts(run: _Run, best: OptResult, control: Control) -> OptResult:
@@ -244,7 +244,7 @@ def _lbfgs_fallback(run: _Run, best: OptResult) -> OptResult:
     if not np.all(np.isfinite(np.asarray(lb.theta))):
         return best
     again = run.run(lb.theta)
-    return _better(best, _better(again, lb._replace(converged=jnp.asarray(False))))
+    return _better(best, _better(again, lb._replace(converged=on_device(False))))
 
 
 def _probe_flat(run: _Run, best: OptResult, control: Control) -> OptResult:
@@ -257,7 +257,7 @@ def _probe_flat(run: _Run, best: OptResult, control: Control) -> OptResult:
     if v is not None:
         probes.append(run.run(run.moved(best, v, control.restart_step)))
     if not any(_below(p, best, 1e-9) for p in probes):
-        return best._replace(converged=jnp.asarray(True))
+        return best._replace(converged=on_device(True))
     return min([best] + probes, key=lambda p: float(p.fun))
 
 
@@ -299,8 +299,8 @@ def minimize(data: CrossProducts, y, start, lower, scale, reml: bool, method: st
     """:func:`fit_theta` on the response rescaled by :func:`response_scale`; the criterion reported on y's scale."""
     c = response_scale(y)  # theta is optimized on the response c y
     opt = fit_theta(
-        jnp.asarray(start), jnp.asarray(lower), scale_response(data, c), bool(reml), method=method,
-        scale=None if np.all(scale == 1) else jnp.asarray(scale), control=control,
+        on_device(start), on_device(lower), scale_response(data, c), bool(reml), method=method,
+        scale=None if np.all(scale == 1) else on_device(scale), control=control,
     )
     if c != 1.0:
         opt = opt._replace(fun=opt.fun - criterion_shift(data, c, bool(reml)))

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import inspect
 
-import jax.numpy as jnp
 
-from ._config import ensure_x64, uses_float64
+from ._config import ensure_x64, on_device, uses_float64
 from .ahead import compile_ahead
 from .control import Control, as_control
 from .crossprod import CrossProducts, cross_products
@@ -69,7 +68,7 @@ class LinearMixedModel:
         """The profiled REML criterion (or ML deviance) at ``theta``, lme4's scale."""
         ensure_x64()
         reml = check_bool(reml, "reml")
-        theta = jnp.asarray(as_theta(theta, self.theta0.size))
+        theta = on_device(as_theta(theta, self.theta0.size))
         return float(deviance_jit(theta, self.products, reml))
 
     @uses_float64

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._config import lean_jit, uses_float64
+from ._config import lean_jit, on_device, uses_float64
 from .control import Control, Hessian
 from .crossprod import CrossProducts
 from .design import Design
@@ -110,7 +109,7 @@ class LmmFit:
     def criterion(self, theta, reml: bool | None = None) -> float:
         """The profiled criterion (lme4's ``devfun``) at ``theta``: the REML criterion or ML deviance,
         by the fit's own (default) or by ``reml``; ``fit.criterion(fit.theta) == fit.objective``."""
-        theta = jnp.asarray(as_theta(theta, len(self.theta)))
+        theta = on_device(as_theta(theta, len(self.theta)))
         reml = self.reml if reml is None else check_bool(reml, "reml")
         return float(deviance_jit(theta, self.products, reml))
 
@@ -140,7 +139,7 @@ class LmmFit:
         """Conditional modes and conditional SDs: columns group, term, level, value, cond_sd."""
         data = self.products
         Ts = [T[0] for T in factors_batch(self.theta, data.term_dims)]
-        blocks = [np.asarray(B) for B in _condvar_jit(jnp.asarray(self.theta), data)]
+        blocks = [np.asarray(B) for B in _condvar_jit(on_device(self.theta), data)]
         frames = []
         for t, T, bm, P in zip(self.terms, Ts, self.b, blocks):
             var = self.sigma**2 * np.einsum("ab,lbc,dc->lad", T, P, T)
@@ -326,7 +325,7 @@ def after_fit(products: CrossProducts, method: str, control: Control) -> list:
     :func:`jaxlmm.ahead.compile_ahead`: the solve at the optimum, and where the default summary
     computes Satterthwaite's df from the fit's exact Hessian (Newton with exact Hessians), their
     forward-mode pass."""
-    theta = jnp.asarray(theta_start(products.term_dims))
+    theta = on_device(theta_start(products.term_dims))
     tasks = [(_solve_jit, (theta, products), {})]
     if method == "newton" and products.n_theta and products.p and satterthwaite_by_default(control, products):
         tasks.append((theta_derivatives, (theta, products), {}))
@@ -381,7 +380,7 @@ def estimate(design: Design, products: CrossProducts, reml=True, method: str = "
 
 def _check_start(products: CrossProducts, start, default, reml: bool) -> None:
     """``theta0`` gives a finite criterion (an overflowing start would end in a singular system)."""
-    value = float(deviance_jit(jnp.asarray(start), products, reml))
+    value = float(deviance_jit(on_device(start), products, reml))
     if not np.isfinite(value):
         raise JaxLMMError(
             f"theta0={np.asarray(start).tolist()} is outside the range where the criterion can be "
@@ -409,7 +408,7 @@ def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool
     """Build the frozen result from the optimizer's output (lme4's mkMerMod)."""
     data = products
     theta = np.asarray(opt.theta, dtype=np.float64)
-    sol = _solve_jit(jnp.asarray(theta), data)
+    sol = _solve_jit(on_device(theta), data)
     n, p = design.n, design.p
     sigma = float(sigma_hat(float(sol.r2), n, p, reml))
     RX = np.asarray(sol.RX)

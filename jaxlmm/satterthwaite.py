@@ -41,11 +41,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._config import lean_jit
+from ._config import lean_jit, on_device
 from .distributions import f_sf, t_sf2
 from .errors import JaxLMMError
 from .likelihood import deviance_varpar, theta_derivatives, vcov_beta_varpar
@@ -71,8 +70,8 @@ def _derivatives(varpar, data, reml):
 def _from_profiled_hessian(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(V, J, H) from the fit's exact Hessian of the profiled criterion (the module's notes)."""
     sigma, data = float(fit.sigma), fit.products
-    M, dM, g = (np.asarray(a) for a in theta_derivatives(jnp.asarray(fit.theta), data))
-    m = float(data.n - data.p) if fit.reml else float(data.n)
+    M, dM, g = (np.asarray(a) for a in theta_derivatives(on_device(fit.theta), data))
+    m = float(data.n) - data.p if fit.reml else float(data.n)
     k = len(fit.theta)
     H = np.empty((k + 1, k + 1))
     H[:k, :k] = fit.hessian + np.outer(g, g) / (m * sigma**4)
@@ -95,7 +94,7 @@ def varpar_derivatives(fit) -> VarparDerivatives:
     if fit.hessian is not None and len(fit.theta) and fit.sigma > 0:
         V, J, H = _from_profiled_hessian(fit)
     else:
-        varpar = jnp.asarray(np.append(fit.theta, fit.sigma))
+        varpar = on_device(np.append(fit.theta, fit.sigma))
         V, J, H = _derivatives(varpar, fit.products, bool(fit.reml))
     return VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H)))
 

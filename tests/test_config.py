@@ -358,3 +358,35 @@ def test_entry_points_thaw_what_they_set_aside():
     fit = jaxlmm.lmm("Reaction ~ Days + (1 | Subject)", SLEEP)
     str(fit)
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_a_first_fit_compiles_only_its_own_programs():
+    """In a new process, fitting sleepstudy and printing its summary compiles the optimizer's
+    program, the solve and the summary's derivatives, and nothing else (no small programs for
+    host-to-device copies or eager arithmetic, which cost 15-30 ms each there)."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, logging, jax\n"
+        "import jaxlmm\n"
+        "names = []\n"
+        "class H(logging.Handler):\n"
+        "    def emit(self, r):\n"
+        "        m = r.getMessage()\n"
+        "        if m.startswith('Finished XLA compilation of '):\n"
+        "            names.append(m.split('jit(')[1].split(')')[0])\n"
+        "for n in ('jax._src.dispatch', 'jax._src.interpreters.pxla', 'jax._src.compiler'):\n"
+        "    lg = logging.getLogger(n); lg.addHandler(H()); lg.setLevel(logging.DEBUG)\n"
+        "jax.config.update('jax_log_compiles', True)\n"
+        "d = jaxlmm.datasets.load('sleepstudy')\n"
+        "text = str(jaxlmm.lmm('Reaction ~ Days + (Days | Subject)', d))\n"
+        "assert 'Satterthwaite' in text or 'df' in text\n"
+        "print(json.dumps(sorted(set(names))))\n"
+    )
+    env = dict(os.environ, JAXLMM_CACHE_DIR="off")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    names = _json.loads(out.stdout.strip().splitlines()[-1])
+    assert names == ["minimize_theta", "solve", "theta_derivatives"], names
