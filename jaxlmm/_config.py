@@ -159,9 +159,11 @@ def old_objects_aside():
 
     ``gc.freeze()`` on entry and ``gc.unfreeze()`` on exit (both constant-time moves of the
     collector's lists): the old objects are scanned again from the next full collection after
-    the block, and garbage made in the block is collected as usual. Only the outermost block of
-    a thread acts, and none where anything else is frozen (a program that froze objects itself
-    keeps them so) or the collector is off.
+    the block, and garbage made in the block is collected as usual. The young generations are
+    collected first (microseconds), so that the caller's recent garbage is not carried into the
+    oldest generation with them. Only the outermost block of a thread acts, and none where
+    anything else is frozen (a program that froze objects itself keeps them so) or the
+    collector is off.
     """
     if getattr(_aside, "depth", 0) or not gc.isenabled() or gc.get_freeze_count():
         _aside.depth = getattr(_aside, "depth", 0) + 1
@@ -171,6 +173,7 @@ def old_objects_aside():
             _aside.depth -= 1
         return
     _aside.depth = 1
+    gc.collect(1)
     gc.freeze()
     try:
         yield

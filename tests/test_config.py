@@ -289,16 +289,24 @@ def test_compile_ahead_drops_errors_and_compiles_only_what_is_released():
 
 
 def _gc_after_import_in_child(before: str) -> list:
+    """[collector on after the import, objects frozen, full collections during it, the collector's
+    state when jax, scipy and pandas were imported] in a new process."""
     import json as _json
     import subprocess
     import sys
 
     code = (
-        "import gc, json\n" + before + "\n"
-        "gen2 = []\n"
-        "gc.callbacks.append(lambda phase, info: phase == 'start' and gen2.append(info['generation']))\n"
+        "import gc, json, sys\n" + before + "\n"
+        "seen = {}\n"
+        "class Probe:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name in ('jax', 'scipy', 'pandas'):\n"
+        "            seen.setdefault(name, gc.isenabled())\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        "full = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and info['generation'] == 2 and full.append(1))\n"
         "import jaxlmm\n"
-        "print(json.dumps([gc.isenabled(), gc.get_freeze_count(), len(gen2)]))\n"
+        "print(json.dumps([gc.isenabled(), gc.get_freeze_count(), len(full), seen]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return _json.loads(out.stdout.strip().splitlines()[-1])
@@ -307,11 +315,13 @@ def _gc_after_import_in_child(before: str) -> list:
 @pytest.mark.parametrize("before,enabled,frozen", [("", True, 0), ("gc.disable()", False, 0),
                                                      ("gc.freeze()", True, None)])
 def test_import_collects_nothing_and_leaves_the_collector_as_it_was(before, enabled, frozen):
-    """`import jaxlmm` runs no collection, then leaves the collector on or off as it was, and
-    objects the program froze itself frozen (then its objects are collected as usual after it)."""
-    on, count, collections = _gc_after_import_in_child(before)
-    assert on is enabled
-    assert (count == 0 and collections == 0) if frozen == 0 else count > 0
+    """`import jaxlmm` imports jax, scipy and pandas with the collector off and runs no full
+    collection, then leaves the collector on or off as it was, and objects the program froze itself
+    frozen."""
+    on, count, full, seen = _gc_after_import_in_child(before)
+    assert on is enabled and full == 0
+    assert seen == {"jax": False, "scipy": False, "pandas": False}
+    assert count == 0 if frozen == 0 else count > 0
 
 
 def test_old_objects_are_set_aside_only_by_the_outermost_block():
@@ -325,6 +335,12 @@ def test_old_objects_are_set_aside_only_by_the_outermost_block():
 
     assert gc.isenabled() and gc.get_freeze_count() == 0
     old = Node()
+    before = Node()
+    before.me = before  # young garbage from before the block: collected on entry, not set aside
+    gone_before = weakref.ref(before)
+    del before
+    with old_objects_aside():
+        assert gone_before() is None
     with old_objects_aside():
         held = gc.get_freeze_count()
         assert held > 0 and gc.is_tracked(old)
