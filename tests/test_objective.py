@@ -106,6 +106,40 @@ def test_gradient_and_hessian_match_finite_differences(formula, dataset):
         np.testing.assert_allclose(Ha, Hfd, rtol=1e-5, atol=1e-4)
 
 
+def _wide_terms_frame() -> pd.DataFrame:
+    """120 rows: g (12 levels) crossed with h (5 levels), covariates x1..x4, a response with slopes."""
+    rng = np.random.default_rng(11)
+    n = 120
+    g, h = rng.permutation(np.arange(n) % 12), rng.permutation(np.arange(n) % 5)
+    x = rng.normal(size=(n, 4))
+    b = rng.normal(size=(12, 5))
+    y = 1.0 + x[:, 0] + b[g, 0] + np.sum(b[g, 1:] * x, axis=1) + rng.normal(size=5)[h] + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "x4": x[:, 3],
+                         "g": [f"g{i}" for i in g], "h": [f"h{i}" for i in h]})
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x1 + x2 + (1 + x1 + x2 | g)",  # k1 = 3, unrolled, no further terms
+    "y ~ x1 + (1 + x1 + x2 + x3 | g) + (1 + x1 | h)",  # k1 = 4, unrolled, with a further term
+    "y ~ x1 + (1 + x1 + x2 + x3 + x4 | g)",  # k1 = 5: LAPACK's factor
+])
+def test_wide_first_terms_equal_dense_textbook_and_finite_differences(formula):
+    """The first term's factor written entry by entry (k1 <= 4) or by LAPACK (k1 = 5) against the
+    dense textbook criterion at random theta, and its gradient against central differences."""
+    model = jaxlmm.LinearMixedModel(formula, _wide_terms_frame())
+    assert model.products.term_dims[0] == (12, len(formula.split("|")[0].split("(")[1].split("+")))
+    rng = np.random.default_rng(2)
+    g = jax.jit(jax.grad(deviance))
+    for _ in range(2):
+        th = _random_theta(model, rng)
+        for reml in (True, False):
+            assert model.deviance(th, reml=reml) == pytest.approx(dense_criterion(model, th, reml), rel=1e-9)
+    h = 1e-5
+    fd = np.array([(model.deviance(th + h * e, reml=True) - model.deviance(th - h * e, reml=True)) / (2 * h)
+                   for e in np.eye(th.size)])
+    np.testing.assert_allclose(np.asarray(g(jnp.asarray(th), model.products, True)), fd, rtol=1e-5, atol=1e-5)
+
+
 def test_deviance_is_jittable_and_vmappable():
     """The objective is a pure function of (theta, data): vmap over theta equals a loop."""
     model = get_model(*SMALL[0])
