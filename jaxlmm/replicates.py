@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import register_dataclass
 
-from ._config import ensure_x64, lean_jit
+from ._config import ensure_x64, lean_jit, on_device
 from .control import FIRST_PASS, Control
 from .crossprod import CrossProducts, Response, response_products, row_sharding, with_response
 from .fitting import first_order, has_direction, is_below, minimize_theta, moved_start, second_is_better
@@ -81,8 +81,8 @@ register_dataclass(Rows, data_fields=["X", "terms", "weights"], meta_fields=[])
 
 def rows_of(design) -> Rows:
     """The arrays of a :class:`~jaxlmm.design.Design` that depend on rows, as JAX arrays."""
-    f64 = partial(jnp.asarray, dtype=jnp.float64)
-    terms = tuple(TermRows(jnp.asarray(t.codes), f64(t.X), t.nlevels) for t in design.terms)
+    f64 = partial(on_device, dtype=np.float64)
+    terms = tuple(TermRows(on_device(t.codes), f64(t.X), t.nlevels) for t in design.terms)
     weights = None if design.weights is None else f64(design.weights)
     return Rows(f64(design.X), terms, weights)
 
@@ -160,10 +160,22 @@ def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=Control.max_i
     return _as_refit(opt, data, reml)
 
 
+@partial(lean_jit, static_argnames="n")
+def replicate_keys(seed, n: int):
+    """The key data (uint32, (n, 2)) of ``jax.random.split(jax.random.key(seed), n)``: replicate i's
+    key, computed in one compiled program (integer arithmetic: the same bits however compiled).
+    A split, and the gather of a chunk's keys, run on their own compile small programs of their own
+    each, about 0.35 s in a new process; the host takes each chunk's keys from these by numpy."""
+    return jax.random.key_data(jax.random.split(jax.random.key(seed), n))
+
+
 @lean_jit(quick=False)
 def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> tuple:
     """Simulate one response per key from ``params`` and return, for each of ``rows``, its batched
-    response cross-products (:class:`~jaxlmm.crossprod.Response`): all the refits need of it."""
+    response cross-products (:class:`~jaxlmm.crossprod.Response`): all the refits need of it.
+    ``keys``: typed keys, or their data (:func:`replicate_keys`)."""
+    if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.wrap_key_data(keys)
     ys = jax.vmap(simulate, in_axes=(0, None, None))(keys, sim_rows, params)
     return tuple(response_products(r, ys) for r in rows)
 
@@ -270,11 +282,11 @@ class _Batches:
         valid = n if valid is None else min(valid, n)
         lanes = self.lanes if method == "newton" and data.n_theta and not seq else None
         if lanes is not None:
-            valid = jnp.asarray(valid)  # how many to refit
+            valid = on_device(valid)  # how many to refit
         else:
-            valid = jnp.arange(n) < valid if seq else None  # which to refit (vmap refits all)
-        return refit_batch(parts, starts, data, self.target.lower, self.reml, jnp.asarray(max_iter), method,
-                           jnp.asarray(self.control.convergence_tol), self.control.newton_hessian(data.q_rest).value,
+            valid = on_device(np.arange(n) < valid) if seq else None  # which to refit (vmap refits all)
+        return refit_batch(parts, starts, data, self.target.lower, self.reml, on_device(max_iter), method,
+                           on_device(self.control.convergence_tol), self.control.newton_hessian(data.q_rest).value,
                            seq, valid, lanes=lanes)
 
     def __call__(self, parts: Response, starts: np.ndarray, max_iter: int, method: str = "newton") -> Refit:
@@ -507,15 +519,13 @@ def run_replicates(job: Job, chunk_size: int | None = None, progress: bool = Fal
         bootstrap_bytes([tg.data for tg in job.targets], int(job.rows.X.shape[0]), n, chunk),
         f"{desc}(n={n}) in chunks of {chunk} replicates",
     )
-    keys = jax.random.split(jax.random.key(int(seed)), n)
+    keys = np.asarray(replicate_keys(on_device(np.int64(seed)), n))
     pieces, waiting = [], [[] for _ in job.targets]
     cap = job.control.first_pass or (job.control.max_iter if on_lanes else FIRST_PASS)
     bar = tqdm(total=n, desc=desc, unit="replicate", disable=not progress)
     t0 = time.perf_counter()
     for c in range(math.ceil(n / chunk)):
-        kc = keys[np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)]
-        if sharding is not None:
-            kc = jax.device_put(kc, sharding)
+        kc = jax.device_put(keys[np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)], sharding)
         keep = int(min(chunk, n - c * chunk))
         res, unfinished = _first_pass(job, kc, keep, c * chunk, cap, waiting, lanes)
         if unfinished > job.control.pending_share * keep:  # this model needs more iterations than most
@@ -543,9 +553,9 @@ def _first_pass(job: Job, keys, keep: int, offset: int, cap: int, waiting: list,
     res, unfinished = [], 0
     null_thetas = None
     for tg, pt, wait in zip(job.targets, parts, waiting):
-        starts = jnp.broadcast_to(tg.theta0, (chunk,) + tg.theta0.shape)
+        starts = on_device(np.broadcast_to(np.asarray(tg.theta0), (chunk,) + tg.theta0.shape))
         if null_thetas is not None and job.alt_from_null:
-            starts = jnp.asarray(null_thetas).reshape(starts.shape)
+            starts = on_device(np.asarray(null_thetas).reshape(starts.shape))
         whole = _Batches(tg, job.reml, chunk, job.control, lanes).batch(pt, starts, cap, valid=keep)
         null_thetas = whole.theta
         r = _take(whole, slice(0, keep))
@@ -581,9 +591,9 @@ def _finish_all(res: Refit, waiting: list, run: _Batches, control: Control) -> R
 def fit_params(fit) -> SimParams:
     """beta, theta, sigma of a fit, as float64 JAX arrays."""
     return SimParams(
-        jnp.asarray(fit.fixef.to_numpy(), dtype=jnp.float64),
-        jnp.asarray(fit.theta, dtype=jnp.float64),
-        jnp.asarray(fit.sigma, dtype=jnp.float64),
+        on_device(fit.fixef.to_numpy(), np.float64),
+        on_device(fit.theta, np.float64),
+        on_device(fit.sigma, np.float64),
     )
 
 
@@ -591,6 +601,6 @@ def target_of(fit, theta0=None) -> Target:
     """A fit's model as a refit target, started at ``theta0`` (default: the fitted theta)."""
     theta0 = fit.theta if theta0 is None else theta0
     return Target(
-        rows_of(fit.design), fit.products, jnp.asarray(theta0, dtype=jnp.float64),
-        jnp.asarray(theta_lower_bounds(fit.products.term_dims)),
+        rows_of(fit.design), fit.products, on_device(theta0, np.float64),
+        on_device(theta_lower_bounds(fit.products.term_dims)),
     )

@@ -17,9 +17,9 @@ import functools
 import jax
 import numpy as np
 
-from ._config import lean_jit, uses_float64
+from ._config import lean_jit, on_device, uses_float64
 from .memory import check_fits, simulate_bytes
-from .replicates import fit_params, rows_of
+from .replicates import fit_params, replicate_keys, rows_of
 from .replicates import simulate as simulate_one
 from .validate import check_count, check_seed
 from .results import check_fit
@@ -37,9 +37,15 @@ class Simulated(np.ndarray):
 @uses_float64
 @functools.cache
 def _draw():
-    """``simulate_one`` vmapped over keys and compiled, made once: a second call with the same
-    shapes reuses the compiled program (a new ``jax.jit`` per call would trace and compile again)."""
-    return lean_jit(jax.vmap(simulate_one, in_axes=(0, None, None)))
+    """``simulate_one`` vmapped over keys (given as their data, :func:`replicate_keys`) and
+    compiled, made once: a second call with the same shapes reuses the compiled program (a new
+    ``jax.jit`` per call would trace and compile again)."""
+    draw = jax.vmap(simulate_one, in_axes=(0, None, None))
+
+    def simulate(keys, rows, params):
+        return draw(jax.random.wrap_key_data(keys), rows, params)
+
+    return lean_jit(simulate)
 
 
 def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
@@ -52,7 +58,7 @@ def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
     check_fit(fit, func="simulate")
     n, seed = check_count(n, "n (the number of simulated responses)"), check_seed(seed)
     check_fits(simulate_bytes(n, fit.design), f"simulate(n={n}) of {fit.nobs} rows")
-    keys = jax.random.split(jax.random.key(seed), n)
+    keys = replicate_keys(on_device(np.int64(seed)), n)
     design = fit.design
     y = np.asarray(_draw()(keys, rows_of(design), fit_params(fit)))
     y = (y if design.offset is None else y + design.offset).view(Simulated)

@@ -43,3 +43,23 @@ def test_simulated_residual_variance_scales_as_one_over_w():
     ratio = d.var(axis=0) / (fit.sigma**2 * (1 / w[0::2] + 1 / w[1::2]))
     assert ratio.mean() == pytest.approx(1.0, abs=0.01)  # 90 pairs, each with SD ~0.022
     assert np.all(np.abs(ratio - 1) < 0.12)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 + 5, 2**63 - 1])
+def test_replicate_keys_are_the_split_keys(seed):
+    """The keys compiled in one program (replicate_keys) are jax.random.split(key(seed), n) bit for bit,
+    and a large seed's simulated responses are the draws from those keys."""
+    from jaxlmm._config import on_device
+    from jaxlmm.replicates import replicate_keys
+
+    for n in (1, 5):
+        got = np.asarray(replicate_keys(on_device(np.int64(seed)), n))
+        want = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), n)))
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    fit = get_fit(SLOPE, "sleepstudy")
+    ys = fit.simulate(2, seed=seed)
+    from jaxlmm.replicates import fit_params, rows_of, simulate
+
+    rows, params = rows_of(fit.design), fit_params(fit)
+    for i, key in enumerate(jax.random.split(jax.random.key(seed), 2)):
+        np.testing.assert_allclose(ys[i], np.asarray(simulate(key, rows, params)), rtol=1e-12)
