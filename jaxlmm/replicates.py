@@ -164,8 +164,8 @@ def refit(data: CrossProducts, theta0, lower, reml: bool, max_iter=Control.max_i
 def replicate_keys(seed, n: int):
     """The key data (uint32, (n, 2)) of ``jax.random.split(jax.random.key(seed), n)``: replicate i's
     key, computed in one compiled program (integer arithmetic: the same bits however compiled).
-    A split, and the gather of a chunk's keys, run on their own compile small programs of their own
-    each, about 0.35 s in a new process; the host takes each chunk's keys from these by numpy."""
+    Run eagerly, the split and the gather of each chunk's keys compiled small programs of their own
+    (about 0.35 s in a new process); the host takes each chunk's keys from this array by numpy."""
     return jax.random.key_data(jax.random.split(jax.random.key(seed), n))
 
 
