@@ -157,7 +157,7 @@ def rounds(case: str, n: int, n_boot: int, with_r: bool) -> None:
         rows.append((_to_summary(res), res["start_to_summary"], r))
         print(f"round {i + 1}: import -> summary {rows[-1][0]:.2f} s, process start -> summary {rows[-1][1]:.2f} s"
               + (f", Rscript {r:.2f} s" if r else ""))
-    med = [statistics.median(c) for c in zip(*rows)] if with_r else [statistics.median(c) for c in list(zip(*rows))[:2]]
+    med = [statistics.median(c) for c in list(zip(*rows))[: 3 if with_r else 2]]
     line = f"medians of {n}: import -> summary {med[0]:.2f} s, process start -> summary {med[1]:.2f} s"
     if with_r:
         line += f", Rscript {med[2]:.2f} s; ratios {med[0] / med[2]:.2f}, {med[1] / med[2]:.2f}"

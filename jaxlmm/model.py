@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 
-
 from ._config import ensure_x64, on_device, uses_float64
 from .ahead import compile_ahead
 from .control import Control, as_control

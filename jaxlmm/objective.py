@@ -206,7 +206,7 @@ def pieces_of_diagonals(L1, d22, q2: int, p: int) -> Pieces:
 
 
 def _twice_sum_log(d):
-    """2 sum(log d), by lax (cheap to trace: see :func:`jaxlmm.linalg.entry`)."""
+    """2 sum(log d), by lax (cheap to trace: see the note above :func:`jaxlmm.linalg.entry`)."""
     return lax.mul(2.0, lax.reduce_sum(lax.log(d), tuple(range(d.ndim))))
 
 

@@ -169,14 +169,19 @@ def replicate_keys(seed, n: int):
     return jax.random.key_data(jax.random.split(jax.random.key(seed), n))
 
 
-@lean_jit(quick=False)
-def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> tuple:
-    """Simulate one response per key from ``params`` and return, for each of ``rows``, its batched
-    response cross-products (:class:`~jaxlmm.crossprod.Response`): all the refits need of it.
-    ``keys``: typed keys, or their data (:func:`replicate_keys`)."""
+def simulate_batch(keys, sim_rows: Rows, params: SimParams):
+    """One response per key from ``params`` (:func:`simulate` vmapped): (len(keys), n). ``keys``:
+    typed keys, or their data (:func:`replicate_keys`)."""
     if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
         keys = jax.random.wrap_key_data(keys)
-    ys = jax.vmap(simulate, in_axes=(0, None, None))(keys, sim_rows, params)
+    return jax.vmap(simulate, in_axes=(0, None, None))(keys, sim_rows, params)
+
+
+@lean_jit(quick=False)
+def simulate_products(keys, sim_rows: Rows, params: SimParams, rows: tuple) -> tuple:
+    """Simulate one response per key (:func:`simulate_batch`) and return, for each of ``rows``, its
+    batched response cross-products (:class:`~jaxlmm.crossprod.Response`): all the refits need of it."""
+    ys = simulate_batch(keys, sim_rows, params)
     return tuple(response_products(r, ys) for r in rows)
 
 

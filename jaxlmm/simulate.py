@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import numpy as np
 
 from ._config import lean_jit, on_device, uses_float64
 from .memory import check_fits, simulate_bytes
-from .replicates import fit_params, replicate_keys, rows_of
-from .replicates import simulate as simulate_one
+from .replicates import fit_params, replicate_keys, rows_of, simulate_batch
 from .validate import check_count, check_seed
 from .results import check_fit
 
@@ -37,15 +35,9 @@ class Simulated(np.ndarray):
 @uses_float64
 @functools.cache
 def _draw():
-    """``simulate_one`` vmapped over keys (given as their data, :func:`replicate_keys`) and
-    compiled, made once: a second call with the same shapes reuses the compiled program (a new
-    ``jax.jit`` per call would trace and compile again)."""
-    draw = jax.vmap(simulate_one, in_axes=(0, None, None))
-
-    def simulate(keys, rows, params):
-        return draw(jax.random.wrap_key_data(keys), rows, params)
-
-    return lean_jit(simulate)
+    """:func:`~jaxlmm.replicates.simulate_batch` compiled, made once: a second call with the same
+    shapes reuses the compiled program (a new ``jax.jit`` per call would trace and compile again)."""
+    return lean_jit(simulate_batch)
 
 
 def simulate(fit, n: int = 1, seed: int | None = 0) -> np.ndarray:
