@@ -6,7 +6,9 @@ of the formula's terms, as lmerTest's ``ranova(model, reduce.terms = TRUE)``:
 - a term without formula terms on its left (``(1 | g)``) is removed
   (row ``(1 | g)``);
 - otherwise each formula term ``x`` of the left-hand side is dropped in
-  turn (row ``x in (1 + x | g)``); dropping the only one leaves ``(1 | g)``.
+  turn (row ``x in (1 + x | g)``); dropping the only one leaves ``(1 | g)``,
+  which is one term with a ``(1 | g)`` already there (``(x || g)``'s row
+  ``x in (0 + x | g)`` is the model with ``(1 | g)`` alone).
 
 Each reduced model is refitted by the model's criterion (REML fits are
 compared by REML likelihoods: the fixed effects are the same). Columns:
@@ -33,6 +35,19 @@ from .submodels import bar_label, formula_order, reduced_term, term_labels, with
 COLUMNS = ("npar", "logLik", "AIC", "LRT", "Df", "Pr(>Chisq)", "p_boundary")
 
 
+def _distinct(terms: list) -> list:
+    """``terms`` without repeats: a term with the grouping factor and columns of an earlier one is the
+    same term (as R's formula keeps a term once, so that lmerTest's reduced ``(1 | g) + (1 | g)`` is
+    ``(1 | g)``)."""
+    seen, out = set(), []
+    for t in terms:
+        key = (t.name, tuple(t.colnames))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
 def reduced_models(design) -> dict:
     """Row label -> random-effect terms of each reduced model (lmerTest's ``get_newforms``)."""
     terms = design.terms
@@ -44,7 +59,9 @@ def reduced_models(design) -> dict:
             out[bar_label(t)] = [u for j, u in enumerate(terms) if j != i]
             continue
         for lab in labels:
-            out[f"{lab} in {bar_label(t)}"] = [reduced_term(u, lab) if j == i else u for j, u in enumerate(terms)]
+            out[f"{lab} in {bar_label(t)}"] = _distinct(
+                [reduced_term(u, lab) if j == i else u for j, u in enumerate(terms)]
+            )
     return out
 
 

@@ -116,7 +116,11 @@ ranova_case <- function(formula, data) {
 }
 ranova_cases <- list(
   sleepstudy_slope = ranova_case("Reaction ~ Days + (Days | Subject)", sleepstudy),
-  penicillin = ranova_case("diameter ~ 1 + (1 | plate) + (1 | sample)", Penicillin)
+  penicillin = ranova_case("diameter ~ 1 + (1 | plate) + (1 | sample)", Penicillin),
+  # a reduced (0 + x | g) becomes (1 | g), which merges with the (1 | g) beside it
+  sleepstudy_uncorr = ranova_case("Reaction ~ Days + (Days || Subject)", sleepstudy),
+  sleepstudy_three = ranova_case(
+    "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject) + (0 + I(Days^2) | Subject)", sleepstudy)
 )
 
 # ---- performance's icc and r2_nakagawa ----------------------------------------------------------
