@@ -232,7 +232,8 @@ def anova(*fits, names=None, refit: bool = True, check_nested: bool = True, **na
     loglik = np.array([f.loglik for f in fits])
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(loglik))])
     df = np.concatenate([[np.nan], np.diff(npar).astype(np.float64)])
-    p = np.array([np.nan] + [float(chi2_sf(c, d)) for c, d in zip(chisq[1:], df[1:])])
+    # two models with as many parameters: no test (NA, as lme4 since 1.1-31)
+    p = np.array([np.nan] + [float(chi2_sf(c, d)) if d > 0 else np.nan for c, d in zip(chisq[1:], df[1:])])
     boundary = np.array(
         [np.nan]
         + [

@@ -53,6 +53,17 @@ def test_anova_variance_component_against_none():
     assert "note" in table.attrs
 
 
+def test_anova_of_models_with_as_many_parameters_has_no_p_value():
+    # the same model with its terms in another order: Chisq 0 on 0 df, which lme4 (1.1-31) leaves NA
+    a = get_fit("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", "sleepstudy", reml=False)
+    b = get_fit("Reaction ~ Days + (0 + Days | Subject) + (1 | Subject)", "sleepstudy", reml=False)
+    table = jaxlmm.anova(a, b)
+    assert list(table["npar"]) == [5, 5] and table["Df"].iloc[1] == 0
+    assert table["Chisq"].iloc[1] == pytest.approx(0.0, abs=1e-8)
+    assert np.isnan(table["Pr(>Chisq)"].iloc[1]) and np.isnan(table["p_boundary"].iloc[1])
+    assert "Pr(>Chisq)" in table.to_text()
+
+
 def test_anova_errors():
     a = get_fit(DYE, "dyestuff", reml=False)
     with pytest.raises(jaxlmm.JaxLMMError, match="at least two"):
