@@ -174,9 +174,12 @@ def fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
 def f_test(fit, L, rhs=0.0, eps: float = np.sqrt(np.finfo(float).eps)) -> pd.DataFrame:
     """F test of H0: L beta = rhs with Satterthwaite's denominator df (lmerTest's contestMD).
 
-    Returns one row: ``num_df`` (rank of L V L'), ``den_df``, ``F`` and ``p``.
+    Returns one row: ``num_df`` (rank of L V L'), ``den_df``, ``F`` and ``p``; none where L has no
+    rows (as lmerTest's ``contestMD``).
     """
     L = _as_contrast(fit, L)
+    if L.shape[0] == 0:
+        return pd.DataFrame({"num_df": np.zeros(0, np.int64), "den_df": [], "F": [], "p": []})
     der = fit.varpar_derivatives
     beta = fit.fixef.to_numpy()
     d, P = np.linalg.eigh(L @ der.V @ L.T)

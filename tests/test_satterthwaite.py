@@ -110,6 +110,11 @@ def test_f_test():
         fit.test(np.eye(3))
     with pytest.raises(jaxlmm.JaxLMMError, match="Slope"):
         fit.test(pd.DataFrame({"Slope": [1.0]}))
+    with pytest.raises(jaxlmm.JaxLMMError, match="rank zero"):
+        fit.test([[0.0, 0.0]])
+    # a contrast matrix with no rows tests nothing: no row, as lmerTest's contestMD
+    none = fit.test(np.zeros((0, 2)))
+    assert len(none) == 0 and list(none.columns) == list(one.columns)
 
 
 def test_satterthwaite_df_match_lmertest():
