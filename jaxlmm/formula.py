@@ -11,7 +11,10 @@ lme4's rules
 - ``(expr || g)``: one independent term per formula term of ``expr``
   (``(1 + x || g)`` is ``(1 | g) + (0 + x | g)``);
 - ``(expr | a/b)``: nested, ``(expr | a) + (expr | b:a)`` (lme4's naming);
-- ``(expr | a:b)``: grouping by the interaction of ``a`` and ``b``.
+- ``(expr | a:b)``: grouping by the interaction of ``a`` and ``b``;
+- a bar outside parentheses binds more loosely than ``+``, as in R:
+  ``y ~ x + 1 | g`` is ``y ~ 1 + (x + 1 | g)`` (with a warning where the
+  fixed part thereby loses terms).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import DataError, FormulaError
+from .errors import DataError, FormulaError, JaxLMMWarning, warn
 from .terms import BinOp, expand_terms, parse, term_label, vet
 
 _NAME = re.compile(r"^(?:[^\W\d]|\.(?!\d))[\w.]*$|^`[^`]+`$")
@@ -125,11 +128,6 @@ def _find_bars(rhs: str, full: str) -> tuple[str, list[tuple[str, str, bool]]]:
                 fixed.append(rhs[i : j + 1])
             i = j + 1
             continue
-        if ch == "|":
-            raise FormulaError(
-                f"A bar '|' outside parentheses in '{full}': random-effect terms are written "
-                "in parentheses, e.g. y ~ x + (1 | g)."
-            )
         fixed.append(ch)
         i += 1
     return "".join(fixed), bars
@@ -230,7 +228,7 @@ def parse_formula(text: str) -> ParsedFormula:
     """Parse an lme4 formula such as ``'y ~ x + (x | g)'``.
 
     Raises :class:`FormulaError` naming the problem for a missing ``~``,
-    unbalanced parentheses, a bar outside parentheses, an empty random term
+    unbalanced parentheses, a bar in the response, an empty random term
     or a malformed grouping factor.
     """
     if not isinstance(text, str):
@@ -250,6 +248,11 @@ def parse_formula(text: str) -> ParsedFormula:
         raise FormulaError(f"The formula '{full}' has nothing right of '~'.")
     if "|" in response:
         raise FormulaError(f"A bar '|' in the response of '{full}': random effects go right of '~'.")
+    whole = len(_top_level_split(rhs, "|")) > 1
+    if whole:
+        # R's precedence: '|' binds more loosely than '+', so y ~ x + 1 | g is y ~ (x + 1 | g), and
+        # lme4's fixed part is the intercept alone
+        rhs = f"({rhs})"
     fixed, bars = _find_bars(rhs, full)
     fixed = _clean_fixed(fixed)
     if re.search(r"(?<![\w.`])\.(?![\w.`])", fixed):
@@ -270,4 +273,15 @@ def parse_formula(text: str) -> ParsedFormula:
         for factors, name in _grouping(grp, full):
             for expr in exprs:
                 terms.append(RandomTerm(expr=expr, factors=factors, name=name))
+    if whole:
+        lhs, grp, double = bars[0]
+        labels = [term_label(t) for t in expand_terms(parse(lhs, "the random-effect term"), "", lhs).terms]
+        if labels:
+            bar = f"({lhs} {'||' if double else '|'} {grp})"
+            warn(
+                f"'|' binds more loosely than '+', as in R: '{full}' is {response} ~ 1 + {bar}, with the "
+                f"intercept as its only fixed effect; for {' + '.join(labels)} as fixed effects too, write "
+                f"{response} ~ {' + '.join(labels)} + {bar}.",
+                JaxLMMWarning,
+            )
     return ParsedFormula(text=full, response=response, fixed=fixed, random=tuple(terms))

@@ -19,6 +19,7 @@ import pytest
 import jaxlmm
 from jaxlmm import DataError, FormulaError, JaxLMMError
 from jaxlmm.design import build_design
+from jaxlmm.formula import parse_formula
 from checks import design_raises as raises
 from checks import sleep_with as sleep
 from oracle import load_json
@@ -170,7 +171,8 @@ SYNTAX = [
     ("Reaction ~ Days ~ (1 | Subject)", ["'~'"]),
     ("Reaction ~ Days + (1 | Subject", ["Unbalanced", "not closed"]),
     ("Reaction ~ Days + 1 | Subject)", ["Unbalanced", "')'"]),
-    ("Reaction ~ Days + 1 | Subject", ["bar '|' outside parentheses"]),
+    ("Reaction ~ Days + (1 | Subject) + Days | Subject", ["A bar '|' in the random-effect term"]),
+    ("Reaction ~ Days + 1 | Subject + Days", ["Grouping factor 'Subject + Days'"]),
     ("Reaction ~ Days + ( | Subject)", ["Empty random-effect term", "( | Subject)"]),
     ("Reaction ~ Days + (1 | )", ["names no grouping factor", "(1 | )"]),
     ("Reaction ~ Days + ()", ["Empty parentheses"]),
@@ -188,6 +190,20 @@ SYNTAX = [
 @pytest.mark.parametrize("formula,names", SYNTAX, ids=[s for s, _ in SYNTAX])
 def test_formula_syntax_errors(formula, names):
     raises(FormulaError, formula, SLEEP, *names)
+
+
+def test_a_bar_outside_parentheses_binds_loosest_as_in_r():
+    """y ~ x + 1 | g is y ~ 1 + (x + 1 | g) (lme4's values in formulas.json); a warning says where x went."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = parse_formula("Reaction ~ 1|Subject")  # nothing lost: no warning
+    assert plain.fixed == "1" and [(t.expr, t.name) for t in plain.random] == [("1", "Subject")]
+    with pytest.warns(jaxlmm.JaxLMMWarning, match=r"Reaction ~ Days \+ \(0 \+ Days \| Subject\)"):
+        slope = parse_formula("Reaction ~ 0 + Days | Subject")
+    assert slope.fixed == "1" and [t.expr for t in slope.random] == ["0 + Days"]
+    with pytest.warns(jaxlmm.JaxLMMWarning, match=r"x1 as fixed effects too"):
+        double = parse_formula("y ~ x1 || g")
+    assert [t.expr for t in double.random] == ["1", "0 + x1"]
 
 
 def test_formula_must_be_text():

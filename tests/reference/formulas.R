@@ -70,7 +70,12 @@ cases <- list(
   offset_both = list(data = "synthetic", formula = "y ~ x1 + offset(0.5 * x2) + (1 | g)", offset = "log(t)"),
   sum_contrasts = list(data = "synthetic", formula = "y ~ C(f, contr.sum) + x1 + (1 | g)"),
   ordered_factor = list(data = "cake", formula = "angle ~ recipe + temperature + (1 | recipe:replicate)"),
-  ordered_call = list(data = "synthetic", formula = "y ~ ordered(k) + x1 + (1 | g)")
+  ordered_call = list(data = "synthetic", formula = "y ~ ordered(k) + x1 + (1 | g)"),
+  # '|' binds more loosely than '+' in R: a bar outside parentheses makes the whole right-hand side
+  # one random-effect term, and the fixed part is the intercept alone
+  bare_bar = list(data = "sleepstudy", formula = "Reaction ~ 1 | Subject"),
+  bare_bar_slope = list(data = "sleepstudy", formula = "Reaction ~ Days + 1 | Subject"),
+  bare_double_bar = list(data = "sleepstudy", formula = "Reaction ~ Days || Subject")
 )
 
 fit_case <- function(case) {
@@ -93,8 +98,8 @@ fit_case <- function(case) {
     formula = case$formula,
     offset = if (is.null(case$offset)) NULL else case$offset,
     objective = unname(REMLcrit(fit)),
-    beta = unname(fixef(fit)),
-    beta_names = names(fixef(fit)),
+    beta = I(unname(fixef(fit))),  # I(): a list even for one coefficient
+    beta_names = I(names(fixef(fit))),
     theta = unname(getME(fit, "theta")),
     sigma = sigma(fit),
     fitted_head = unname(fitted(fit)[1:5]),
