@@ -10,7 +10,7 @@ conditional variances sigma^2 Lambda (L L')^{-1} Lambda' (blocks), as lme4's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -18,7 +18,7 @@ import pandas as pd
 
 from ._config import lean_jit, on_device, uses_float64
 from .control import Control, Hessian
-from .crossprod import CrossProducts
+from .crossprod import CrossProducts, cross_products
 from .design import Design
 from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, warn
 from .fitting import METHODS, deviance_jit, minimize
@@ -27,7 +27,7 @@ from .objective import conditional_variances, sigma_hat, solve
 from .optimize import OptResult
 from .summary import satterthwaite_by_default
 from .theta import factors_batch, is_singular, moment_start, theta_lower_bounds, theta_scales, theta_start
-from .validate import as_theta, check_bool, check_max_iter
+from .validate import as_theta, check_bool, check_max_iter, check_response_spread, check_values
 from .varcorr import sdcor_estimates, varcorr_table
 
 _solve_jit = lean_jit(solve)
@@ -113,17 +113,26 @@ class LmmFit:
         reml = self.reml if reml is None else check_bool(reml, "reml")
         return float(deviance_jit(theta, self.products, reml))
 
-    def refit(self, reml: bool | None = None, theta0=None, method: str | None = None,
+    def refit(self, newresp=None, reml: bool | None = None, theta0=None, method: str | None = None,
               control: Control | None = None) -> "LmmFit":
-        """The same model fitted again: by the other criterion (``reml=False``: ML, as lme4's
-        ``refitML``), from another start (``theta0``), or with other settings. Without arguments
-        the fit itself. Every refit in jaxlmm (``anova``, ``pb_test``, profiles, exact tests) goes
-        through here."""
+        """The same model fitted again: to a new response (``newresp``, as lme4's ``refit(fit,
+        newresp)``), by the other criterion (``reml=False``: ML, as lme4's ``refitML``), from another
+        start (``theta0``), or with other settings. Without arguments the fit itself. Every refit in
+        jaxlmm (``anova``, ``pb_test``, profiles, exact tests) goes through here.
+
+        ``newresp``: one number per row of the fit (``fit.nobs``, in the fit's order), or a pandas
+        Series holding the fit's rows by their index labels (rows the fit dropped for missing values
+        may be there too, as lme4 drops them); the design, weights and offset stay the fit's.
+        """
         reml = self.reml if reml is None else check_bool(reml, "reml")
-        if reml == self.reml and theta0 is None and method in (None, self.method) and control in (None, self.control):
+        design, products = self.design, self.products
+        if newresp is not None:
+            design = replace(design, y=response_of(newresp, design))
+            products = cross_products(design, control=self.control)
+        elif reml == self.reml and theta0 is None and method in (None, self.method) and control in (None, self.control):
             return self
         return estimate(
-            self.design, self.products, reml=reml, method=self.method if method is None else method,
+            design, products, reml=reml, method=self.method if method is None else method,
             theta0=theta0, control=self.control if control is None else control, data_name=self.data_name,
         )
 
@@ -330,6 +339,40 @@ def after_fit(products: CrossProducts, method: str, control: Control) -> list:
     if method == "newton" and products.n_theta and products.p and satterthwaite_by_default(control, products):
         tasks.append((theta_derivatives, (theta, products), {}))
     return tasks
+
+
+def response_of(newresp, design: Design) -> np.ndarray:
+    """``newresp`` as the response of ``design``'s rows (for :meth:`LmmFit.refit`): float64, one per row,
+    finite, varying; a pandas Series is read by the index labels of the rows."""
+    n = len(design.y)
+    if isinstance(newresp, (bool, np.bool_)):
+        raise JaxLMMError(
+            f"newresp must be {n} numbers, a new response for the fit's rows, not {newresp!r} "
+            "(to refit by the other criterion, write refit(reml=...))."
+        )
+    if isinstance(newresp, pd.DataFrame):
+        if newresp.shape[1] != 1:
+            raise JaxLMMError(f"newresp must be one response, not a frame of {newresp.shape[1]} columns.")
+        newresp = newresp.iloc[:, 0]
+    if isinstance(newresp, pd.Series) and len(newresp) != n:
+        missing = pd.Index(design.rows).difference(newresp.index)
+        if len(missing):
+            raise JaxLMMError(
+                f"newresp has {len(newresp)} values and lacks the fit's row(s) {list(missing[:5])}; give "
+                f"{n} numbers (one per row of the fit) or a Series holding the fit's rows by label."
+            )
+        newresp = newresp.loc[design.rows]
+    try:
+        y = np.asarray(newresp, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise JaxLMMError(f"newresp must be {n} numbers, not {type(newresp).__name__} {newresp!r:.80}.") from None
+    if y.shape != (n,):
+        raise JaxLMMError(
+            f"newresp must have one number per row of the fit ({n}), got shape {y.shape}."
+        )
+    check_values(y, ["newresp"], "The new response")
+    check_response_spread(y, "newresp")
+    return y
 
 
 def check_fit(fit, what: str = "fit", func: str = "") -> None:

@@ -153,3 +153,40 @@ def test_conditional_modes_and_variances_match_lme4(case, crit):
     assert len(ours) == len(ref) == len(fit.ranef)
     np.testing.assert_allclose(ours["value"], ours["value_lme4"], rtol=0, atol=2e-4 * r["sigma"])
     np.testing.assert_allclose(ours["cond_sd"], ours["cond_sd_lme4"], rtol=1e-3)
+
+
+# ---- refit to a new response (lme4's refit(fit, newresp)) --------------------------------------
+
+
+def test_refit_to_a_new_response_is_the_fit_of_that_response():
+    import jaxlmm
+
+    dye = get_fit(DYE, "dyestuff")
+    y2 = jaxlmm.datasets.load("dyestuff2")["Yield"]
+    ref = load_fit_reference("dyestuff2_singular")["REML"]  # lme4's refit(fm1, Dyestuff2$Yield)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        new = dye.refit(y2.to_numpy())
+        by_label = dye.refit(y2.sample(frac=1.0, random_state=1))  # a Series: rows by index label
+        ml = dye.refit(y2.to_list(), reml=False)
+    assert new.objective == pytest.approx(ref["objective"], rel=1e-10)
+    assert new.theta[0] == pytest.approx(0.0, abs=1e-6) and new.singular
+    assert new.fixef.iloc[0] == pytest.approx(ref["beta"], rel=1e-10)
+    assert by_label.objective == pytest.approx(new.objective, rel=1e-12)
+    assert ml.objective == pytest.approx(load_fit_reference("dyestuff2_singular")["ML"]["objective"], rel=1e-10)
+    assert dye.fixef.iloc[0] == pytest.approx(1527.5, rel=1e-12)  # the original fit is untouched
+    # the fit's own response gives the fit back (weights and offset stay the fit's)
+    w = weighted_fit("slope", "REML")
+    same = w.refit(w.design.y)
+    assert same.objective == pytest.approx(w.objective, rel=1e-10)
+    np.testing.assert_allclose(same.theta, w.theta, rtol=1e-6)
+
+
+def test_refit_refuses_a_response_that_does_not_fit():
+    dye = get_fit(DYE, "dyestuff")
+    raises(lambda: dye.refit(np.ones(29)), "one number per row of the fit (30)")
+    raises(lambda: dye.refit(False), "refit(reml=...)")
+    raises(lambda: dye.refit(np.r_[np.nan, np.arange(29.0)]), "non-finite")
+    raises(lambda: dye.refit(np.full(30, 3.0)), "constant")
+    raises(lambda: dye.refit(pd.Series(np.arange(10.0))), "lacks the fit's row(s)")
+    raises(lambda: dye.refit(["a"] * 30), "must be 30 numbers")
