@@ -186,12 +186,16 @@ class LmmFit:
         ``type``: ``"response"`` (the differences themselves) or ``"pearson"``:
         sqrt(w_i) (y_i - fitted_i) with the prior weights w (lme4's
         ``resid(fit, type = "pearson")``; the same as ``"response"`` without
-        weights). ``scaled``: divided by sigma, so that the Pearson residuals
-        have variance about 1 whatever the weights.
+        weights). lme4's other names for a linear mixed model: ``"working"`` is
+        ``"response"``, ``"deviance"`` is ``"pearson"``. ``scaled``: divided by
+        sigma, so that the Pearson residuals have variance about 1 whatever the
+        weights.
         """
         d = self.design
-        if type not in ("response", "pearson"):
-            raise JaxLMMError(f"type must be 'response' or 'pearson', not {type!r}.")
+        types = {"response": "response", "working": "response", "pearson": "pearson", "deviance": "pearson"}
+        if type not in types:
+            raise JaxLMMError(f"type must be one of {list(types)}, not {type!r}.")
+        type = types[type]
         if kind == "conditional":
             r = d.y - self.fitted
         elif kind == "marginal":

@@ -140,6 +140,10 @@ def test_fitted_residuals_and_predictions_match_lme4(case, crit):
     np.testing.assert_allclose(pearson, r["resid_pearson"], rtol=0, atol=tol * np.sqrt(w.max()))
     np.testing.assert_allclose(pearson, np.sqrt(w) * fit.residuals(), rtol=1e-12)
     np.testing.assert_allclose(fit.residuals(type="pearson", scaled=True), pearson / fit.sigma, rtol=1e-12)
+    # lme4's other names for a linear mixed model's residuals
+    np.testing.assert_allclose(fit.residuals(type="working"), r["resid_working"], rtol=0, atol=tol)
+    np.testing.assert_allclose(fit.residuals(type="deviance"), r["resid_deviance"], rtol=0, atol=tol * np.sqrt(w.max()))
+    np.testing.assert_array_equal(fit.residuals(type="deviance"), pearson)
     new = pd.DataFrame(REF["newdata"][CASES[case]["data"]])
     np.testing.assert_allclose(fit.predict(new), r["predict"], rtol=0, atol=tol)
     np.testing.assert_allclose(fit.predict(new, re=False), r["predict_population"], rtol=0, atol=tol)

@@ -8,8 +8,8 @@
 # numbers; the datasets are lme4's sleepstudy and Penicillin, bundled with
 # jaxlmm. For each case and criterion (REML, ML): the objective (REMLcrit or
 # deviance, both with lme4's -sum(log w) term), fixed effects and SEs, theta,
-# sigma, as.data.frame(VarCorr), fitted values, response and Pearson
-# residuals, conditional modes and SDs, predictions for new rows, and (REML)
+# sigma, as.data.frame(VarCorr), fitted values, response, Pearson, working
+# and deviance residuals, conditional modes and SDs, predictions for new rows, and (REML)
 # lmerTest's Satterthwaite df. Also: a fit with some zero weights (lme4 keeps
 # those rows with an infinite criterion; the case records lme4's fit of the
 # rows with positive weights, which is what jaxlmm fits), anova() of two
@@ -66,6 +66,8 @@ one_fit <- function(case, reml) {
     fitted = unname(fitted(fit)),
     resid_response = unname(resid(fit, type = "response")),
     resid_pearson = unname(resid(fit, type = "pearson")),
+    resid_working = unname(resid(fit, type = "working")),
+    resid_deviance = unname(resid(fit, type = "deviance")),
     ranef = ranef_table(fit),
     predict = unname(predict(fit, newdata = newdata[[case$data]], allow.new.levels = TRUE)),
     predict_population = unname(predict(fit, newdata = newdata[[case$data]], re.form = NA))
