@@ -169,6 +169,25 @@ class LmmFit:
             return pd.DataFrame(columns=["group", "term", "level", "value", "cond_sd"])
         return pd.concat(frames, ignore_index=True)
 
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """lme4's ``coef(fit)``: per grouping factor, one row per level holding the fixed effects
+        plus that level's conditional modes. A column the random effects have and the fixed effects
+        lack comes first, at 0 plus the mode, in every grouping factor's table (as lme4)."""
+        fixef = self.fixef
+        extra = list(dict.fromkeys(c for t in self.terms for c in t.colnames if c not in fixef.index))
+        base = pd.concat([pd.Series(0.0, index=extra), fixef]) if extra else fixef
+        out: dict[str, pd.DataFrame] = {}
+        for t, bm in zip(self.terms, self.b):
+            levels = pd.Index(t.levels.astype(str), name=t.name)
+            if t.name not in out:
+                out[t.name] = pd.DataFrame(
+                    np.tile(base.to_numpy(), (len(levels), 1)), index=levels, columns=list(base.index)
+                )
+            frame = out[t.name]
+            for i, name in enumerate(t.colnames):
+                frame.loc[levels, name] += np.asarray(bm[:, i])
+        return out
+
     @cached_property
     def fitted(self) -> np.ndarray:
         """Conditional fitted values X beta + Z b for the rows used in the fit."""

@@ -228,6 +228,47 @@ def test_ranef(case, crit):
     np.testing.assert_allclose(merged.cond_sd, merged.sd, atol=1e-3 * max(1.0, float(ref.sd.max())), rtol=1e-3)
 
 
+@pytest.mark.parametrize("case,crit", RANEF_PARAMS, ids=[f"{c}-{k}" for c, k in RANEF_PARAMS])
+def test_coef_is_lme4s_fixed_effects_plus_conditional_modes(case, crit):
+    ref_all = load_fit_reference(case)
+    fit = get_fit(ref_all["formula"], CASES[case], reml=(crit == "REML"))
+    r = ref_all[crit]
+    beta = dict(zip(np.atleast_1d(r["beta_names"]), np.atleast_1d(r["beta"])))
+    re = pd.DataFrame(r["ranef"])
+    coef = fit.coef()
+    assert list(coef) == list(dict.fromkeys(re["grpvar"]))
+    for group, rows in re.groupby("grpvar"):
+        table = coef[group]
+        assert list(table.columns) == list(beta) and table.index.name == group
+        assert sorted(table.index) == sorted(set(rows["grp"]))
+        expected = rows.assign(coef=[beta[t] + v for t, v in zip(rows["term"], rows["condval"])])
+        got = [table.loc[lev, term] for lev, term in zip(rows["grp"], rows["term"])]
+        scale = max(1.0, float(np.abs(rows["condval"]).max()))
+        np.testing.assert_allclose(got, expected["coef"], rtol=1e-6, atol=1e-3 * scale)
+        untouched = [c for c in table.columns if c not in set(rows["term"])]  # fixed effects alone
+        for c in untouched:
+            np.testing.assert_array_equal(table[c], fit.fixef[c])
+            assert fit.fixef[c] == pytest.approx(beta[c], rel=1e-5)
+
+
+def test_coef_fills_random_only_columns_first_in_every_table():
+    # lme4: coef(lmer(Reaction ~ 1 + (Days | Subject) + (1 | Days))) has columns Days, (Intercept) in
+    # both tables, Days 0 where no term of the group has it
+    fit = get_fit("Reaction ~ 1 + (Days | Subject) + (1 | Days)", "sleepstudy")
+    coef = fit.coef()
+    assert set(coef) == {"Subject", "Days"}
+    for table in coef.values():
+        assert list(table.columns) == ["Days", "(Intercept)"]
+    np.testing.assert_array_equal(coef["Days"]["Days"], 0.0)
+    re = fit.ranef.set_index(["group", "term", "level"])["value"].sort_index()
+    subject = coef["Subject"]
+    np.testing.assert_allclose(subject["Days"], re.loc["Subject", "Days"].loc[subject.index], rtol=1e-14)
+    np.testing.assert_allclose(
+        subject["(Intercept)"], fit.fixef["(Intercept)"] + re.loc["Subject", "(Intercept)"].loc[subject.index],
+        rtol=1e-14,
+    )
+
+
 def test_penalized_rss_identity(pair):
     """r^2 = |y - X beta - Z b|^2 + |u|^2 at the estimates (PLS, JSS 2015 eq. 15).
 
