@@ -27,7 +27,10 @@ One forward-mode pass in theta then gives dM/dtheta and g together
 (:func:`jaxlmm.likelihood.theta_derivatives`). Otherwise (fits with BFGS Hessians or by
 L-BFGS) H is ``jax.hessian`` of D and dV/dphi ``jax.jacfwd`` of V
 (:func:`_derivatives`). As lmerTest, H is inverted on its positive eigenvalues
-only, so a parameter on the boundary whose curvature vanishes drops out.
+only, so a parameter on the boundary whose curvature vanishes drops out; the
+eigenvalues are those of H in each parameter's own units (sigma, and the SD
+of its effect over sigma for a theta: :func:`varpar_scales`), so that no
+direction is dropped because sigma is small beside theta.
 
 For a q-row contrast matrix L the F statistic and its denominator df follow
 lmerTest's ``contestMD`` (Fai & Cornelius, J. Stat. Comput. Simul. 1996):
@@ -48,6 +51,7 @@ from ._config import lean_jit, on_device
 from .distributions import f_sf, t_sf2
 from .errors import JaxLMMError
 from .likelihood import deviance_varpar, theta_derivatives, vcov_beta_varpar
+from .theta import factors_batch, theta_layout
 
 DDF_METHODS = ("satterthwaite", "wald", "residual")
 
@@ -81,12 +85,27 @@ def _from_profiled_hessian(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sigma**2 * M, J, H
 
 
-def positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
-    """Inverse of the symmetric H on its eigenvalues above tol * max(|eig|) (lmerTest)."""
-    lam, Q = np.linalg.eigh(H)
+def positive_inverse(H: np.ndarray, scales: np.ndarray | None = None, tol: float = 1e-8) -> np.ndarray:
+    """Inverse of the symmetric H on its eigenvalues above tol * max(|eig|) (lmerTest), taken in the
+    units ``scales`` of its parameters: H's rows and columns are multiplied by them first, so that a
+    direction is dropped for being flat, not for being measured in large units."""
+    s = np.ones(len(H)) if scales is None else np.asarray(scales, dtype=np.float64)
+    lam, Q = np.linalg.eigh(H * s[:, None] * s[None, :])
     keep = lam > tol * max(np.max(np.abs(lam), initial=0.0), 1e-300)
-    Qk = Q[:, keep]
+    Qk = Q[:, keep] * s[:, None]
     return (Qk / lam[keep]) @ Qk.T
+
+
+def varpar_scales(theta, sigma: float, term_dims) -> np.ndarray:
+    """The natural size of each of phi = (theta, sigma): sigma for sigma, and for an entry in row i
+    of a term's relative factor the length of that row (the SD of the term's i-th effect over sigma;
+    1 where it is 0, a variance on the boundary). Invariant to the units of y and of the columns:
+    the inverse of H in these units keeps the directions lmerTest keeps at any scale."""
+    out = []
+    for T, (rows, _) in zip(factors_batch(theta, term_dims), theta_layout(term_dims)):
+        length = np.linalg.norm(T[0], axis=1)
+        out.append(np.where(length > 0, length, 1.0)[rows])
+    return np.concatenate(out + [[float(sigma)]])
 
 
 def varpar_derivatives(fit) -> VarparDerivatives:
@@ -96,7 +115,8 @@ def varpar_derivatives(fit) -> VarparDerivatives:
     else:
         varpar = on_device(np.append(fit.theta, fit.sigma))
         V, J, H = _derivatives(varpar, fit.products, bool(fit.reml))
-    return VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H)))
+    scales = varpar_scales(fit.theta, fit.sigma, fit.products.term_dims) if fit.sigma > 0 else None
+    return VarparDerivatives(np.asarray(V), np.asarray(J), 2.0 * positive_inverse(np.asarray(H), scales))
 
 
 def contrast_df(der: VarparDerivatives, c) -> float:

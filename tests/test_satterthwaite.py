@@ -89,6 +89,20 @@ def test_coef_table_residual_and_wald():
         fit.coef_table(ddf="kenward")
 
 
+def test_satterthwaite_df_do_not_depend_on_the_units_of_the_response_or_the_weights():
+    """lmerTest's df of sleepstudy are 17 and 17 at any scale of y (its derivatives are taken in units
+    of theta and sigma); a tiny sigma beside theta must not drop the theta directions of H."""
+    base = satterthwaite_df(get_fit(SLOPE, "sleepstudy"))
+    np.testing.assert_allclose(base, [17.0, 17.0], rtol=1e-3)
+    sleep = jaxlmm.datasets.load("sleepstudy")
+    for factor in (1e-6, 1e4):
+        scaled = jaxlmm.lmm("y ~ Days + (Days | Subject)", sleep.assign(y=sleep["Reaction"] * factor))
+        np.testing.assert_allclose(satterthwaite_df(scaled), base, rtol=1e-5)
+    # constant weights only rescale sigma: the same df
+    tiny = jaxlmm.lmm(SLOPE, sleep, weights=np.full(len(sleep), 1e-6))
+    np.testing.assert_allclose(satterthwaite_df(tiny), base, rtol=1e-5)
+
+
 def test_f_test():
     fit = get_fit(SLOPE, "sleepstudy")
     ct = fit.coef_table()
