@@ -13,7 +13,11 @@ the further terms, p of X):
   r = 2..M together (order: term, level, column);
 - ``xtx``: X'X;
 - ``response`` (:class:`Response`): everything that depends on y: Z1'y,
-  Zr'y, X'y and y'y.
+  Zr'y, X'y and y'y, of the response less its least-squares fit on X,
+  y - X beta0 (``beta0``, :func:`response_shift`): a response far from zero
+  (a mean of 1e9 beside an SD of 1) would otherwise lose its r^2 to
+  cancellation in y'y. Nothing of the criterion changes (beta is profiled
+  out); :func:`jaxlmm.objective.solve` adds beta0 back to beta.
 
 With prior weights w (``Design.weights``) every row of [Z X y] is scaled by
 sqrt(w_i) first, so that A = [Z X y]'W[Z X y]: the weighted least-squares
@@ -183,7 +187,8 @@ class CrossProducts:
     term), ``entries``, ``pairs``, ``dense``, ``rest`` and ``response`` as in the
     module docstring; ``xtx`` (p, p): X'X; ``n`` (): the number of rows;
     ``ldw`` (): sum_i log w_i of the prior weights (lme4's ldW; 0 without
-    weights). ``term_dims`` (static) holds (levels, columns) per sorted term.
+    weights); ``beta0`` (p,): the coefficients whose fit X beta0 ``response``
+    is of y less. ``term_dims`` (static) holds (levels, columns) per sorted term.
     """
 
     first: FirstTerm
@@ -196,6 +201,7 @@ class CrossProducts:
     response: Response
     n: jax.Array
     ldw: jax.Array
+    beta0: jax.Array
     term_dims: tuple = field(metadata=dict(static=True))
 
     @property
@@ -410,11 +416,22 @@ def _blocks_of(c1: np.ndarray, c2: np.ndarray, l2: int):
     return uniq // l2, uniq % l2, inv.ravel()
 
 
-def row_plan(design: Design) -> RowPlan:
+def response_shift(design: Design) -> np.ndarray:
+    """beta0: the least-squares coefficients of the response (less its offset) on X, with the prior
+    weights, refined once on the residual: what :func:`cross_products` takes off y."""
+    X = design.weighted(design.X)
+    if X.shape[1] == 0 or X.shape[0] == 0:
+        return np.zeros(X.shape[1])
+    y = design.weighted(design.y_net)
+    beta0 = np.linalg.lstsq(X, y, rcond=None)[0]
+    return beta0 + np.linalg.lstsq(X, y - X @ beta0, rcond=None)[0]
+
+
+def row_plan(design: Design, beta0: np.ndarray | None = None) -> RowPlan:
     """The integer work of the accumulation, in numpy: block-COO patterns and per-row segments.
 
     The rows of X, y and the terms' columns are those of the design scaled by sqrt(w_i)
-    (prior weights; unscaled without).
+    (prior weights; unscaled without); y less X ``beta0`` where given.
     """
     terms = design.terms
     coo, coo_idx, pair_blocks, pair_idx = [], [], [], []
@@ -439,7 +456,7 @@ def row_plan(design: Design) -> RowPlan:
     index = np.int32 if size < 2**31 else np.int64
     rows = {
         "X": design.weighted(design.X),
-        "y": design.weighted(design.y_net),
+        "y": design.weighted(design.y_net if beta0 is None else design.y_net - design.X @ beta0),
         "z": tuple(design.weighted(t.X) for t in terms),
         "g": tuple(t.codes.astype(index) for t in terms),
         "coo": tuple(i.astype(index) for i in coo_idx),
@@ -741,7 +758,8 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
     """
     control = Control() if control is None else control
     terms = design.terms
-    plan = row_plan(design)
+    beta0 = response_shift(design)
+    plan = row_plan(design, beta0)
     rest = terms[1:]
     offsets = np.concatenate([[0], np.cumsum([t.nlevels * t.k for t in rest])]).astype(np.int64)
     level1, column = _entries(plan, rest, offsets)
@@ -765,6 +783,7 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
         response=Response(**{name: _as_f64(sums[f"response.{name}"]) for name in ("z1y", "zy", "xty", "yty")}),
         n=_as_f64(float(design.n)),
         ldw=_as_f64(design.log_det_weights),
+        beta0=_as_f64(beta0),
         term_dims=tuple((t.nlevels, t.k) for t in terms),
     ).sharded()
 
@@ -776,9 +795,13 @@ def response_products(design: Design, y) -> Response:
     array of the :class:`Response`; computed as dense products with the
     group indicator structure through segment sums. ``design`` is a
     :class:`~jaxlmm.design.Design` or anything with its ``X``, ``terms`` and
-    ``weights`` (W = diag(weights), the identity when None).
+    ``weights`` (W = diag(weights), the identity when None), and a ``beta0`` (not None) where the
+    products are to be of y - X beta0, as :func:`cross_products` makes them.
     """
     y = jnp.asarray(y, dtype=jnp.float64)
+    beta0 = getattr(design, "beta0", None)
+    if beta0 is not None:  # rows of a refit target: the products are of y less X beta0 (cross_products)
+        y = y - jnp.asarray(design.X) @ beta0
     terms = design.terms
     weights = getattr(design, "weights", None)
     wy = y if weights is None else y * jnp.asarray(weights, dtype=jnp.float64)

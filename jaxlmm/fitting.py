@@ -286,7 +286,7 @@ def scale_response(data: CrossProducts, c: float) -> CrossProducts:
     """The cross-products of the response c y (``c`` a power of two: exact)."""
     if c == 1.0:
         return data
-    return dataclasses.replace(data, response=data.response.scaled(c))
+    return dataclasses.replace(data, response=data.response.scaled(c), beta0=data.beta0 * c)
 
 
 def criterion_shift(data: CrossProducts, c: float, reml: bool) -> float:

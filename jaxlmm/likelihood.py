@@ -64,7 +64,7 @@ def factor_parts(theta, data: CrossProducts) -> FactorParts:
 def deviance_ml(theta, sigma, beta, data: CrossProducts):
     """-2 log-likelihood at (theta, sigma, beta), lme4's scale."""
     fp = factor_parts(theta, data)
-    r2 = fp.r2 + jnp.sum((fp.RXt.T @ beta - fp.rX) ** 2)
+    r2 = fp.r2 + jnp.sum((fp.RXt.T @ (beta - data.beta0) - fp.rX) ** 2)  # products of y - X beta0
     s2 = sigma**2
     return fp.logdet_L - data.ldw + r2 / s2 + data.n * (LOG2PI + jnp.log(s2))
 

@@ -258,16 +258,16 @@ def solve(theta, data: CrossProducts) -> Solution:
     Lub = L22[: q2 + p, : q2 + p]
     rhs = L22[-1, : q2 + p]
     x = solve_triangular(Lub.T, rhs, lower=False)
-    u_rest, beta = x[:q2], x[q2:]
+    u_rest, beta = x[:q2], x[q2:]  # beta less beta0: the products are of y - X beta0
     if not data.term_dims:
-        return Solution(beta, jnp.zeros((0, 0)), u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
+        return Solution(beta + data.beta0, jnp.zeros((0, 0)), u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
     l1, k1 = data.term_dims[0]
     c = fac.F[:, :, p] - fac.F[:, :, :p] @ beta
     if q2:
         entries = data.entries
         c = c - jax.ops.segment_sum(fac.V * u_rest[entries.column][:, None], entries.level1, num_segments=l1)
     u1 = solve_triangular(jnp.swapaxes(fac.L1, 1, 2), c[:, :, None], lower=False)[:, :, 0]
-    return Solution(beta, u1, u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
+    return Solution(beta + data.beta0, u1, u_rest, L22[-1, -1] ** 2, L22[q2 : q2 + p, q2 : q2 + p])
 
 
 def conditional_variances(theta, data: CrossProducts) -> list[jax.Array]:

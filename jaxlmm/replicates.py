@@ -69,6 +69,7 @@ class Rows:
     X: jax.Array
     terms: tuple
     weights: jax.Array | None = None
+    beta0: jax.Array | None = None  # a refit target's: its products are of y - X beta0
 
     @property
     def term_dims(self) -> tuple:
@@ -76,15 +77,16 @@ class Rows:
 
 
 register_dataclass(TermRows, data_fields=["codes", "X"], meta_fields=["nlevels"])
-register_dataclass(Rows, data_fields=["X", "terms", "weights"], meta_fields=[])
+register_dataclass(Rows, data_fields=["X", "terms", "weights", "beta0"], meta_fields=[])
 
 
-def rows_of(design) -> Rows:
-    """The arrays of a :class:`~jaxlmm.design.Design` that depend on rows, as JAX arrays."""
+def rows_of(design, beta0=None) -> Rows:
+    """The arrays of a :class:`~jaxlmm.design.Design` that depend on rows, as JAX arrays; with the
+    ``beta0`` of its cross-products for the rows of a refit target (:func:`response_products`)."""
     f64 = partial(on_device, dtype=np.float64)
     terms = tuple(TermRows(on_device(t.codes), f64(t.X), t.nlevels) for t in design.terms)
     weights = None if design.weights is None else f64(design.weights)
-    return Rows(f64(design.X), terms, weights)
+    return Rows(f64(design.X), terms, weights, None if beta0 is None else f64(beta0))
 
 
 # ---- simulation ------------------------------------------------------------------
@@ -606,6 +608,6 @@ def target_of(fit, theta0=None) -> Target:
     """A fit's model as a refit target, started at ``theta0`` (default: the fitted theta)."""
     theta0 = fit.theta if theta0 is None else theta0
     return Target(
-        rows_of(fit.design), fit.products, on_device(theta0, np.float64),
+        rows_of(fit.design, fit.products.beta0), fit.products, on_device(theta0, np.float64),
         on_device(theta_lower_bounds(fit.products.term_dims)),
     )

@@ -44,6 +44,19 @@ def dye_boot():
     return jaxlmm.bootstrap(get_fit(DYE1, "dyestuff"), n=10, seed=3, progress=False)
 
 
+def test_a_response_far_from_zero_bootstraps_as_the_response_itself(sleep_boot):
+    """y + 1e9: the replicates are those of y (same seed), their intercepts 1e9 larger; the refits'
+    cross-products are of the simulated responses less their fit, not of responses near 1e9."""
+    data = jaxlmm.datasets.load("sleepstudy")
+    far = jaxlmm.lmm("y ~ Days + (Days | Subject)", data.assign(y=data["Reaction"] + 1e9))
+    res = jaxlmm.bootstrap(far, n=B, seed=1, progress=False)
+    a, b = res.table, sleep_boot.table
+    assert res.n_failed == 0 and list(a.columns) == list(b.columns)
+    np.testing.assert_allclose(a["(Intercept)"] - 1e9, b["(Intercept)"], rtol=0, atol=1e-5)
+    for col in [c for c in a.columns if c not in ("(Intercept)", "n_iter", "converged")]:
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-6, atol=1e-8, err_msg=col)
+
+
 @pytest.mark.parametrize("formula,dataset,reml", [(SLEEP, "sleepstudy", True), (PENICILLIN, "penicillin", False)])
 def test_each_replicate_equals_a_separate_refit(formula, dataset, reml, sleep_boot):
     fit = get_fit(formula, dataset, reml=reml)

@@ -31,6 +31,7 @@ from jaxlmm.crossprod import (
     chunk_sums,
     cross_products,
     device_chunks,
+    response_shift,
     row_plan,
     row_sharding,
 )
@@ -81,18 +82,25 @@ def dense_z(term, n: int) -> np.ndarray:
     return Z
 
 
-def assert_close(actual, expected, rtol=1e-12):
+def assert_close(actual, expected, rtol=1e-12, scale=None):
+    """Equal to ``rtol`` of the largest |expected| (or of ``scale``: the size of the summands of a sum
+    that cancels to near zero, such as X'(y - X beta0))."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape
-    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    if scale is None:
+        scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def check_against_dense(cp, design):
-    """Every float array of ``cp`` against the products of dense Z, X and y."""
-    n, X, y = design.n, design.X, design.y
+    """Every float array of ``cp`` against the products of dense Z, X and y - X beta0, beta0 the
+    least-squares coefficients of y on X (the response the products are of)."""
+    n, X = design.n, design.X
+    beta0 = np.linalg.lstsq(X, design.y, rcond=None)[0] if X.shape[1] else np.zeros(0)
+    assert_close(cp.beta0, beta0)
+    y = design.y - X @ np.asarray(cp.beta0)
     assert_close(cp.xtx, X.T @ X)
-    assert_close(cp.response.xty, X.T @ y)
+    assert_close(cp.response.xty, X.T @ y, scale=float(np.max(np.abs(X).T @ np.abs(design.y), initial=1.0)))
     assert_close(cp.response.yty, y @ y)
     assert float(cp.n) == n
     if not design.terms:
@@ -202,7 +210,7 @@ def test_host_sums_equal_device_sums(case, monkeypatch):
 
 def test_chunk_sums_of_all_rows_are_the_cross_products():
     design = design_of("three_terms")
-    plan = row_plan(design)
+    plan = row_plan(design, response_shift(design))
     sums = jax.jit(chunk_sums, static_argnames="layout")(plan.rows, layout=plan.layout)
     cp = cross_products(design)
     for name in ["first.blocks", "first.zx", "rest.zx", "xtx"] + [f"response.{r}" for r in ("z1y", "zy", "xty", "yty")]:

@@ -120,6 +120,26 @@ def test_random_slope_predictor_in_huge_or_tiny_units(c, reml):
     np.testing.assert_allclose(fit.fitted, ref.fitted, rtol=1e-6)
 
 
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize("c", [1e6, 1e9])
+def test_response_far_from_zero(c, reml):
+    """y + c: the same fit, the intercept c larger; cross-products of y itself would lose r^2 to
+    cancellation in y'y (at c = 1e9 every digit of it)."""
+    ref = get_fit(SLOPE, "sleepstudy", reml=reml)
+    fit, caught = fit_quietly(SLOPE, SLEEP.assign(Reaction=SLEEP.Reaction + c), reml=reml)
+    assert not caught and fit.converged
+    assert fit.objective == pytest.approx(ref.objective, abs=1e-7)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fit.fixef.to_numpy() - [c, 0.0], ref.fixef.to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fit.se.to_numpy(), ref.se.to_numpy(), rtol=1e-7)
+    assert fit.sigma == pytest.approx(ref.sigma, rel=1e-9)
+    np.testing.assert_allclose(fit.fitted - c, ref.fitted, rtol=0, atol=1e-6)
+    # an offset far from zero is the same thing
+    off, caught = fit_quietly(SLOPE, SLEEP, reml=reml, offset=np.full(N, c))
+    assert not caught and off.objective == pytest.approx(ref.objective, abs=1e-7)
+    np.testing.assert_allclose(off.fixef.to_numpy(), ref.fixef.to_numpy() - [c, 0.0], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("c", [1e-80, 1e80])
 def test_response_scale_does_not_change_the_fit(c):
     """y and c y: the same theta; sigma, fixef, se times c; the criterion shifted by m log(c^2)."""
