@@ -35,7 +35,8 @@ from .errors import (
 )
 from .formula import ParsedFormula, RandomTerm, parse_formula
 from .terms import (
-    Encoding, Evaluator, TermList, encode, expand_terms, level_text, names_in, parse, unique_names, vet,
+    Encoding, Evaluator, TermList, encode, expand_terms, level_text, names_in, numeric_levels, parse, unique_names,
+    vet,
 )
 from .validate import (
     as_frame,
@@ -140,13 +141,18 @@ def _check_columns(names, data: pd.DataFrame, what: str) -> None:
             raise FormulaError(f"Column '{name}' used in {what} is not in the data.{closest_name(name, data.columns)}")
 
 
-def _as_factor(col: pd.Series) -> pd.Categorical:
-    """R's factor(): Categorical keeps its order (unused levels dropped), others sort."""
+def _as_factor(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """R's factor(): (codes, labels); a Categorical keeps its order (unused levels dropped), others
+    sort; floats that print alike are one level (:func:`jaxlmm.terms.numeric_levels`)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.cat.remove_unused_categories().array
+        fac = col.cat.remove_unused_categories().array
+        return np.asarray(fac.codes, dtype=np.int64), np.array([level_text(v) for v in fac.categories], dtype=object)
     values = col.to_numpy()
-    levels = np.unique(values)
-    return pd.Categorical(values, categories=levels)
+    if values.dtype.kind == "f":
+        codes, labels = numeric_levels(values)
+        return codes, np.array(labels, dtype=object)
+    levels, codes = np.unique(values, return_inverse=True)
+    return codes.ravel().astype(np.int64), np.array([level_text(v) for v in levels], dtype=object)
 
 
 def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +163,7 @@ def group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarra
     """
     codes, labels = None, None
     for name in factors:
-        fac = _as_factor(data[name])
-        c = np.asarray(fac.codes, dtype=np.int64)
-        lab = np.array([level_text(v) for v in fac.categories], dtype=object)
+        c, lab = _as_factor(data[name])
         if codes is None:
             codes, labels = c, lab
         else:
@@ -214,7 +218,8 @@ def _prepare(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.DataFra
         if isinstance(col.dtype, pd.CategoricalDtype):
             out[c] = col.cat.remove_unused_categories()
         elif pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col):
-            out[c] = pd.Series(_as_factor(col.astype(str)), index=col.index)
+            text = col.astype(str).to_numpy()
+            out[c] = pd.Series(pd.Categorical(text, categories=np.unique(text)), index=col.index)
         else:
             out[c] = col
     return pd.DataFrame(out, index=frame.index), n_dropped, keep
@@ -330,7 +335,7 @@ def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, offset, weights=Non
     for text, what in parts:
         node = parse(text, what)
         vet(node, what, columns)
-        used |= set(names_in(node))
+        used |= set(names_in(node, columns))
     for t in parsed.random:
         _check_columns(set(t.factors), data, f"the random-effect term ({t.expr} | {t.name})")
         used |= set(t.factors)

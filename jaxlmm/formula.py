@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from .errors import DataError, FormulaError, JaxLMMWarning, warn
 from .terms import BinOp, expand_terms, parse, term_label, vet
 
+_FACTOR_CALL = re.compile(r"^(?:as\.)?factor\(\s*([^()]*?)\s*\)$")
 _NAME = re.compile(r"^(?:[^\W\d]|\.(?!\d))[\w.]*$|^`[^`]+`$")
 
 
@@ -50,6 +51,20 @@ class ParsedFormula:
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
+
+
+_QUOTED = re.compile(r"`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
+
+
+def _squash_space(text: str) -> str:
+    """``text`` with each run of white space outside quotes and backticks made one space, and none at
+    the ends (a backticked name or a quoted level keeps its own spaces and tabs)."""
+    out, last = [], 0
+    for m in _QUOTED.finditer(text):
+        out += [re.sub(r"\s+", " ", text[last : m.start()]), m.group(0)]
+        last = m.end()
+    out.append(re.sub(r"\s+", " ", text[last:]))
+    return "".join(out).strip()
 
 
 def _check_parens(text: str) -> None:
@@ -113,6 +128,11 @@ def _find_bars(rhs: str, full: str) -> tuple[str, list[tuple[str, str, bool]]]:
     bars, fixed, i = [], [], 0
     while i < len(rhs):
         ch = rhs[i]
+        if ch == "(" and re.search(r"[\w.`]\s*$", rhs[:i]):  # a call's parentheses: f(...)
+            j = _matching_paren(rhs, i)
+            fixed.append(rhs[i : j + 1])
+            i = j + 1
+            continue
         if ch == "(":
             j = _matching_paren(rhs, i)
             inner = rhs[i + 1 : j]
@@ -173,24 +193,31 @@ def _clean_fixed(text: str) -> str:
 def _grouping(grp: str, full: str) -> list[tuple[tuple[str, ...], str]]:
     """Expand a grouping expression into ``(factors, lme4 name)`` pairs.
 
-    ``a/b/c`` gives ``a``, ``b:a`` and ``c:b:a``; ``a:b`` is one interaction.
+    ``a/b/c`` gives ``a``, ``b:a`` and ``c:(b:a)`` (lme4's names; the last groups by the levels of
+    c, b and a together); ``a:b`` is one interaction; ``factor(g)`` is ``g``, named as written.
     """
     grp = _strip_outer(grp)
     nest = [p.strip() for p in _top_level_split(grp, "/")]
-    out, outer = [], []
+    out, outer, name = [], [], ""
     for level in nest:
-        cols = [_strip_outer(c).strip() for c in _top_level_split(_strip_outer(level), ":")]
-        for c in cols:
-            if not c or not _NAME.match(c):
+        texts = [_strip_outer(c).strip() for c in _top_level_split(_strip_outer(level), ":")]
+        cols = []
+        for c in texts:
+            call = _FACTOR_CALL.match(c)  # factor(g): a grouping factor is a factor anyway
+            inner = call.group(1) if call else c
+            if not inner or not _NAME.match(inner):
                 raise FormulaError(
-                    f"Grouping factor '{grp}' in '{full}' is not a column name or an "
-                    "interaction a:b of column names."
+                    f"Grouping factor '{grp}' in '{full}' is not a column name, factor(column) or an "
+                    "interaction a:b of them."
                 )
-        cols = [c.strip("`") for c in cols]
+            cols.append(inner.strip("`"))
         outer = outer + cols
-        # lme4 labels the nested term b:a (inner first); its levels read the same way
+        # lme4 labels the nested terms b:a, c:(b:a), ... (inner first); their levels read the same way
         factors = tuple(reversed(outer)) if len(nest) > 1 else tuple(outer)
-        out.append((factors, ":".join(factors)))
+        this = ":".join(reversed(texts)) if len(nest) > 1 else ":".join(texts)
+        this = this.replace("`", "")
+        name = this if not name else f"{this}:({name})" if ":" in name else f"{this}:{name}"
+        out.append((factors, name))
     return out
 
 
@@ -233,7 +260,7 @@ def parse_formula(text: str) -> ParsedFormula:
     """
     if not isinstance(text, str):
         raise FormulaError(f"The formula must be a string like 'y ~ x + (1 | g)', not {type(text).__name__}.")
-    full = " ".join(text.split())
+    full = _squash_space(text)
     _check_parens(full)
     sides = _top_level_split(full, "~")
     if len(sides) != 2:

@@ -63,7 +63,7 @@ def _offset(design, data: pd.DataFrame, offset) -> np.ndarray:
             "The fit has an offset= given as numbers; pass offset= (one number per row of newdata) to predict."
         )
     text = None if design.offset_arg == "numbers" else design.offset_arg
-    _check_columns(data, [c for node in offset_nodes(design.formula, text) for c in names_in(node)])
+    _check_columns(data, [c for node in offset_nodes(design.formula, text) for c in names_in(node, data.columns)])
     numbers = None
     if offset is not None:
         numbers = np.asarray(offset, dtype=np.float64)

@@ -52,7 +52,7 @@ _TOKEN = re.compile(
   | (?P<name>(?:[^\W\d]|\.(?![\d]))[\w.]*)
   | (?P<backtick>`(?:[^`\\]|\\.)*`)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-  | (?P<op>%in%|%%|%/%|\*\*|\|\||==|!=|<=|>=|[-+*/^:(),=<>|~])
+  | (?P<op>%in%|%%|%/%|\*\*|\|\||==|!=|<=|>=|<-|[-+*/^:(),=<>|~])
     """,
     re.VERBOSE,
 )
@@ -60,8 +60,11 @@ _TOKEN = re.compile(
 # R's reserved words: never column names unless backticked
 _RESERVED = {
     "if", "else", "repeat", "while", "function", "for", "next", "break", "in",
-    "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA", "NA_integer_", "NA_real_", "NA_character_", "T", "F",
+    "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA", "NA_integer_", "NA_real_", "NA_character_",
 }
+
+# R's variables T and F: TRUE and FALSE, unless the data has a column of that name (which R reads first)
+LOGICAL_NAMES = {"T": 1.0, "F": 0.0}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,11 @@ def tokenize(text: str, where: str) -> list[Token]:
                 out.append(Token("number", tok.rstrip("L"), i))
             elif kind == "op" and tok == "**":  # R reads ** as ^
                 out.append(Token("op", "^", i))
+            elif kind == "op" and tok == "<-":
+                raise FormulaError(
+                    f"'<-' in {where} '{text}' is R's assignment, which a formula cannot hold "
+                    "(for a comparison with a negative number, write x < -1 with a space)."
+                )
             elif kind == "name" and tok in _RESERVED:
                 out.append(Token("reserved", tok, i))
             else:
@@ -121,6 +129,7 @@ class Name:
 @dataclass(frozen=True)
 class Num:
     value: float
+    logical: bool = False  # TRUE or FALSE (1 and 0 in arithmetic)
 
 
 @dataclass(frozen=True)
@@ -247,10 +256,8 @@ class _Parser:
                 return self.call(tok.text)
             return Name(tok.text)
         if tok.kind == "reserved":
-            if tok.text in ("TRUE", "T"):
-                return Num(1.0)
-            if tok.text in ("FALSE", "F"):
-                return Num(0.0)
+            if tok.text in ("TRUE", "FALSE"):
+                return Num(float(tok.text == "TRUE"), logical=True)
             raise self.error(f"'{tok.text}' is not allowed (write `{tok.text}` for a column of that name)")
         found = f"'{tok.text}'" if tok.text else "the end"
         raise self.error(f"Unexpected {found} at position {tok.pos}")
@@ -336,7 +343,7 @@ def deparse(node) -> str:
     if isinstance(node, Name):
         return _name_text(node.id)
     if isinstance(node, Num):
-        return _num_text(node.value)
+        return ("TRUE" if node.value else "FALSE") if node.logical else _num_text(node.value)
     if isinstance(node, Str):
         return '"' + node.value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(node, Paren):
@@ -352,13 +359,15 @@ def deparse(node) -> str:
     raise TypeError(node)  # pragma: no cover
 
 
-def names_in(node) -> list[str]:
-    """Column names ``node`` reads, in order of appearance (function names excluded)."""
+def names_in(node, columns=None) -> list[str]:
+    """Column names ``node`` reads, in order of appearance (function names excluded); with
+    ``columns``, R's T and F count only where they are columns (otherwise TRUE and FALSE)."""
     out: list[str] = []
 
     def walk(n):
         if isinstance(n, Name):
-            if n.id not in out:
+            constant = n.id in LOGICAL_NAMES and (columns is None or n.id not in columns)
+            if n.id not in out and not (constant and columns is not None):
                 out.append(n.id)
         elif isinstance(n, Paren):
             walk(n.expr)
@@ -437,6 +446,8 @@ def vet(node, where: str, columns, inside_call: bool = False) -> None:
     """Refuse, before any evaluation, every call outside :data:`FUNCTIONS` and every unknown name."""
     if isinstance(node, Name):
         if columns is not None and node.id not in columns:
+            if node.id in LOGICAL_NAMES and inside_call:
+                return  # R's T and F: TRUE and FALSE where no column has the name
             raise FormulaError(f"Column '{node.id}' used in {where} is not in the data.{closest_name(node.id, columns)}")
     elif isinstance(node, Paren):
         vet(node.expr, where, columns, inside_call)
@@ -468,7 +479,7 @@ def vet(node, where: str, columns, inside_call: bool = False) -> None:
         for k, v in args.items():
             if node.fn == "C" and k == "contr":
                 continue
-            if k not in ("x", "object") and names_in(v):
+            if k not in ("x", "object") and names_in(v, () if columns is None else columns):
                 raise FormulaError(f"The argument '{k}' of '{deparse(node)}' in {where} must be a constant.")
             vet(v, where, columns, True)
     elif isinstance(node, (Num, Str)):
@@ -515,6 +526,9 @@ class _Expander:
         """(terms: list of frozensets, intercept: True/False/None meaning 'not said')."""
         if isinstance(node, Paren):
             return self.expand(node.expr)
+        if isinstance(node, Num) and node.logical:
+            raise FormulaError(f"{deparse(node)} in {self.where} '{self.text}' is not a term (R's logical "
+                               "constant); write 1 or 0 for the intercept.")
         c = _constant(node)
         if c is not None:
             if c in (0.0, 1.0):
@@ -626,11 +640,26 @@ def _labels(values) -> tuple:
     return tuple(level_text(v) for v in values)
 
 
+def numeric_levels(values) -> tuple[np.ndarray, tuple]:
+    """R's ``factor()`` of numbers: (codes, labels), levels in numeric order, labelled as R prints
+    them; numbers that print alike (0.1 + 0.2 and 0.3) are one level, as in R, whose levels are
+    the labels."""
+    uniq, codes = np.unique(values, return_inverse=True)
+    labels = _labels(uniq)
+    first = np.ones(len(labels), dtype=bool)  # rounding is monotone: equal labels are neighbours
+    first[1:] = [a != b for a, b in zip(labels[1:], labels[:-1])]
+    index = np.cumsum(first) - 1
+    return index[codes.ravel()].astype(np.int64), tuple(lab for lab, f in zip(labels, first) if f)
+
+
 def level_text(v) -> str:
-    """R's label of a level: TRUE/FALSE, numbers to 15 digits without a trailing .0."""
+    """R's label of a level: TRUE/FALSE, numbers to 15 digits without a trailing .0; integers whole
+    (R has none beyond 2^31: an int64 identifier keeps every digit, so that no two share a label)."""
     if isinstance(v, (bool, np.bool_)):
         return "TRUE" if v else "FALSE"
-    if isinstance(v, (float, np.floating, int, np.integer)):
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
         f = float(v)
         return _num_text(f) if math.isfinite(f) else str(f)
     return str(v)
@@ -736,6 +765,12 @@ class Evaluator:
         raise FormulaError(f"Cannot evaluate '{node}' in {self.where}.")  # pragma: no cover
 
     def _column(self, name: str):
+        if name in LOGICAL_NAMES:  # R's T or F: the column of that name where the fit's data had one
+            key = ("logical", name)
+            if self.learn:
+                self.state[key] = name not in self.data.columns
+            if self.state.get(key):
+                return LOGICAL_NAMES[name]
         col = self.data[name]
         if isinstance(col.dtype, pd.CategoricalDtype):
             cats = col.cat.categories
@@ -765,13 +800,18 @@ class Evaluator:
         op = node.op
         if op in ("==", "!=") and (isinstance(node.left, Str) or isinstance(node.right, Str)):
             return self._compare_labels(node)
+        if op == ":":
+            raise FormulaError(
+                f"':' in {self.where} '{deparse(node)}' is R's sequence operator inside I(...) and "
+                "functions, not an interaction or a product; write * for a product."
+            )
         a, b = self._number(node.left), self._number(node.right)
         with np.errstate(all="ignore"):
             if op == "+":
                 return a + b
             if op == "-":
                 return a - b
-            if op in ("*", ":"):
+            if op == "*":
                 return a * b
             if op == "/":
                 return np.divide(a, b)
@@ -852,14 +892,33 @@ class Evaluator:
             return default
         return bool(self._const(args[name], f"The argument '{name}'"))
 
+    def _flag_or_number(self, args, name, label) -> bool | float:
+        """scale()'s ``center`` and ``scale``: TRUE (default) or FALSE, or a number to use (R)."""
+        if name not in args:
+            return True
+        node = args[name]
+        while isinstance(node, Paren):
+            node = node.expr
+        value = self._const(node, f"The argument '{name}'")
+        if isinstance(node, Num) and node.logical or isinstance(node, Name) and node.id in LOGICAL_NAMES:
+            return bool(value)
+        value = float(value)
+        if not math.isfinite(value) or (name == "scale" and value == 0):
+            raise FormulaError(f"The argument '{name}' of '{label}' in {self.where} must be TRUE, FALSE or "
+                               f"a finite number{' other than 0' if name == 'scale' else ''}.")
+        return value
+
     def _scale(self, args, label):
         x = self._vector(args["x"], label)
-        center, scale = self._flag(args, "center", True), self._flag(args, "scale", True)
+        center, scale = self._flag_or_number(args, "center", label), self._flag_or_number(args, "scale", label)
 
         def compute():
-            m = float(np.mean(x)) if center else 0.0
-            s = float(np.sqrt(np.sum((x - m) ** 2) / (len(x) - 1))) if scale else 1.0
-            if scale and not s > 0:
+            m = (float(np.mean(x)) if center else 0.0) if isinstance(center, bool) else center
+            if isinstance(scale, bool):  # the SD about the centre (R: the root mean square without one)
+                s = float(np.sqrt(np.sum((x - m) ** 2) / (len(x) - 1))) if scale else 1.0
+            else:
+                s = scale
+            if scale is True and not s > 0:
                 raise DataError(f"'{label}' in {self.where}: the column is constant, it cannot be scaled.")
             return m, s
 
@@ -895,13 +954,15 @@ class Evaluator:
             f = v
         else:
             vals = np.broadcast_to(np.asarray(self._number(x), dtype=np.float64), (self.n,))
-            uniq, codes = np.unique(vals, return_inverse=True)
-            f = Factor(codes.astype(np.int64), _labels(uniq))
+            f = Factor(*numeric_levels(vals))
         if fn in ("factor", "as.factor", "ordered", "as.ordered", "relevel"):
             used = np.unique(f.codes)
             remap = np.full(len(f.levels), -1)
             remap[used] = np.arange(len(used))
-            kind = {"factor": "treatment", "ordered": "poly", "as.ordered": "poly"}.get(fn, f.contrasts)
+            ordered = isinstance(v, Factor) and v.contrasts == "poly"  # R's factor() keeps an ordered factor ordered
+            kind = {"factor": "poly" if ordered else "treatment", "ordered": "poly", "as.ordered": "poly"}.get(
+                fn, f.contrasts
+            )
             f = Factor(remap[f.codes], tuple(f.levels[i] for i in used), kind)
         if fn == "relevel":
             if "ref" not in args:
@@ -1016,7 +1077,7 @@ class Encoding:
         out: list[str] = []
         for node in self.nodes.values():
             for c in names_in(node):
-                if c not in out:
+                if c not in out and not self.state.get(("logical", c)):  # T or F as TRUE or FALSE
                     out.append(c)
         return out
 

@@ -75,7 +75,15 @@ cases <- list(
   # one random-effect term, and the fixed part is the intercept alone
   bare_bar = list(data = "sleepstudy", formula = "Reaction ~ 1 | Subject"),
   bare_bar_slope = list(data = "sleepstudy", formula = "Reaction ~ Days + 1 | Subject"),
-  bare_double_bar = list(data = "sleepstudy", formula = "Reaction ~ Days || Subject")
+  bare_double_bar = list(data = "sleepstudy", formula = "Reaction ~ Days || Subject"),
+  # factor() of an ordered factor stays ordered (polynomial contrasts)
+  factor_of_ordered = list(data = "cake", formula = "angle ~ recipe + factor(temperature) + (1 | recipe:replicate)"),
+  # scale() with numbers: subtract the centre given, divide by the scale given
+  scale_numbers = list(data = "synthetic", formula = "y ~ scale(x1, center = 2) + scale(x2, center = 1, scale = 2) + scale(t, FALSE) + (1 | g)"),
+  # a grouping factor written as factor(column)
+  # (lme4's predict cannot evaluate such a grouping factor on new data: no predictions here)
+  grouping_call = list(data = "sleepstudy", formula = "Reaction ~ Days + (1 | Subject) + (1 | factor(Days))",
+                       predict = FALSE)
 )
 
 fit_case <- function(case) {
@@ -103,8 +111,8 @@ fit_case <- function(case) {
     theta = unname(getME(fit, "theta")),
     sigma = sigma(fit),
     fitted_head = unname(fitted(fit)[1:5]),
-    predict = unname(predict(fit, newdata = nd, allow.new.levels = TRUE)) + extra,
-    predict_population = unname(predict(fit, newdata = nd, re.form = NA)) + extra
+    predict = if (isFALSE(case$predict)) NULL else unname(predict(fit, newdata = nd, allow.new.levels = TRUE)) + extra,
+    predict_population = if (isFALSE(case$predict)) NULL else unname(predict(fit, newdata = nd, re.form = NA)) + extra
   )
 }
 
