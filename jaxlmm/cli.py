@@ -44,6 +44,8 @@ def _separator(sep: str | None) -> str | None:
     """``--sep``: the text itself, with the spellings ``tab``, ``\\t`` for a tab."""
     if sep is None:
         return None
+    if sep == "":
+        raise DataError("--sep '' is empty: give the separator, e.g. --sep ';' or --sep tab.")
     return {"tab": "\t", "\\t": "\t", "TAB": "\t"}.get(sep, sep)
 
 
@@ -59,6 +61,8 @@ def _read_data(spec: str, sep: str | None = None):
         if name.lower() not in datasets.NAMES:
             raise DataError(f"--data '{spec}': no bundled dataset '{name}'; they are {', '.join(datasets.NAMES)}.")
         return datasets.load(name)
+    if not spec.strip():
+        raise DataError(f"--data is empty: give a file or a bundled dataset ({', '.join(datasets.NAMES)}).")
     path = Path(spec)
     if path.is_file():
         return _read_file(path, spec, sep)

@@ -350,9 +350,13 @@ def _per_row_argument(value, n: int, name: str):
         parse(value, f"{name}=")
         return value
     try:
+        if np.iscomplexobj(value) or np.iscomplexobj(np.asarray(value)):
+            raise TypeError
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise DataError(f"{name}= must be numbers (one per row of the data) or the text of an expression.") from None
+        raise DataError(
+            f"{name}= must be real numbers (one per row of the data) or the text of an expression."
+        ) from None
     if arr.shape != (n,):
         raise DataError(f"{name}= has shape {arr.shape}; it needs one number per row of the data ({n}).")
     return arr
@@ -436,6 +440,7 @@ def _build_design(formula, data, offset, weights=None) -> Design:
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     data = as_frame(data)
     used = _used_columns(parsed, data, offset, weights)
+    check_unique_columns(data, used)
     check_response_type(data, parsed.response)
     extra = _offset_argument(offset, len(data))
     numbers = extra is not None and not isinstance(extra, str)

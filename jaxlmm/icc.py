@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .bootstrap import bootstrap, percentile_interval
+from .bootstrap import BootstrapResult, bootstrap, percentile_interval
 from .errors import JaxLMMError, JaxLMMWarning, warn
 from .validate import check_bool, check_level
 from .theta import dims_of, factors_batch, is_singular, theta_names
@@ -85,6 +85,8 @@ def _replicates(fit, boot, n: int, seed: int):
     """beta, theta, sigma of the converged replicates of a parametric bootstrap of ``fit``."""
     if boot is None:
         boot = bootstrap(fit, n=n, seed=seed, progress=False)
+    elif not isinstance(boot, BootstrapResult):
+        raise JaxLMMError(f"boot must be the result of jaxlmm.bootstrap of this model, not {type(boot).__name__}.")
     tab = boot.table[boot.table["converged"]]
     names = list(fit.design.fixed_names)
     thetas = [f"theta_{t}" for t in theta_names(fit.terms)]

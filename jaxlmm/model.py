@@ -32,7 +32,7 @@ class LinearMixedModel:
 
     @uses_float64
     def __init__(self, formula: str, data, *, offset=None, weights=None, control: Control | None = None,
-                 design: Design | None = None):
+                 design: Design | None = None, **unknown):
         """``offset``: a known term of the mean with coefficient 1 (lme4's ``offset=``): one number
         per row of ``data``, or the text of an expression in its columns such as ``"log(hours)"``;
         added to the formula's own ``offset(...)`` terms.
@@ -44,6 +44,12 @@ class LinearMixedModel:
         ``control``: a :class:`~jaxlmm.control.Control` (lme4's ``lmerControl``): chunk sizes,
         the optimizer's iteration caps and Hessian policy; recorded on the fit."""
         ensure_x64()
+        if unknown:
+            name = next(iter(unknown))
+            raise JaxLMMError(
+                f"LinearMixedModel got an unknown argument '{name}'; it takes formula, data, offset=, weights=, "
+                f"control= (and .fit(reml=, method=, ...)).{closest_name(name, ['offset', 'weights', 'control'])}"
+            )
         self.control = as_control(control)
         self.formula = formula
         self.design = (

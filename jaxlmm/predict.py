@@ -30,6 +30,8 @@ def _check_columns(data: pd.DataFrame, cols) -> None:
     for c in cols:
         if c not in data.columns:
             raise DataError(f"Column '{c}' needed for prediction is not in newdata.")
+        if int(np.sum(data.columns == c)) > 1:
+            raise DataError(f"Column '{c}' appears more than once in newdata; rename or drop the copies.")
         col = data[c]
         if col.isna().any():
             raise DataError(f"Column '{c}' of newdata has {int(col.isna().sum())} missing value(s).")
@@ -66,7 +68,13 @@ def _offset(design, data: pd.DataFrame, offset) -> np.ndarray:
     _check_columns(data, [c for node in offset_nodes(design.formula, text) for c in names_in(node, data.columns)])
     numbers = None
     if offset is not None:
-        numbers = np.asarray(offset, dtype=np.float64)
+        try:
+            numbers = np.asarray(offset, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"offset= of predict needs {len(data)} numbers, one per row of newdata, not {offset!r:.60} "
+                "(an offset the fit took as text is evaluated on newdata by itself)."
+            ) from None
         if numbers.shape != (len(data),) or not np.isfinite(numbers).all():
             raise DataError(f"offset= needs {len(data)} finite numbers, one per row of newdata.")
     return offset_values(data, design.formula, text, numbers)
@@ -83,14 +91,27 @@ def predict(fit, newdata=None, re: bool = True, offset=None) -> np.ndarray:
             raise DataError("offset= is for newdata; the fitted rows use the fit's own offset.")
         return np.asarray(fit.fitted if re else design.fixed_mean(beta))
     data = as_frame(newdata)
-    out = _matrix(design.fixed_spec, data, "the fixed-effect formula") @ beta + _offset(design, data, offset)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by _finite below
+        out = _matrix(design.fixed_spec, data, "the fixed-effect formula") @ beta + _offset(design, data, offset)
     if not re:
-        return out
+        return _finite(out)
     for t, b in zip(design.terms, fit.b):
         what = f"the random-effect term ({t.expr} | {t.name})"
         _check_columns(data, list(t.factors))
         Zt = _matrix(t.spec, data, what)
         idx = level_index(t, data)
         bt = np.where((idx >= 0)[:, None], b[np.maximum(idx, 0)], 0.0)
-        out = out + np.einsum("rk,rk->r", Zt, bt)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = out + np.einsum("rk,rk->r", Zt, bt)
+    return _finite(out)
+
+
+def _finite(out: np.ndarray) -> np.ndarray:
+    """Predictions, refused where newdata's values take them past float64 (e.g. x = 1e308)."""
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise DataError(
+            f"{int(bad.sum())} prediction(s) overflow float64 (row {int(np.flatnonzero(bad)[0])} of newdata): "
+            "its predictors are far outside the fitted data."
+        )
     return out

@@ -55,7 +55,7 @@ from .errors import JaxLMMError, JaxLMMWarning, warn
 from .likelihood import deviance_ml
 from .optimize import newton
 from .theta import theta_columns, theta_layout
-from .validate import check_level
+from .validate import check_level, check_positive_int
 from .varcorr import sdcor_estimates, theta_from_sdcor
 
 CORR_LIMIT = 12.0  # |atanh(cor)| beyond which the correlation is taken as +-1
@@ -316,13 +316,20 @@ def _safe_limit(pr: Profiler, j: int, target: float) -> float:
     return value
 
 
+MAX_POINTS = 1000  # profile points per side of each parameter
+
+
 def profile(fit, which=None, level: float = 0.99, n_points: int = 8) -> pd.DataFrame:
     """Profile traces: columns ``parameter``, ``value`` (lme4's scale), ``zeta``.
 
     For each parameter, ``n_points`` values on each side of the estimate,
     evenly spaced (on the SD, atanh-correlation, sigma or beta scale) up to
-    the limit of the ``level`` profile interval, and the estimate (zeta = 0).
+    the limit of the ``level`` profile interval, and the estimate (zeta = 0);
+    ``n_points`` from 1 to :data:`MAX_POINTS` (each is a constrained fit).
     """
+    n_points = check_positive_int(n_points, "n_points")
+    if n_points > MAX_POINTS:
+        raise JaxLMMError(f"n_points must be at most {MAX_POINTS} (each point is a constrained fit), not {n_points}.")
     z = two_sided_z(check_level(level))
     pr = Profiler(fit)
     out = []

@@ -298,6 +298,15 @@ def _exact(fit, term, nsim, seed, grid_length, log_range, ml: bool, null) -> Exa
     what = "LRT" if ml else "RLRT"
     check_fit(fit, func=f"exact_{what.lower()}")
     nsim = check_positive_int(nsim, "nsim")
+    grid_length = check_positive_int(grid_length, "grid_length")
+    if grid_length < 2:
+        raise JaxLMMError(f"grid_length must be at least 2 (lambda = 0 and one more), not {grid_length}.")
+    try:
+        lo, hi = (float(v) for v in log_range)
+    except (TypeError, ValueError):
+        raise JaxLMMError(f"log_range must be two numbers (the log of the grid's ends), not {log_range!r}.") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise JaxLMMError(f"log_range must be two finite numbers, the first smaller, not {log_range!r}.")
     seed = check_seed(seed)  # None: a random seed, recorded on the result
     # the sample (float64) and its sort, besides one batch's draws
     check_fits(32 * nsim + 8 * BATCH * 64, f"exact_{what.lower()}(nsim={nsim})")

@@ -42,6 +42,8 @@ def as_frame(data) -> pd.DataFrame:
         )
     if len(data) == 0:
         raise DataError("The data frame has no rows.")
+    if not all(isinstance(c, str) for c in data.columns):  # R's names are text: column 1 is `1`
+        data = data.set_axis([str(c) for c in data.columns], axis=1)
     return data
 
 
@@ -282,10 +284,13 @@ def as_theta(theta, size: int, what: str = "theta") -> np.ndarray:
     return arr
 
 
+INT_MAX = 2**31 - 1  # counts and sizes enter compiled programs as 32-bit integers
+
+
 def check_positive_int(value, what: str) -> int:
-    """A positive integer (an int, not a bool or a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise JaxLMMError(f"{what} must be a positive integer, not {value!r}.")
+    """A positive integer (an int, not a bool or a float) up to :data:`INT_MAX`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= INT_MAX:
+        raise JaxLMMError(f"{what} must be a positive integer (at most {INT_MAX}), not {value!r}.")
     return int(value)
 
 

@@ -261,7 +261,7 @@ def test_zero_weights_drop_rows_and_missing_weights_are_missing_data():
         (-np.ones(180), jaxlmm.DataError, "weights=.*negative"),
         (np.r_[np.inf, np.ones(179)], jaxlmm.DataError, "weights=.*non-finite"),
         (np.ones(179), jaxlmm.DataError, "weights=.*one number per row"),
-        (["a"] * 180, jaxlmm.DataError, "weights= must be numbers"),
+        (["a"] * 180, jaxlmm.DataError, "weights= must be real numbers"),
         (np.zeros(180), jaxlmm.DataError, "weights= is zero for every row"),
         ("wt", jaxlmm.FormulaError, "'wt'"),
         ("w - 2", jaxlmm.DataError, "weights=.*negative"),

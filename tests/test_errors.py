@@ -96,3 +96,62 @@ def test_every_warning_in_the_package_goes_through_the_helper():
         if p.name != "errors.py" and "warnings.warn(" in p.read_text()
     ]
     assert offenders == []
+
+
+# ---- bad arguments end in a JaxLMMError naming them, not in a raw exception ----------------------
+
+
+def _sleep_fit():
+    return get_fit("Reaction ~ Days + (1 | Subject)", "sleepstudy")
+
+
+def _bad_calls():
+    import pandas as pd
+
+    sleep = jaxlmm.datasets.load("sleepstudy")
+    fit = _sleep_fit()
+    return {
+        "response column twice": (lambda: jaxlmm.lmm("Reaction ~ Days + (1 | Subject)",
+                                                     pd.concat([sleep, sleep[["Reaction"]]], axis=1)),
+                                  "appears more than once"),
+        "max_iter past int32": (lambda: jaxlmm.Control(max_iter=10**30), "at most 2147483647"),
+        "predict offset as text": (lambda: fit.predict(sleep.head(3), offset="Days"), "3 numbers"),
+        "newdata column twice": (lambda: fit.predict(pd.concat([sleep.head(3), sleep.head(3)[["Days"]]], axis=1)),
+                                 "more than once in newdata"),
+        "grid_length 1": (lambda: jaxlmm.exact_rlrt(fit, nsim=10, grid_length=1), "at least 2"),
+        "grid_length 0": (lambda: jaxlmm.exact_rlrt(fit, nsim=10, grid_length=0), "grid_length"),
+        "log_range reversed": (lambda: jaxlmm.exact_rlrt(fit, nsim=10, log_range=(5, -5)), "log_range"),
+        "profile n_points float": (lambda: jaxlmm.profile(fit, n_points=2.5), "n_points"),
+        "profile n_points 0": (lambda: jaxlmm.profile(fit, n_points=0), "n_points"),
+        "profile n_points huge": (lambda: jaxlmm.profile(fit, n_points=10**9), "at most 1000"),
+        "icc boot not a bootstrap": (lambda: fit.icc(boot="x"), "boot must be"),
+        "unknown model argument": (lambda: jaxlmm.LinearMixedModel("Reaction ~ Days + (1 | Subject)", sleep, foo=1),
+                                   "'foo'"),
+        "complex weights": (lambda: jaxlmm.lmm("Reaction ~ Days + (1 | Subject)", sleep,
+                                               weights=np.ones(len(sleep)) + 1j), "real numbers"),
+        "prediction past float64": (lambda: fit.predict(pd.DataFrame({"Days": [1e308], "Subject": ["308"]})),
+                                    "overflow"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "response column twice", "max_iter past int32", "predict offset as text", "newdata column twice",
+    "grid_length 1", "grid_length 0", "log_range reversed", "profile n_points float", "profile n_points 0",
+    "profile n_points huge", "icc boot not a bootstrap", "unknown model argument", "complex weights",
+    "prediction past float64",
+])
+def test_bad_arguments_are_named(case):
+    call, words = _bad_calls()[case]
+    with pytest.raises(JaxLMMError, match=words.replace("(", r"\(")):
+        call()
+
+
+def test_integer_column_names_are_text_as_in_r():
+    import pandas as pd
+
+    sleep = jaxlmm.datasets.load("sleepstudy")
+    data = sleep.assign(**{"1": sleep["Days"] * 2.0}).rename(columns={"1": 1})
+    fit = jaxlmm.lmm("Reaction ~ `1` + (1 | Subject)", data)
+    assert list(fit.fixef.index) == ["(Intercept)", "`1`"]
+    assert fit.fixef.iloc[1] == pytest.approx(_sleep_fit().fixef["Days"] / 2, rel=1e-6)
+    np.testing.assert_allclose(fit.predict(pd.DataFrame(data.head(2))), fit.fitted[:2], rtol=1e-12)
