@@ -74,6 +74,14 @@ def check_column_types(frame: pd.DataFrame) -> None:
             )
         if col.isna().all():
             raise DataError(f"Column '{c}' has only missing values.")
+        if kind == "O":
+            values = col.dropna().to_numpy()
+            if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   for v in values):
+                raise DataError(
+                    f"Column '{c}' holds numbers in an object column (dtype object): convert it with "
+                    "pandas.to_numeric for a numeric variable, or with .astype(str) for a factor."
+                )
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
             vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
             if np.isinf(vals).any():

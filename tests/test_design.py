@@ -89,6 +89,8 @@ def test_unsupported_column_types():
     raises(DataError, "Reaction ~ t + (1 | Subject)", sleep(t=start + pd.to_timedelta(SLEEP.Days, "D")), "'t'", "date")
     raises(DataError, "Reaction ~ t + (1 | Subject)", sleep(t=pd.to_timedelta(SLEEP.Days, "D")), "'t'", "time")
     raises(DataError, "Reaction ~ Days + (1 | Subject)", sleep(Reaction=SLEEP.Reaction + 1j), "'Reaction'", "complex")
+    # numbers in an object column: neither silently a factor with levels '0', '1', ... nor numbers
+    raises(DataError, "Reaction ~ Days + (1 | Subject)", sleep(Days=SLEEP.Days.astype(object)), "'Days'", "to_numeric")
 
 
 def test_constant_response():
