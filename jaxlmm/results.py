@@ -261,11 +261,12 @@ class LmmFit:
 
         return predict(self, newdata, re=re, offset=offset)
 
-    def simulate(self, n: int = 1, seed: int = 0) -> np.ndarray:
-        """``n`` responses simulated from the fitted model, shape (n, nobs)."""
+    def simulate(self, n: int = 1, seed: int = 0, use_u: bool = False) -> np.ndarray:
+        """``n`` responses simulated from the fitted model, shape (n, nobs); ``use_u``: given the
+        fitted random effects (lme4's ``use.u = TRUE``)."""
         from .simulate import simulate
 
-        return simulate(self, n=n, seed=seed)
+        return simulate(self, n=n, seed=seed, use_u=use_u)
 
     # ---- shares of variance (jaxlmm.icc) ------------------------------------
     def icc(self, conf_int: bool = False, conf_level: float = 0.95, n: int = 1000, seed: int = 0, boot=None):

@@ -63,3 +63,24 @@ def test_replicate_keys_are_the_split_keys(seed):
     rows, params = rows_of(fit.design), fit_params(fit)
     for i, key in enumerate(jax.random.split(jax.random.key(seed), 2)):
         np.testing.assert_allclose(ys[i], np.asarray(simulate(key, rows, params)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_simulate_given_the_fitted_random_effects(weighted):
+    """use_u (lme4's use.u = TRUE): fitted + sigma eps / sqrt(w), eps the residual draw of the same
+    seed's unconditional responses (the first sub-key of each replicate's key)."""
+    fit = weighted_fit("slope", "REML") if weighted else get_fit(SLOPE, "sleepstudy")
+    ys = fit.simulate(4, seed=11, use_u=True)
+    assert ys.shape == (4, fit.nobs) and ys.seed == 11
+    w = fit.design.prior_weights
+    n_sub = len(fit.design.terms) + 1
+    for i, key in enumerate(jax.random.split(jax.random.key(11), 4)):
+        eps = np.asarray(jax.random.normal(jax.random.split(key, n_sub)[0], (fit.nobs,)))
+        np.testing.assert_allclose(ys[i], fit.fitted + fit.sigma * eps / np.sqrt(w), rtol=1e-12)
+    # many draws: the standardized residuals have mean 0 and SD 1
+    if not weighted:
+        many = fit.simulate(400, seed=3, use_u=True)
+        z = (many - fit.fitted) / fit.sigma
+        assert abs(z.mean()) < 4 / np.sqrt(z.size) and abs(z.std() - 1) < 4 / np.sqrt(2 * z.size)
+    with pytest.raises(jaxlmm.JaxLMMError, match="use_u"):
+        fit.simulate(2, use_u="yes")
