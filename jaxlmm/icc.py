@@ -104,7 +104,7 @@ def shares(fit, which: str, conf_int: bool = False, conf_level: float = 0.95, n:
     if not design.terms:
         raise JaxLMMError(f"{which} needs a model with random effects.")
     parts = variance_parts(fit.fixef.to_numpy(), fit.theta, fit.sigma, design)
-    singular = is_singular(fit.theta, fit.terms, fit.lower, tolerance)
+    singular = is_singular(fit.theta, fit.terms, fit.lower, tolerance, weights=fit.design.weights)
     if singular:
         warn(
             f"Can't compute the random-effect variances of a singular fit (a variance parameter below "

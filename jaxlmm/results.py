@@ -424,7 +424,7 @@ def estimate(design: Design, products: CrossProducts, reml=True, method: str = "
         control = control.replace(max_iter=check_max_iter(max_iter))
     lower = theta_lower_bounds(products.term_dims)
     start0 = theta_start(products.term_dims)
-    scale = theta_scales(design.terms)
+    scale = theta_scales(design.terms, design.weights)
     start = start0 / scale if theta0 is None else as_theta(theta0, start0.size, "theta0")
     if theta0 is None and control.newton_hessian(products.q_rest) is Hessian.BFGS:
         start = moment_start(design, start)  # iterations cost seconds here: start near the optimum
@@ -492,7 +492,7 @@ def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool
             u = u_rest[lo : lo + t.nlevels * t.k].reshape(t.nlevels, t.k)
             lo += t.nlevels * t.k
         b.append(u @ T.T)
-    singular = is_singular(theta, design.terms, theta_lower_bounds(products.term_dims))
+    singular = is_singular(theta, design.terms, theta_lower_bounds(products.term_dims), weights=design.weights)
     return LmmFit(
         design=design,
         products=products,

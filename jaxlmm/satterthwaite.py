@@ -78,8 +78,9 @@ def _from_profiled_hessian(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = float(data.n) - data.p if fit.reml else float(data.n)
     k = len(fit.theta)
     H = np.empty((k + 1, k + 1))
-    H[:k, :k] = fit.hessian + np.outer(g, g) / (m * sigma**4)
-    H[:k, k] = H[k, :k] = -2.0 * g / sigma**3
+    gs = g / sigma**2  # g / sigma^2 first: g g' alone overflows where the weights are ~1e100
+    H[:k, :k] = fit.hessian + np.outer(gs, gs) / m
+    H[:k, k] = H[k, :k] = -2.0 * gs / sigma
     H[k, k] = 4.0 * m / sigma**2
     J = np.concatenate([sigma**2 * dM, (2.0 * sigma * M)[:, :, None]], axis=2)
     return sigma**2 * M, J, H

@@ -148,7 +148,7 @@ def canonical_theta(x, term_dims):
     return x * jnp.where(x[theta_columns(term_dims)] < 0, -1.0, 1.0)
 
 
-def theta_scales(terms) -> np.ndarray:
+def theta_scales(terms, weights=None) -> np.ndarray:
     """Per theta entry, a power of ten w that brings the entry to the scale of the criterion.
 
     Theta entry (r, c) of a term multiplies the term's column r (its
@@ -158,11 +158,15 @@ def theta_scales(terms) -> np.ndarray:
     columns rescaled to unit size: the criterion's minimizer is unchanged
     and the optimizer sees a well-scaled problem. Columns whose RMS lies
     within 10^(+-1.5) keep w = 1. ``terms``: the design's terms (their
-    columns ``X``).
+    columns ``X``); ``weights``: the prior weights, whose square roots scale
+    the columns in the criterion (constant weights c make theta 1/sqrt(c)
+    times its unweighted value).
     """
     out = []
+    sw = None if weights is None else np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
     for t, (rows, _) in zip(terms, theta_layout(dims_of(terms))):
-        rms = np.sqrt((t.X**2).mean(axis=0))
+        X = t.X if sw is None else t.X * sw
+        rms = np.sqrt((X**2).mean(axis=0))
         power = np.round(np.log10(np.where(rms > 0, rms, 1.0)))
         out.append(10.0 ** np.where(np.abs(power) >= 2, power, 0.0)[rows])
     return np.concatenate(out) if out else np.zeros(0)
@@ -171,10 +175,11 @@ def theta_scales(terms) -> np.ndarray:
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta
 
 
-def is_singular(theta, terms, lower, tolerance: float = SINGULAR_TOL) -> bool:
+def is_singular(theta, terms, lower, tolerance: float = SINGULAR_TOL, weights=None) -> bool:
     """lme4's isSingular: an entry of theta with a lower bound of 0 (a diagonal entry of a relative
     factor) below ``tolerance``, on theta in the units of the optimizer (:func:`theta_scales`)."""
-    return bool(np.any((np.asarray(theta) * theta_scales(terms))[np.asarray(lower) == 0] < tolerance))
+    scales = theta_scales(terms, weights)
+    return bool(np.any((np.asarray(theta) * scales)[np.asarray(lower) == 0] < tolerance))
 
 
 def term_group_names(terms) -> list[str]:

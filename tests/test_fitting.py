@@ -140,6 +140,22 @@ def test_response_far_from_zero(c, reml):
     np.testing.assert_allclose(off.fixef.to_numpy(), ref.fixef.to_numpy() - [c, 0.0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize("c", [1e-20, 1e100])
+def test_constant_weights_of_any_size_are_the_unweighted_fit(c, reml):
+    """weights = c: residual variance sigma^2 / c, so sigma -> sqrt(c) sigma and theta -> theta / sqrt(c)
+    (b unchanged); the criteria are equal (the -sum log w term offsets the change of sigma)."""
+    ref = get_fit(SLOPE, "sleepstudy", reml=reml)
+    fit, caught = fit_quietly(SLOPE, SLEEP, reml=reml, weights=np.full(N, c))
+    assert not caught and fit.converged and not fit.singular
+    assert fit.objective == pytest.approx(ref.objective, abs=1e-8 * abs(ref.objective))
+    np.testing.assert_allclose(fit.theta * np.sqrt(c), ref.theta, rtol=1e-6)
+    assert fit.sigma / np.sqrt(c) == pytest.approx(ref.sigma, rel=1e-7)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), ref.fixef.to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(fit.se.to_numpy(), ref.se.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fit.coef_table()["df"], ref.coef_table()["df"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("c", [1e-80, 1e80])
 def test_response_scale_does_not_change_the_fit(c):
     """y and c y: the same theta; sigma, fixef, se times c; the criterion shifted by m log(c^2)."""
