@@ -121,8 +121,9 @@ class LmmFit:
         jaxlmm (``anova``, ``pb_test``, profiles, exact tests) goes through here.
 
         ``newresp``: one number per row of the fit (``fit.nobs``, in the fit's order), or a pandas
-        Series holding the fit's rows by their index labels (rows the fit dropped for missing values
-        may be there too, as lme4 drops them); the design, weights and offset stay the fit's.
+        Series, read by the fit's row labels where its index holds them all (rows the fit dropped for
+        missing values may be there too, as lme4 drops them), by position otherwise; the design,
+        weights and offset stay the fit's.
         """
         reml = self.reml if reml is None else check_bool(reml, "reml")
         design, products = self.design, self.products
@@ -378,14 +379,15 @@ def response_of(newresp, design: Design) -> np.ndarray:
         if newresp.shape[1] != 1:
             raise JaxLMMError(f"newresp must be one response, not a frame of {newresp.shape[1]} columns.")
         newresp = newresp.iloc[:, 0]
-    if isinstance(newresp, pd.Series) and len(newresp) != n:
+    if isinstance(newresp, pd.Series):
         missing = pd.Index(design.rows).difference(newresp.index)
-        if len(missing):
+        if not len(missing) and newresp.index.is_unique:
+            newresp = newresp.loc[design.rows]  # by label, in the fit's order
+        elif len(newresp) != n:
             raise JaxLMMError(
                 f"newresp has {len(newresp)} values and lacks the fit's row(s) {list(missing[:5])}; give "
                 f"{n} numbers (one per row of the fit) or a Series holding the fit's rows by label."
             )
-        newresp = newresp.loc[design.rows]
     try:
         y = np.asarray(newresp, dtype=np.float64)
     except (TypeError, ValueError):

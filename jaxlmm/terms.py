@@ -526,10 +526,7 @@ class _Expander:
         """(terms: list of frozensets, intercept: True/False/None meaning 'not said')."""
         if isinstance(node, Paren):
             return self.expand(node.expr)
-        if isinstance(node, Num) and node.logical:
-            raise FormulaError(f"{deparse(node)} in {self.where} '{self.text}' is not a term (R's logical "
-                               "constant); write 1 or 0 for the intercept.")
-        c = _constant(node)
+        c = _constant(node)  # TRUE and FALSE too: R's terms() reads them as 1 and 0
         if c is not None:
             if c in (0.0, 1.0):
                 return [], bool(c)

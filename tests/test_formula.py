@@ -464,7 +464,9 @@ def test_t_and_f_are_columns_where_the_data_has_them_and_true_false_otherwise():
     assert raw.fixed_names[1:] == ("poly(x, 2, raw = T)1", "poly(x, 2, raw = T)2")
     assert build_design("y ~ poly(x, 2, raw = TRUE) + (1 | g)", plain).fixed_names[1] == "poly(x, 2, raw = TRUE)1"
     raises(FormulaError, "y ~ x + T + (1 | g)", plain, "Column 'T'")  # a term needs the column
-    raises(FormulaError, "y ~ x + TRUE + (1 | g)", plain, "TRUE", "not a term")
+    # R's terms(): TRUE and FALSE are 1 and 0, the intercept kept or removed
+    assert build_design("y ~ x + TRUE + (1 | g)", plain).fixed_names == ("(Intercept)", "x")
+    assert build_design("y ~ x + FALSE + (1 | g)", plain).fixed_names == ("x",)
     fit = jaxlmm.lmm("y ~ I(x * T) + (1 | g)", plain)
     np.testing.assert_allclose(fit.predict(plain.head(3)), fit.fitted[:3], rtol=1e-12)  # no column T needed
 
