@@ -32,6 +32,7 @@ try:
         JaxLMMError,
         JaxLMMWarning,
         MissingDataWarning,
+        PrecisionWarning,
         RankDeficiencyWarning,
         SingularFitWarning,
     )
@@ -67,6 +68,7 @@ __all__ = [
     "LinearMixedModel",
     "LmmFit",
     "MissingDataWarning",
+    "PrecisionWarning",
     "RankDeficiencyWarning",
     "SingularFitWarning",
     "anova",

@@ -42,6 +42,10 @@ class ConvergenceWarning(JaxLMMWarning):
     """The optimizer stopped before its convergence criterion was met."""
 
 
+class PrecisionWarning(JaxLMMWarning):
+    """The criterion was computed with few significant digits at the estimate: theta is imprecise."""
+
+
 class RankDeficiencyWarning(JaxLMMWarning):
     """Fixed-effect columns were dropped because the design is rank deficient."""
 

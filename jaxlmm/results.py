@@ -20,7 +20,7 @@ from ._config import lean_jit, on_device, uses_float64
 from .control import Control, Hessian
 from .crossprod import CrossProducts, cross_products
 from .design import Design
-from .errors import ConvergenceWarning, JaxLMMError, SingularFitWarning, warn
+from .errors import ConvergenceWarning, JaxLMMError, PrecisionWarning, SingularFitWarning, warn
 from .fitting import METHODS, deviance_jit, minimize
 from .likelihood import theta_derivatives
 from .objective import conditional_variances, sigma_hat, solve
@@ -470,6 +470,36 @@ def _warn_fit(fit: LmmFit) -> None:
         )
     if fit.singular:
         warn("boundary (singular) fit: see fit.varcorr.", SingularFitWarning)
+    _warn_precision(fit)
+
+
+PRECISION_RATIO = 1e8
+"""A fit whose cross-products' y'y (of the response less its least-squares fit) exceeds the residual
+sum of squares r^2 this many times has computed r^2 to fewer than half of float64's digits."""
+
+
+def _warn_precision(fit: LmmFit) -> None:
+    """Warn where r^2 at the estimate is a small difference of large cross-products: the criterion
+    keeps about 16 - log10(y'y / r^2) significant digits of r^2, and theta follows it."""
+    m = fit.nobs - (fit.design.p if fit.reml else 0)
+    r2 = fit.sigma**2 * m
+    yty = float(fit.products.response.yty)
+    if not (r2 > 0 and yty > PRECISION_RATIO * r2):
+        return
+    digits = max(0, int(np.floor(16 - np.log10(yty / r2))))
+    X = fit.design.X
+    constant = X.shape[1] and np.linalg.matrix_rank(np.column_stack([X, np.ones(len(X))])) == X.shape[1]
+    hint = (
+        "the random effects carry the response's mean: add an intercept to the fixed effects (or center the response)"
+        if not constant else
+        "the residual SD is tiny beside the variation the random effects explain; the estimates keep fewer digits"
+    )
+    warn(
+        f"The residual sum of squares at the estimate is {yty / r2:.3g} times smaller than the response's sum "
+        f"of squares about its fixed-effect fit: it keeps about {digits} significant digits, and the criterion "
+        f"and theta are imprecise ({hint}).",
+        PrecisionWarning,
+    )
 
 
 def make_fit(design: Design, products: CrossProducts, opt: OptResult, reml: bool, method: str,

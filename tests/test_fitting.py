@@ -140,6 +140,16 @@ def test_response_far_from_zero(c, reml):
     np.testing.assert_allclose(off.fixef.to_numpy(), ref.fixef.to_numpy() - [c, 0.0], rtol=0, atol=1e-6)
 
 
+def test_a_criterion_computed_with_few_digits_is_warned():
+    """Without an intercept the random effects carry a mean of 1e9 beside a residual SD of 30: r^2 is
+    1e-14 of the cross-products it is the difference of, so the fit is imprecise, and says so."""
+    far = SLEEP.assign(Reaction=SLEEP.Reaction + 1e9)
+    with pytest.warns(jaxlmm.PrecisionWarning, match="add an intercept"):
+        jaxlmm.lmm("Reaction ~ 0 + Days + (1 | Subject)", far)
+    fit, caught = fit_quietly("Reaction ~ 1 + Days + (1 | Subject)", far)  # the intercept takes the mean
+    assert not caught and fit.converged
+
+
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
 @pytest.mark.parametrize("c", [1e-20, 1e100])
 def test_constant_weights_of_any_size_are_the_unweighted_fit(c, reml):
