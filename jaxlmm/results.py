@@ -26,6 +26,7 @@ from .likelihood import theta_derivatives
 from .objective import conditional_variances, sigma_hat, solve
 from .optimize import OptResult
 from .summary import satterthwaite_by_default
+from .terms import unique_names
 from .theta import factors_batch, is_singular, moment_start, theta_lower_bounds, theta_scales, theta_start
 from .validate import as_theta, check_bool, check_max_iter, check_response_spread, check_values
 from .varcorr import sdcor_estimates, varcorr_table
@@ -145,14 +146,27 @@ class LmmFit:
 
     # ---- random effects -------------------------------------------------
     @cached_property
-    def ranef(self) -> pd.DataFrame:
-        """Conditional modes and conditional SDs: columns group, term, level, value, cond_sd."""
+    def _condvars(self) -> list[np.ndarray]:
+        """Per term, sigma^2 T P_j T' for each level j (levels, k, k): :attr:`condvar`'s arrays."""
         data = self.products
         Ts = [T[0] for T in factors_batch(self.theta, data.term_dims)]
         blocks = [np.asarray(B) for B in _condvar_jit(on_device(self.theta), data)]
+        return [self.sigma**2 * np.einsum("ab,lbc,dc->lad", T, P, T) for T, P in zip(Ts, blocks)]
+
+    @property
+    def condvar(self) -> dict[str, np.ndarray]:
+        """The conditional covariance of each level's random effects given y, per term (lme4's
+        ``postVar``: ``attr(ranef(fit, condVar = TRUE)[[g]], "postVar")``, levels first): term label
+        ``(expr | g)`` -> array (levels, k, k), sigma^2 T P_j T' with P_j level j's diagonal block of
+        (Lambda'Z'Z Lambda + I)^{-1}; levels and columns in the order of ``fit.ranef``."""
+        labels, _ = unique_names([f"({t.expr} | {t.name})" for t in self.terms])
+        return dict(zip(labels, self._condvars))
+
+    @cached_property
+    def ranef(self) -> pd.DataFrame:
+        """Conditional modes and conditional SDs: columns group, term, level, value, cond_sd."""
         frames = []
-        for t, T, bm, P in zip(self.terms, Ts, self.b, blocks):
-            var = self.sigma**2 * np.einsum("ab,lbc,dc->lad", T, P, T)
+        for t, bm, var in zip(self.terms, self.b, self._condvars):
             csd = np.sqrt(np.maximum(np.diagonal(var, axis1=1, axis2=2), 0.0))
             for i, name in enumerate(t.colnames):
                 frames.append(

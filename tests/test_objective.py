@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import jaxlmm
 from jaxlmm.objective import deviance
 from models import SMALL, get_fit, get_model
-from oracle import CASES, FIT_PARAMS, dense_criterion, load_fit_reference, load_json
+from oracle import CASES, FIT_PARAMS, SLOPE, dense_criterion, load_fit_reference, load_json
 from random_data import G, LABELS, N, SETTINGS, close, deviances, factors, make_data, seeds, shifts, thetas
 
 
@@ -249,6 +249,42 @@ def test_coef_is_lme4s_fixed_effects_plus_conditional_modes(case, crit):
         for c in untouched:
             np.testing.assert_array_equal(table[c], fit.fixef[c])
             assert fit.fixef[c] == pytest.approx(beta[c], rel=1e-5)
+
+
+@pytest.mark.parametrize("formula,dataset", [(SLOPE, "sleepstudy"), ("diameter ~ 1 + (1 | plate) + (1 | sample)",
+                                                                 "penicillin")])
+def test_condvar_is_the_dense_conditional_covariance(formula, dataset):
+    """fit.condvar (lme4's postVar): the level blocks of sigma^2 Lambda (Lambda'Z'Z Lambda + I)^{-1} Lambda'
+    from a dense Z; their diagonals are ranef's cond_sd squared."""
+    from jaxlmm.theta import relative_factors
+
+    fit = get_fit(formula, dataset)
+    d = fit.design
+    cols, lams = [], []
+    for t, T in zip(d.terms, relative_factors(jnp.asarray(fit.theta), fit.products.term_dims)):
+        Zt = np.zeros((d.n, t.nlevels * t.k))
+        for c in range(t.k):
+            Zt[np.arange(d.n), t.codes * t.k + c] = t.X[:, c]
+        cols.append(Zt)
+        lams.append(np.kron(np.eye(t.nlevels), np.asarray(T)))
+    Z, q = np.hstack(cols), sum(c.shape[1] for c in cols)
+    Lam = np.zeros((q, q))
+    lo = 0
+    for blk in lams:
+        Lam[lo : lo + len(blk), lo : lo + len(blk)] = blk
+        lo += len(blk)
+    ZL = Z @ Lam
+    M = fit.sigma**2 * Lam @ np.linalg.solve(ZL.T @ ZL + np.eye(q), Lam.T)
+    lo = 0
+    assert list(fit.condvar) == [f"({t.expr} | {t.name})" for t in d.terms]
+    for t, cv in zip(d.terms, fit.condvar.values()):
+        assert cv.shape == (t.nlevels, t.k, t.k)
+        for j in range(t.nlevels):
+            a = lo + j * t.k
+            np.testing.assert_allclose(cv[j], M[a : a + t.k, a : a + t.k], rtol=1e-9, atol=1e-12 * M.max())
+        lo += t.nlevels * t.k
+        sd = fit.ranef[fit.ranef.group == t.name].cond_sd.to_numpy().reshape(t.k, t.nlevels).T
+        np.testing.assert_allclose(np.sqrt(np.diagonal(cv, axis1=1, axis2=2)), sd, rtol=1e-12)
 
 
 def test_coef_fills_random_only_columns_first_in_every_table():
