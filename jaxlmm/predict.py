@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .design import group_codes, offset_nodes, offset_values
-from .errors import DataError
+from .errors import DataError, JaxLMMError
 from .terms import names_in
 from .validate import as_frame, check_bool
 from .results import check_fit
@@ -80,22 +80,56 @@ def _offset(design, data: pd.DataFrame, offset) -> np.ndarray:
     return offset_values(data, design.formula, text, numbers)
 
 
-def predict(fit, newdata=None, re: bool = True, offset=None) -> np.ndarray:
-    """Predicted responses for ``newdata`` (the fitted rows when None)."""
+def _terms_of(fit, re) -> list[bool]:
+    """Which of the fit's random-effect terms a prediction includes: ``re`` True (all), False (none), or
+    lme4's ``re.form`` as a list of terms, each a grouping factor's name (its terms) or a term's label
+    ``(expr | g)``."""
+    terms = fit.design.terms
+    if isinstance(re, (bool, np.bool_)):
+        return [bool(re)] * len(terms)
+    if isinstance(re, str):
+        re = [re]
+    if not isinstance(re, (list, tuple)) or not all(isinstance(r, str) for r in re):
+        raise JaxLMMError(
+            f"re must be True, False or a list of terms (grouping factors or labels '(expr | g)'), not {re!r}."
+        )
+    labels = [f"({t.expr} | {t.name})" for t in terms]
+    squash = lambda text: "".join(text.split())  # noqa: E731
+    keep = [False] * len(terms)
+    for r in re:
+        hits = [i for i, t in enumerate(terms) if r == t.name or squash(r) == squash(labels[i])]
+        if not hits:
+            raise JaxLMMError(
+                f"re must be True, False or terms of the fit: '{r}' is neither a grouping factor nor a term "
+                f"of it; its terms are {labels}."
+            )
+        for i in hits:
+            keep[i] = True
+    return keep
+
+
+def predict(fit, newdata=None, re=True, offset=None) -> np.ndarray:
+    """Predicted responses for ``newdata`` (the fitted rows when None); ``re``: :func:`_terms_of`."""
     check_fit(fit, func="predict")
-    re = check_bool(re, "re")
+    keep = _terms_of(fit, re)
     design = fit.design
     beta = fit.fixef.to_numpy()
     if newdata is None:
         if offset is not None:
             raise DataError("offset= is for newdata; the fitted rows use the fit's own offset.")
-        return np.asarray(fit.fitted if re else design.fixed_mean(beta))
+        if all(keep):
+            return np.asarray(fit.fitted)
+        out = design.fixed_mean(beta)
+        for t, b, k in zip(design.terms, fit.b, keep):
+            if k:
+                out = out + np.einsum("rk,rk->r", t.X, b[t.codes])
+        return np.asarray(out)
     data = as_frame(newdata)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by _finite below
         out = _matrix(design.fixed_spec, data, "the fixed-effect formula") @ beta + _offset(design, data, offset)
-    if not re:
-        return _finite(out)
-    for t, b in zip(design.terms, fit.b):
+    for t, b, k in zip(design.terms, fit.b, keep):
+        if not k:
+            continue
         what = f"the random-effect term ({t.expr} | {t.name})"
         _check_columns(data, list(t.factors))
         Zt = _matrix(t.spec, data, what)

@@ -267,10 +267,13 @@ class LmmFit:
 
         return confint(self, method=method, level=level, n=n, seed=seed, which=which)
 
-    def predict(self, newdata=None, re: bool = True, offset=None) -> np.ndarray:
+    def predict(self, newdata=None, re=True, offset=None) -> np.ndarray:
         """Predictions X beta + Z b + offset for ``newdata`` (new levels at the population level).
 
-        ``offset``: numbers for the new rows, needed when the fit's ``offset=`` was numbers.
+        ``re``: the random effects included: all (True), none (False, lme4's ``re.form = NA``), or
+        some (lme4's ``re.form = ~ (1 | g)``): a list of grouping factors' names or terms' labels
+        ``"(expr | g)"``. ``offset``: numbers for the new rows, needed when the fit's ``offset=``
+        was numbers.
         """
         from .predict import predict
 

@@ -38,3 +38,19 @@ def test_predict_crossed_terms_dense():
     dense = fit.fixef.iloc[0] + b.loc["plate"].loc[data.plate.astype(str)].to_numpy()
     dense = dense + b.loc["sample"].loc[data["sample"].astype(str)].to_numpy()
     np.testing.assert_allclose(fit.predict(data), dense, rtol=1e-12)
+
+
+def test_predict_with_some_random_effects_as_lme4_re_form():
+    """re=["plate"] (lme4's re.form = ~ (1 | plate)): the fixed part plus the plate effects only; the
+    parts add up to the whole prediction, on new rows and on the fitted ones."""
+    fit = get_fit(PEN, "penicillin")
+    data = jaxlmm.datasets.load("penicillin")
+    none, whole = fit.predict(data, re=False), fit.predict(data)
+    plate, sample = fit.predict(data, re=["plate"]), fit.predict(data, re="(1 | sample)")
+    b = fit.ranef.set_index(["group", "level"])["value"]
+    np.testing.assert_allclose(plate - none, b.loc["plate"].loc[data.plate.astype(str)].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(plate + sample - none, whole, rtol=1e-12)
+    np.testing.assert_allclose(fit.predict(re=["plate"]), plate, rtol=1e-12)  # the fitted rows
+    np.testing.assert_allclose(fit.predict(data, re=["plate", "sample"]), whole, rtol=1e-12)
+    with pytest.raises(jaxlmm.JaxLMMError, match="'batch' is neither"):
+        fit.predict(data, re=["batch"])

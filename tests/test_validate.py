@@ -92,7 +92,7 @@ def _cases():
     for bad in ("yes", None, 1, 0.0):
         out.append((f"progress={bad!r}", lambda b=bad: jaxlmm.bootstrap(dye(), n=3, progress=b), "progress"))
         out.append((f"pb progress={bad!r}", lambda b=bad: jaxlmm.pb_test(ml0(), ml1(), n=3, progress=b), "progress"))
-        out.append((f"predict re={bad!r}", lambda b=bad: fit().predict(re=b), "re must be True or False"))
+        out.append((f"predict re={bad!r}", lambda b=bad: fit().predict(re=b), "re must be True, False"))
         out.append((f"scaled={bad!r}", lambda b=bad: fit().residuals(scaled=b), "scaled"))
         out.append((f"refit={bad!r}", lambda b=bad: jaxlmm.anova(ml0(), ml1(), refit=b), "refit"))
         out.append((f"check_nested={bad!r}", lambda b=bad: jaxlmm.anova(ml0(), ml1(), check_nested=b), "check_nested"))
