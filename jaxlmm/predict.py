@@ -21,7 +21,7 @@ import pandas as pd
 from .design import group_codes, offset_nodes, offset_values
 from .errors import DataError, JaxLMMError
 from .terms import names_in
-from .validate import as_frame, check_bool
+from .validate import as_frame
 from .results import check_fit
 
 
