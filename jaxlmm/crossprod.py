@@ -417,14 +417,9 @@ def _blocks_of(c1: np.ndarray, c2: np.ndarray, l2: int):
 
 
 def response_shift(design: Design) -> np.ndarray:
-    """beta0: the least-squares coefficients of the response (less its offset) on X, with the prior
-    weights, refined once on the residual: what :func:`cross_products` takes off y."""
-    X = design.weighted(design.X)
-    if X.shape[1] == 0 or X.shape[0] == 0:
-        return np.zeros(X.shape[1])
-    y = design.weighted(design.y_net)
-    beta0 = np.linalg.lstsq(X, y, rcond=None)[0]
-    return beta0 + np.linalg.lstsq(X, y - X @ beta0, rcond=None)[0]
+    """beta0: the response's least-squares fit on X (:meth:`~jaxlmm.design.Design.least_squares`), what
+    :func:`cross_products` takes off y."""
+    return design.least_squares()
 
 
 def row_plan(design: Design, beta0: np.ndarray | None = None) -> RowPlan:

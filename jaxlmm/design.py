@@ -126,6 +126,16 @@ class Design:
         """sum_i log w_i (lme4's ``ldW``), 0 without weights: the criteria subtract it."""
         return 0.0 if self.weights is None else float(np.sum(np.log(self.weights)))
 
+    def least_squares(self) -> np.ndarray:
+        """The least-squares coefficients of the response (less its offset) on X, with the prior
+        weights, refined once on the residual (zeros without columns)."""
+        X = self.weighted(self.X)
+        if X.shape[1] == 0 or X.shape[0] == 0:
+            return np.zeros(X.shape[1])
+        y = self.weighted(self.y_net)
+        beta = np.linalg.lstsq(X, y, rcond=None)[0]
+        return beta + np.linalg.lstsq(X, y - X @ beta, rcond=None)[0]
+
     @property
     def n(self) -> int:
         return len(self.y)

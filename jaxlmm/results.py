@@ -500,8 +500,19 @@ def _warn_precision(fit: LmmFit) -> None:
     keeps about 16 - log10(y'y / r^2) significant digits of r^2, and theta follows it."""
     m = fit.nobs - (fit.design.p if fit.reml else 0)
     r2 = fit.sigma**2 * m
+    if not r2 > 0:
+        return
+    size = float(np.max(np.abs(fit.design.weighted(fit.design.y_net))))
+    if size > PRECISION_RATIO * fit.sigma:  # the stored values themselves: float64 keeps 16 digits of each
+        warn(
+            f"The response's values reach {size / fit.sigma:.3g} times the residual SD: float64 keeps about "
+            f"{max(0, int(np.floor(16 - np.log10(size / fit.sigma))))} significant digits of the residual "
+            "variation in each value, and the estimates no more; subtract a constant from the response first.",
+            PrecisionWarning,
+        )
+        return
     yty = float(fit.products.response.yty)
-    if not (r2 > 0 and yty > PRECISION_RATIO * r2):
+    if not yty > PRECISION_RATIO * r2:
         return
     digits = max(0, int(np.floor(16 - np.log10(yty / r2))))
     X = fit.design.X

@@ -80,10 +80,10 @@ def simulate(fit, n: int = 1, seed: int | None = 0, use_u: bool = False) -> np.n
     if use_u:
         weights = None if design.weights is None else on_device(design.weights, np.float64)
         y = np.asarray(_draw_given_modes()(keys, on_device(fit.fitted, np.float64), on_device(fit.sigma, np.float64),
-                                           weights, n_terms=len(design.terms))).view(Simulated)
-        y.seed = seed
-        return y
-    y = np.asarray(_draw()(keys, rows_of(design), fit_params(fit)))
-    y = (y if design.offset is None else y + design.offset).view(Simulated)
+                                           weights, n_terms=len(design.terms)))
+    else:
+        y = np.asarray(_draw()(keys, rows_of(design), fit_params(fit)))
+        y = y if design.offset is None else y + design.offset
+    y = y.view(Simulated)
     y.seed = seed
     return y

@@ -81,7 +81,7 @@ def moment_start(design, start: np.ndarray) -> np.ndarray:
     crossed terms); ``start`` where the residuals carry no information (no variance left).
     """
     y, X = design.weighted(design.y_net), design.weighted(design.X)
-    e = y - X @ np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else y
+    e = y - X @ design.least_squares()
     total = float(e @ e) / max(len(e) - X.shape[1], 1)
     if not np.isfinite(total) or total <= 1e-20 * float(y @ y) / max(len(y), 1):  # fitted to rounding
         return np.asarray(start, dtype=np.float64)

@@ -74,7 +74,7 @@ def check_column_types(frame: pd.DataFrame) -> None:
             )
         if col.isna().all():
             raise DataError(f"Column '{c}' has only missing values.")
-        if kind == "O":
+        if kind == "O" and not isinstance(col.dtype, pd.CategoricalDtype):
             values = col.dropna().to_numpy()
             if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
                    for v in values):

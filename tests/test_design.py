@@ -91,6 +91,10 @@ def test_unsupported_column_types():
     raises(DataError, "Reaction ~ Days + (1 | Subject)", sleep(Reaction=SLEEP.Reaction + 1j), "'Reaction'", "complex")
     # numbers in an object column: neither silently a factor with levels '0', '1', ... nor numbers
     raises(DataError, "Reaction ~ Days + (1 | Subject)", sleep(Days=SLEEP.Days.astype(object)), "'Days'", "to_numeric")
+    # ... while a categorical of numbers is a factor, as R's factor of numbers
+    cat = jaxlmm.lmm("Reaction ~ D + (1 | S)", sleep(D=pd.Categorical(SLEEP.Days), S=pd.Categorical(SLEEP.Subject.astype(int))))
+    plain = jaxlmm.lmm("Reaction ~ factor(Days) + (1 | Subject)", SLEEP)
+    assert cat.objective == pytest.approx(plain.objective, rel=1e-10) and len(cat.fixef) == 10
 
 
 def test_constant_response():

@@ -148,6 +148,9 @@ def test_a_criterion_computed_with_few_digits_is_warned():
         jaxlmm.lmm("Reaction ~ 0 + Days + (1 | Subject)", far)
     fit, caught = fit_quietly("Reaction ~ 1 + Days + (1 | Subject)", far)  # the intercept takes the mean
     assert not caught and fit.converged
+    # at 1e12 the stored values keep about 5 digits of a residual SD of 25: the data themselves are coarse
+    with pytest.warns(jaxlmm.PrecisionWarning, match="subtract a constant"):
+        jaxlmm.lmm("Reaction ~ 1 + Days + (1 | Subject)", SLEEP.assign(Reaction=SLEEP.Reaction + 1e12))
 
 
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
