@@ -495,9 +495,34 @@ PRECISION_RATIO = 1e8
 sum of squares r^2 this many times has computed r^2 to fewer than half of float64's digits."""
 
 
+COLLINEAR_RATIO = 1e10
+"""Fixed-effect columns whose X'X, scaled to a unit diagonal, has a condition number above this leave
+fewer than 6 digits to the estimates (the Cholesky of X'V^{-1}X loses log10 of it)."""
+
+
+def _warn_collinear(fit: LmmFit) -> None:
+    """Warn where X'X (unit diagonal) is ill-conditioned: predictors far from zero beside the intercept
+    (x + 1e6), or nearly collinear columns."""
+    A = np.asarray(fit.products.xtx)
+    if A.shape[0] < 2:
+        return
+    d = np.sqrt(np.diag(A))
+    ev = np.linalg.eigvalsh(A / d[:, None] / d[None, :])
+    cond = ev[-1] / ev[0] if ev[0] > 0 else np.inf
+    if cond > COLLINEAR_RATIO:
+        digits = max(0, int(np.floor(16 - np.log10(cond)))) if np.isfinite(cond) else 0
+        warn(
+            f"The fixed-effect columns are nearly collinear (X'X scaled to a unit diagonal has condition "
+            f"number {cond:.3g}): the estimates keep about {digits} significant digits. Center predictors "
+            "that lie far from zero (x - mean(x)), or drop near-duplicate columns.",
+            PrecisionWarning,
+        )
+
+
 def _warn_precision(fit: LmmFit) -> None:
     """Warn where r^2 at the estimate is a small difference of large cross-products: the criterion
     keeps about 16 - log10(y'y / r^2) significant digits of r^2, and theta follows it."""
+    _warn_collinear(fit)
     m = fit.nobs - (fit.design.p if fit.reml else 0)
     r2 = fit.sigma**2 * m
     if not r2 > 0:

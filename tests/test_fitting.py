@@ -148,6 +148,11 @@ def test_a_criterion_computed_with_few_digits_is_warned():
         jaxlmm.lmm("Reaction ~ 0 + Days + (1 | Subject)", far)
     fit, caught = fit_quietly("Reaction ~ 1 + Days + (1 | Subject)", far)  # the intercept takes the mean
     assert not caught and fit.converged
+    # a predictor far from zero beside the intercept: X'X (unit diagonal) has condition number 5e11
+    with pytest.warns(jaxlmm.PrecisionWarning, match="nearly collinear"):
+        jaxlmm.lmm("Reaction ~ Days + (1 | Subject)", SLEEP.assign(Days=SLEEP.Days + 1e6))
+    fit, caught = fit_quietly("Reaction ~ Days + (1 | Subject)", SLEEP.assign(Days=SLEEP.Days + 2000))  # 2e6
+    assert not caught and fit.converged
     # at 1e12 the stored values keep about 5 digits of a residual SD of 25: the data themselves are coarse
     with pytest.warns(jaxlmm.PrecisionWarning, match="subtract a constant"):
         jaxlmm.lmm("Reaction ~ 1 + Days + (1 | Subject)", SLEEP.assign(Reaction=SLEEP.Reaction + 1e12))
