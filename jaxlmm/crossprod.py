@@ -14,7 +14,7 @@ the further terms, p of X):
 - ``xtx``: X'X;
 - ``response`` (:class:`Response`): everything that depends on y: Z1'y,
   Zr'y, X'y and y'y, of the response less its least-squares fit on X,
-  y - X beta0 (``beta0``, :func:`response_shift`): a response far from zero
+  y - X beta0 (``beta0``, :meth:`~jaxlmm.design.Design.least_squares`): a response far from zero
   (a mean of 1e9 beside an SD of 1) would otherwise lose its r^2 to
   cancellation in y'y. Nothing of the criterion changes (beta is profiled
   out); :func:`jaxlmm.objective.solve` adds beta0 back to beta.
@@ -416,12 +416,6 @@ def _blocks_of(c1: np.ndarray, c2: np.ndarray, l2: int):
     return uniq // l2, uniq % l2, inv.ravel()
 
 
-def response_shift(design: Design) -> np.ndarray:
-    """beta0: the response's least-squares fit on X (:meth:`~jaxlmm.design.Design.least_squares`), what
-    :func:`cross_products` takes off y."""
-    return design.least_squares()
-
-
 def row_plan(design: Design, beta0: np.ndarray | None = None) -> RowPlan:
     """The integer work of the accumulation, in numpy: block-COO patterns and per-row segments.
 
@@ -753,7 +747,7 @@ def cross_products(design: Design, memory_limit: int | None = None, control: Con
     """
     control = Control() if control is None else control
     terms = design.terms
-    beta0 = response_shift(design)
+    beta0 = design.least_squares()
     plan = row_plan(design, beta0)
     rest = terms[1:]
     offsets = np.concatenate([[0], np.cumsum([t.nlevels * t.k for t in rest])]).astype(np.int64)

@@ -190,9 +190,9 @@ def _drop_missing(data: pd.DataFrame, used: set[str], extra=None) -> tuple[pd.Da
 
     ``extra``: ``{argument: numbers per row}`` (a numeric offset= or weights=) whose
     missing values drop rows too.
-    Returns the frame, the number of rows dropped and the mask of rows kept.
+    Returns the frame, the number of rows dropped and the mask of rows kept. (Each column in ``used``
+    appears once: :func:`_build_design` checked it first.)
     """
-    check_unique_columns(data, used)
     cols = [c for c in data.columns if c in used]
     frame = data[cols]
     check_column_types(frame)

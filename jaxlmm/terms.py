@@ -366,8 +366,8 @@ def names_in(node, columns=None) -> list[str]:
 
     def walk(n):
         if isinstance(n, Name):
-            constant = n.id in LOGICAL_NAMES and (columns is None or n.id not in columns)
-            if n.id not in out and not (constant and columns is not None):
+            logical = columns is not None and n.id in LOGICAL_NAMES and n.id not in columns
+            if n.id not in out and not logical:
                 out.append(n.id)
         elif isinstance(n, Paren):
             walk(n.expr)

@@ -31,7 +31,6 @@ from jaxlmm.crossprod import (
     chunk_sums,
     cross_products,
     device_chunks,
-    response_shift,
     row_plan,
     row_sharding,
 )
@@ -210,7 +209,7 @@ def test_host_sums_equal_device_sums(case, monkeypatch):
 
 def test_chunk_sums_of_all_rows_are_the_cross_products():
     design = design_of("three_terms")
-    plan = row_plan(design, response_shift(design))
+    plan = row_plan(design, design.least_squares())
     sums = jax.jit(chunk_sums, static_argnames="layout")(plan.rows, layout=plan.layout)
     cp = cross_products(design)
     for name in ["first.blocks", "first.zx", "rest.zx", "xtx"] + [f"response.{r}" for r in ("z1y", "zy", "xty", "yty")]:
